@@ -1,0 +1,21 @@
+"""The ``overlaylab`` command line. Each group lives in the module of its concept."""
+from __future__ import annotations
+
+import click
+
+from . import __version__
+from .driver_cli import driver
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="overlaylab")
+def main() -> None:
+    """overlaylab: Docker 1.10.3's overlay graph driver in Python, and a lab that runs it on
+    many kernels and backing filesystems."""
+
+
+main.add_command(driver)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

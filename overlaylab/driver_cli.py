@@ -1,0 +1,218 @@
+"""``overlaylab driver``: the graph driver by hand, for people filing bug reports.
+
+Each subcommand is one driver call on a home directory. Reference counts live in memory, so a
+``mount`` in one process and an ``unmount`` in the next take the reference's "Put on a
+non-mounted device" path, which unmounts the merged dir anyway — the same as a restarted daemon.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import click
+
+from .idtools import IDMap
+
+
+def _parse_map(spec: str) -> IDMap:
+    try:
+        container_id, host_id, size = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise click.BadParameter("expected CONTAINER_ID:HOST_ID:SIZE, got %r" % spec) from None
+    return IDMap(container_id, host_id, size)
+
+
+class DriverContext:
+    def __init__(self, home: str, uid_maps: Optional[List[IDMap]], gid_maps: Optional[List[IDMap]]):
+        self.home = home
+        self.uid_maps = uid_maps
+        self.gid_maps = gid_maps
+        self._driver = None
+
+    @property
+    def driver(self):
+        if self._driver is None:
+            from .graphdriver import overlay
+            self._driver = overlay.init(self.home, (), self.uid_maps, self.gid_maps)
+        return self._driver
+
+
+def _fail(err: BaseException) -> "click.exceptions.Exit":
+    click.echo("overlaylab: error: %s" % str(err).rstrip("\n"), err=True)
+    return click.exceptions.Exit(1)
+
+
+def _run(fn):
+    try:
+        return fn()
+    except click.exceptions.Exit:
+        raise
+    except (OSError, ValueError, RuntimeError, Exception) as err:  # one line, never a traceback
+        raise _fail(err) from None
+
+
+@click.group("driver")
+@click.option("--home", envvar="OVERLAYLAB_HOME", required=True, type=click.Path(),
+              help="Driver home (the reference's <root>/overlay). Env: OVERLAYLAB_HOME.")
+@click.option("--uid-map", "uid_maps", multiple=True, help="CONTAINER_ID:HOST_ID:SIZE (repeatable).")
+@click.option("--gid-map", "gid_maps", multiple=True, help="CONTAINER_ID:HOST_ID:SIZE (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the driver's debug log lines.")
+@click.pass_context
+def driver(ctx: click.Context, home: str, uid_maps, gid_maps, verbose: bool) -> None:
+    """Drive the overlay graph driver on HOME by hand."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = DriverContext(
+        os.path.abspath(home),
+        [_parse_map(m) for m in uid_maps] or None,
+        [_parse_map(m) for m in gid_maps] or None,
+    )
+
+
+@driver.command("create")
+@click.argument("layer_id")
+@click.option("--parent", default="", help="Parent layer id (none: a base layer).")
+@click.option("--mount-label", default="")
+@click.pass_obj
+def create_cmd(dc: DriverContext, layer_id: str, parent: str, mount_label: str) -> None:
+    """Create an empty layer LAYER_ID on top of --parent."""
+    _run(lambda: dc.driver.create(layer_id, parent, mount_label))
+    click.echo(layer_id)
+
+
+@driver.command("mount")
+@click.argument("layer_id")
+@click.option("--mount-label", default="")
+@click.pass_obj
+def mount_cmd(dc: DriverContext, layer_id: str, mount_label: str) -> None:
+    """Get: mount the layer (Shape O) or resolve its root (Shape R); print the path."""
+    click.echo(_run(lambda: dc.driver.get(layer_id, mount_label)))
+
+
+@driver.command("unmount")
+@click.argument("layer_id")
+@click.pass_obj
+def unmount_cmd(dc: DriverContext, layer_id: str) -> None:
+    """Put: release the layer (unmounts its merged dir)."""
+    _run(lambda: dc.driver.put(layer_id))
+
+
+@driver.command("remove")
+@click.argument("layer_id")
+@click.pass_obj
+def remove_cmd(dc: DriverContext, layer_id: str) -> None:
+    """Remove the layer's directory (fails with EBUSY while mounted)."""
+    _run(lambda: dc.driver.remove(layer_id))
+
+
+def _layer_rows(home: str):
+    from .mountutil import mountinfo
+    mounted = {m.mountpoint for m in mountinfo()}
+    rows = []
+    for name in sorted(os.listdir(home), key=os.fsencode):
+        d = os.path.join(home, name)
+        if not os.path.isdir(d):
+            continue
+        if os.path.isdir(os.path.join(d, "root")):
+            rows.append((name, "R", "", ""))
+            continue
+        try:
+            with open(os.path.join(d, "lower-id"), "rb") as f:
+                lower = os.fsdecode(f.read())
+        except OSError:
+            lower = "?"
+        state = "mounted" if os.path.join(d, "merged") in mounted else ""
+        rows.append((name, "O", lower, state))
+    return rows
+
+
+@driver.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_cmd(dc: DriverContext, as_json: bool) -> None:
+    """List layers: id, shape (R = root layer, O = overlay layer), lower id, mount state."""
+    rows = _run(lambda: _layer_rows(dc.home))
+    if as_json:
+        click.echo(json.dumps([dict(zip(("id", "shape", "lower_id", "state"), r)) for r in rows], indent=2))
+        return
+    from tabulate import tabulate
+    click.echo(tabulate(rows, headers=["layer", "shape", "lower-id", "state"]))
+
+
+@driver.command("metadata")
+@click.argument("layer_id")
+@click.pass_obj
+def metadata_cmd(dc: DriverContext, layer_id: str) -> None:
+    """GetMetadata as JSON."""
+    click.echo(json.dumps(_run(lambda: dc.driver.get_metadata(layer_id)), indent=2, sort_keys=True))
+
+
+@driver.command("status")
+@click.pass_obj
+def status_cmd(dc: DriverContext) -> None:
+    """Status rows, as `docker info` prints them."""
+    for key, value in _run(lambda: dc.driver.status()):
+        click.echo("%s: %s" % (key, value))
+
+
+@driver.command("changes")
+@click.argument("layer_id")
+@click.option("--parent", default="")
+@click.pass_obj
+def changes_cmd(dc: DriverContext, layer_id: str, parent: str) -> None:
+    """List changes (as `docker diff`: C/A/D and the path), sorted by path."""
+    changes = _run(lambda: dc.driver.changes(layer_id, parent))
+    for change in sorted(changes, key=lambda c: (c.path, int(c.kind))):
+        click.echo(str(change))
+
+
+@driver.command("diff-size")
+@click.argument("layer_id")
+@click.option("--parent", default="")
+@click.pass_obj
+def diff_size_cmd(dc: DriverContext, layer_id: str, parent: str) -> None:
+    """DiffSize in bytes."""
+    click.echo(_run(lambda: dc.driver.diff_size(layer_id, parent)))
+
+
+@driver.command("export")
+@click.argument("layer_id")
+@click.option("--parent", default="")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Tar file to write ('-': stdout).")
+@click.pass_obj
+def export_cmd(dc: DriverContext, layer_id: str, parent: str, output: str) -> None:
+    """Diff: write the layer's changes against --parent as an uncompressed tar."""
+    def go():
+        stream = dc.driver.diff(layer_id, parent)
+        try:
+            out = sys.stdout.buffer if output == "-" else open(output, "wb")
+            try:
+                while True:
+                    chunk = stream.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+            finally:
+                if out is not sys.stdout.buffer:
+                    out.close()
+        finally:
+            stream.close()
+    _run(go)
+
+
+@driver.command("apply")
+@click.argument("layer_id")
+@click.argument("tar_file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--parent", default="")
+@click.pass_obj
+def apply_cmd(dc: DriverContext, layer_id: str, tar_file: str, parent: str) -> None:
+    """ApplyDiff: extract an uncompressed layer tar into LAYER_ID; print its size."""
+    def go():
+        if tar_file == "-":
+            return dc.driver.apply_diff(layer_id, parent, sys.stdin.buffer)
+        with open(tar_file, "rb") as f:
+            return dc.driver.apply_diff(layer_id, parent, f)
+    click.echo(_run(go))
