@@ -1,0 +1,382 @@
+"""Make a profile's backing filesystem for real, record what was made, and always tear it down.
+
+``make_backing_fs(profile, workdir, device=None)`` is the executor for the recipes that
+:mod:`overlaylab.lab.profiles` builds as data:
+
+- block, on the host: sparse image in ``workdir`` -> ``losetup --find --show`` -> mkfs ->
+  mount; in a VM: ``device="/dev/vdb"`` -> mkfs on it -> mount.
+- tmpfs: mount a tmpfs of the profile's size.
+- overlay: make the base profile, put ``lower/ upper/ work/`` on it, mount an overlay on
+  ``merged/`` and yield ``merged/var/lib/docker`` (the docker-in-docker layout).
+
+Each step that ran is appended to ``BackingFs.recipe`` as data (argv, or mount source/type/
+options); ``BackingFs.info`` holds what was *really* made (``dumpe2fs -h``, ``xfs_info``,
+``btrfs filesystem show``, the mountinfo line, statfs magic, df numbers). A mkfs or mount
+failure raises :class:`BackingFsUnavailable`, which a caller turns into an ``UNSUPPORTED``
+outcome; teardown (unmount everything below, deepest first, lazily if busy; ``losetup -d``;
+remove the image) runs on every exit path, KeyboardInterrupt included.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+from .. import mountutil
+from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
+from .profiles import (
+    FsProfile,
+    MountSpec,
+    losetup_argv,
+    mkfs_argv,
+    mount_spec,
+    overlay_mount_spec,
+    truncate_argv,
+)
+from .shell import CmdResult, KernelLogCursor, run
+
+log = logging.getLogger("overlaylab.lab.backingfs")
+
+MKFS_TIMEOUT = 300.0
+
+
+class BackingFsUnavailable(Exception):
+    """The environment could not provide the profile's filesystem (an UNSUPPORTED cell).
+
+    ``step`` says where it failed: ``"image"``, ``"losetup"``, ``"mkfs"``, ``"mount"`` or
+    ``"prepare"``; ``stderr`` is the tool's error output or the errno text; ``dmesg`` the
+    kernel log lines logged during a failed mount; ``recipe``/``info`` what had been done and
+    learnt up to the failure.
+    """
+
+    def __init__(self, profile: str, step: str, stderr: str, dmesg: Optional[List[str]] = None,
+                 recipe: Optional[List[Dict[str, Any]]] = None, info: Optional[Dict[str, Any]] = None,
+                 errno: Optional[int] = None):
+        self.profile = profile
+        self.step = step
+        self.stderr = stderr.strip()
+        self.dmesg = list(dmesg or [])
+        self.recipe = list(recipe or [])
+        self.info = dict(info or {})
+        self.errno = errno
+        msg = "backing fs %r unavailable: %s failed: %s" % (profile, step, self.stderr or "(no output)")
+        if self.dmesg:
+            msg += " [dmesg: %s]" % " | ".join(self.dmesg[-5:])
+        super().__init__(msg)
+
+    @property
+    def infrastructure(self) -> bool:
+        """True when the failure is the lab's (no image space, no loop device), not the kernel's."""
+        return self.step in ("image", "losetup")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"profile": self.profile, "step": self.step, "stderr": self.stderr, "dmesg": self.dmesg,
+                "errno": self.errno, "recipe": self.recipe, "info": self.info}
+
+
+@dataclass
+class BackingFs:
+    """A backing filesystem while it exists (inside ``make_backing_fs``)."""
+
+    profile: FsProfile
+    kind: str
+    root: str                          # private directory holding image, mountpoints, layers
+    mountpoint: str                    # where the driver home's parent lives
+    device: Optional[str] = None       # loop device or given disk (block kinds)
+    image: Optional[str] = None        # the sparse image file (host block kinds)
+    recipe: List[Dict[str, Any]] = field(default_factory=list)
+    info: Dict[str, Any] = field(default_factory=dict)
+    base: Optional["BackingFs"] = None  # overlay: the fs holding lower/upper/work
+    teardown_log: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "profile": self.profile.name, "kind": self.kind, "mountpoint": self.mountpoint,
+            "device": self.device, "image": self.image, "recipe": list(self.recipe), "info": dict(self.info),
+            "base": self.base.to_dict() if self.base else None,
+        }
+
+
+# --- small executors that record -------------------------------------------------------
+
+def _record_cmd(recipe: List[Dict[str, Any]], res: CmdResult, step: str) -> None:
+    recipe.append({"op": "run", "step": step, "argv": res.argv, "returncode": res.returncode,
+                   "duration": round(res.duration, 3)})
+
+
+def _do_mount(profile: FsProfile, spec: MountSpec, recipe: List[Dict[str, Any]],
+              info: Dict[str, Any]) -> None:
+    entry = spec.to_dict()
+    recipe.append(entry)
+    with KernelLogCursor() as klog:
+        try:
+            mountutil.mount(spec.source, spec.target, spec.fstype, spec.flags, spec.data or None)
+        except OSError as err:
+            dmesg = klog.read_new()
+            entry["error"] = str(err)
+            entry["dmesg"] = dmesg
+            raise BackingFsUnavailable(profile.name, "mount", str(err), dmesg=dmesg, recipe=recipe,
+                                       info=info, errno=err.errno) from None
+        entry["dmesg"] = klog.read_new()
+
+
+# --- what was really made ---------------------------------------------------------------
+
+def _parse_kv_numbers(text: str, key: str) -> Optional[int]:
+    m = re.search(r"\b%s=(\d+)" % re.escape(key), text)
+    return int(m.group(1)) if m else None
+
+
+def inspect_device(fstype: str, device: str) -> Dict[str, Any]:
+    """Read back the on-disk parameters of a fresh filesystem on ``device`` (before mounting).
+
+    ext4: ``dumpe2fs -h`` (+ the feature list and inode count); xfs: ``xfs_info`` (+ ftype, crc);
+    btrfs: ``btrfs filesystem show``. Failures are recorded, never raised.
+    """
+    out: Dict[str, Any] = {}
+    if fstype in ("ext2", "ext3", "ext4"):
+        res = run(["dumpe2fs", "-h", device], timeout=60)
+        out["dumpe2fs"] = res.stdout if res.ok else res.stderr
+        m = re.search(r"^Filesystem features:\s*(.*)$", res.stdout, re.M)
+        if m:
+            out["ext4_features"] = m.group(1).split()
+            out["filetype"] = "filetype" in out["ext4_features"]
+        m = re.search(r"^Inode count:\s*(\d+)", res.stdout, re.M)
+        if m:
+            out["inode_count"] = int(m.group(1))
+        m = re.search(r"^Block count:\s*(\d+)", res.stdout, re.M)
+        if m:
+            out["block_count"] = int(m.group(1))
+    elif fstype == "xfs":
+        res = run(["xfs_info", device], timeout=60)
+        out["xfs_info"] = res.stdout if res.ok else res.stderr
+        text = res.stdout
+        if res.ok:
+            out["xfs"] = {k: _parse_kv_numbers(text, k) for k in ("ftype", "crc", "finobt", "reflink", "bsize", "isize")}
+    elif fstype == "btrfs":
+        res = run(["btrfs", "filesystem", "show", device], timeout=60)
+        out["btrfs_show"] = res.stdout if res.ok else res.stderr
+    return out
+
+
+def inspect_mount(path: str) -> Dict[str, Any]:
+    """The live facts of the mount under ``path``: mountinfo line, statfs magic, df numbers."""
+    out: Dict[str, Any] = {}
+    try:
+        real = os.path.realpath(path)
+        candidates = [m for m in mountutil.mountinfo()
+                      if real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")]
+        if candidates:
+            m = max(candidates, key=lambda m: (len(m.mountpoint), m.mount_id))
+            out["mountinfo"] = m.line
+            out["mount"] = {"mountpoint": m.mountpoint, "fstype": m.fstype, "source": m.source,
+                            "options": m.options, "super_options": m.super_options}
+    except OSError as err:
+        out["mountinfo_error"] = str(err)
+    try:
+        magic = statfs_magic(path)
+        out["statfs_magic"] = "0x%x" % magic
+        out["fs_name"] = LAB_FS_NAMES.get(magic, "<unknown>")
+    except OSError as err:
+        out["statfs_error"] = str(err)
+    try:
+        st = os.statvfs(path)
+        out["df"] = {"bsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree, "bavail": st.f_bavail,
+                     "files": st.f_files, "ffree": st.f_ffree, "size_mib": st.f_blocks * st.f_frsize // (1 << 20)}
+    except OSError as err:
+        out["df_error"] = str(err)
+    res = run(["df", "-k", "-i", path], timeout=30)
+    out["df_i"] = (res.stdout if res.ok else res.stderr).strip()
+    res = run(["df", "-k", path], timeout=30)
+    out["df_k"] = (res.stdout if res.ok else res.stderr).strip()
+    return out
+
+
+def _host_fs(path: str) -> Dict[str, Any]:
+    # The lab records the host filesystem under its image files (kdevops: it changes results).
+    try:
+        magic = statfs_magic(path)
+        return {"statfs_magic": "0x%x" % magic, "fs_name": LAB_FS_NAMES.get(magic, "<unknown>")}
+    except OSError as err:
+        return {"error": str(err)}
+
+
+# --- teardown ---------------------------------------------------------------------------
+
+def unmount_tree(root: str, attempts: int = 5) -> List[str]:
+    """Unmount everything at or below ``root``, deepest first, lazily (``MNT_DETACH``) if busy,
+    repeated until nothing is left. Returns what it did.
+
+    The order is the reverse of the mount table's: a mount is always listed after the mount
+    it sits on, and after the mounts it was made from (an overlay after the fs holding its
+    layers), so undoing the list backwards unmounts children and users before what they use.
+    """
+    done: List[str] = []
+    root = os.path.realpath(root)
+    for _ in range(attempts):
+        mounts = mountutil.mounts_under(root)
+        if not mounts:
+            break
+        for m in reversed(mounts):
+            try:
+                mountutil.umount(m.mountpoint)
+                done.append("umount %s" % m.mountpoint)
+            except OSError as err:
+                try:
+                    mountutil.umount(m.mountpoint, mountutil.MNT_DETACH)
+                    done.append("umount -l %s (%s)" % (m.mountpoint, err))
+                except OSError as err2:
+                    done.append("umount %s failed: %s" % (m.mountpoint, err2))
+    return done
+
+
+def loop_devices_for(image: str) -> List[str]:
+    """Loop devices backed by ``image`` (``losetup -j``)."""
+    res = run(["losetup", "-j", image], timeout=30)
+    return [line.split(":", 1)[0] for line in res.stdout.splitlines() if ":" in line]
+
+
+def _teardown_steps(bfs_log: List[str], steps: List[Any]) -> None:
+    """Run every teardown step even if some fail or are interrupted; re-raise an interrupt last."""
+    interrupted: Optional[BaseException] = None
+    for step in steps:
+        try:
+            step()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            interrupted = interrupted or exc
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            bfs_log.append("teardown step failed: %r" % (exc,))
+            log.warning("backing fs teardown step failed: %r", exc)
+    if interrupted is not None:
+        raise interrupted
+
+
+# --- the context manager ----------------------------------------------------------------
+
+@contextlib.contextmanager
+def make_backing_fs(profile: FsProfile, workdir: str, device: Optional[str] = None) -> Iterator[BackingFs]:
+    """Make ``profile``'s filesystem under ``workdir`` (or on ``device``), yield a :class:`BackingFs`.
+
+    ``device`` (e.g. ``/dev/vdb`` in a VM) replaces the sparse image + loop device of block
+    profiles and is used whole; tmpfs ignores it; overlay passes it to its base profile.
+    Raises :class:`BackingFsUnavailable` when mkfs or mount fails (after tearing down).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    root = tempfile.mkdtemp(prefix=profile.name + ".", dir=os.path.realpath(workdir))
+    bfs = BackingFs(profile=profile, kind=profile.kind, root=root, mountpoint=os.path.join(root, "mnt"))
+    bfs.info["profile"] = profile.to_dict()
+    bfs.info["host_fs"] = _host_fs(root)
+    stack = contextlib.ExitStack()
+    loop_device: List[str] = []
+
+    def _detach_loops() -> None:
+        for dev in loop_device:
+            res = run(["losetup", "-d", dev], timeout=60)
+            bfs.teardown_log.append("losetup -d %s -> %s %s" % (dev, res.returncode, res.stderr.strip()))
+        if bfs.image:
+            for dev in loop_devices_for(bfs.image):  # anything a scenario or a race left behind
+                res = run(["losetup", "-d", dev], timeout=60)
+                bfs.teardown_log.append("losetup -d %s (leftover) -> %s" % (dev, res.returncode))
+
+    def _unmount() -> None:
+        bfs.teardown_log.extend(unmount_tree(root))
+
+    def _remove_root() -> None:
+        if mountutil.mounts_under(root):
+            # Never rmtree across a mount that would not go away: it would delete its contents.
+            bfs.teardown_log.append("left %s in place: still mounted" % root)
+            log.error("backing fs %s: mounts under %s remain after teardown", profile.name, root)
+            return
+        shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        try:
+            if profile.kind == "block":
+                _make_block(bfs, device, loop_device)
+            elif profile.kind == "tmpfs":
+                os.makedirs(bfs.mountpoint)
+                _do_mount(profile, mount_spec(profile, "tmpfs", bfs.mountpoint), bfs.recipe, bfs.info)
+                bfs.info.update(inspect_mount(bfs.mountpoint))
+            elif profile.kind == "overlay":
+                _make_overlay(bfs, device, stack)
+            else:  # pragma: no cover - profiles.py validates kinds
+                raise ValueError("unknown profile kind %r" % profile.kind)
+        except BackingFsUnavailable as err:
+            if err.profile != profile.name:  # the base of an overlay profile failed
+                err.recipe = list(bfs.recipe) + [{"op": "base", "profile": err.profile, "recipe": err.recipe}]
+                err.info = dict(bfs.info, base=err.info)
+            else:
+                err.recipe = list(bfs.recipe)
+                err.info = dict(bfs.info)
+            raise
+        yield bfs
+    finally:
+        # Inner mounts first (anything under the merged view or the mountpoint), then the
+        # base of an overlay profile (its own context), then loop devices and files.
+        _teardown_steps(bfs.teardown_log, [_unmount, stack.close, _unmount, _detach_loops, _remove_root])
+
+
+def _make_block(bfs: BackingFs, device: Optional[str], loop_device: List[str]) -> None:
+    profile = bfs.profile
+    if device is None:
+        image = os.path.join(bfs.root, "fs.img")
+        bfs.image = image
+        bfs.recipe.append({"op": "truncate", "argv": truncate_argv(image, profile.size_mib),
+                           "path": image, "size_mib": profile.size_mib})
+        try:
+            with open(image, "wb") as f:
+                f.truncate(profile.size_mib << 20)
+        except OSError as err:
+            raise BackingFsUnavailable(profile.name, "image", str(err), errno=err.errno) from None
+        res = run(losetup_argv(image), timeout=60)
+        _record_cmd(bfs.recipe, res, "losetup")
+        if not res.ok or not res.stdout.strip():
+            raise BackingFsUnavailable(profile.name, "losetup", res.stderr or res.stdout)
+        device = res.stdout.strip().splitlines()[-1]
+        loop_device.append(device)
+        bfs.recipe[-1]["device"] = device
+    bfs.device = device
+    res = run(mkfs_argv(profile, device), timeout=MKFS_TIMEOUT)
+    _record_cmd(bfs.recipe, res, "mkfs")
+    bfs.info["mkfs_output"] = (res.stdout + res.stderr).strip()
+    if not res.ok:
+        raise BackingFsUnavailable(profile.name, "mkfs", res.stderr or res.stdout)
+    bfs.info.update(inspect_device(profile.fstype, device))
+    os.makedirs(bfs.mountpoint)
+    _do_mount(profile, mount_spec(profile, device, bfs.mountpoint), bfs.recipe, bfs.info)
+    bfs.info.update(inspect_mount(bfs.mountpoint))
+
+
+def _make_overlay(bfs: BackingFs, device: Optional[str], stack: contextlib.ExitStack) -> None:
+    profile = bfs.profile
+    base_profile = profile.base_profile
+    if base_profile is None:
+        raise ValueError("overlay profile %r has no resolved base profile (use load_profiles)" % profile.name)
+    base = stack.enter_context(make_backing_fs(base_profile, bfs.root, device))
+    bfs.base = base
+    bfs.device = base.device
+    bfs.recipe.append({"op": "base", "profile": base_profile.name, "recipe": base.recipe})
+    layers = base.mountpoint
+    lower, upper, work = (os.path.join(layers, d) for d in ("lower", "upper", "work"))
+    merged = os.path.join(bfs.root, "merged")
+    try:
+        # The lower is the "image": it already has /var/lib, as a container rootfs would.
+        os.makedirs(os.path.join(lower, "var", "lib"))
+        os.makedirs(upper)
+        os.makedirs(work)
+        os.makedirs(merged)
+    except OSError as err:
+        raise BackingFsUnavailable(profile.name, "prepare", str(err), errno=err.errno) from None
+    bfs.recipe.append({"op": "mkdir", "paths": [os.path.join(lower, "var", "lib"), upper, work, merged]})
+    _do_mount(profile, overlay_mount_spec([lower], upper, work, merged, profile.mount_options), bfs.recipe, bfs.info)
+    bfs.mountpoint = os.path.join(merged, "var", "lib", "docker")
+    os.makedirs(bfs.mountpoint)
+    bfs.recipe.append({"op": "mkdir", "paths": [bfs.mountpoint]})
+    bfs.info.update(inspect_mount(bfs.mountpoint))
+    bfs.info["base"] = base.info
+    bfs.info["layers"] = {"lower": lower, "upper": upper, "work": work, "merged": merged}
