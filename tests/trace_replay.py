@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from overlaylab.goerrors import PathError, LinkError
 from overlaylab.graphdriver import overlay
+from overlaylab.lab.probes import getdents64
 from overlaylab.mountutil import mounts_under
 
 TYPE_NAMES = {
@@ -82,10 +83,11 @@ def tree(path: str) -> List[Dict[str, Any]]:
             e["xattrs"] = {n: "" for n in sorted(names)}
         out.append(e)
         if fmt == stat.S_IFDIR:
+            # Raw getdents like Go: glibc's readdir turns ENOENT (a removed dir) into EOF.
             try:
-                children = sorted(os.listdir(full), key=os.fsencode)
+                children = sorted((n for n, _ in getdents64(full) if n not in (".", "..")), key=os.fsencode)
             except OSError as err:
-                out.append({"path": full, "walk_error": "readdirent %s: %s" % (full, PathError("x", full, err.errno).strerror)})
+                out[-1] = {"path": full, "walk_error": "readdirent %s: %s" % (full, PathError("x", full, err.errno).strerror)}
                 return
             for name in children:
                 visit(os.path.join(full, name), name if rel == "." else rel + "/" + name)

@@ -121,7 +121,9 @@ def new(root: str, name: str = "", options: Sequence[str] = (), uid_maps: IDMaps
                 continue
             raise
 
-    # The reference passes root itself (not root/<name>) here; kept for fidelity.
+    # The reference passes root itself (not root/<name>) here; kept for fidelity. Docker never
+    # gets here (vfs is in the priority list); this project has no vfs, so e.g. a btrfs root
+    # whose parent is not btrfs ends with an overlay driver homed at root itself.
     for candidate in list(_drivers):
         try:
             return _drivers[candidate](root, options, uid_maps, gid_maps)

@@ -210,10 +210,14 @@ def test_socket_in_upper_breaks_case_c_copy(make_driver):
     driver.create("init", "base")
     m = driver.get("init")
     s = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    os.chdir(m)  # sun_path is short; bind by a relative name
     try:
-        s.bind(os.path.join(m, "sock"))
+        s.bind("sock")
     finally:
+        os.chdir(cwd)
         s.close()
+    assert stat.S_ISSOCK(os.lstat(os.path.join(driver.home, "init", "upper", "sock")).st_mode)
     driver.put("init")
     with pytest.raises(OSError) as err:
         driver.create("ctr", "init")
@@ -228,9 +232,11 @@ def test_btrfs_is_refused_with_the_reference_log_line(backing_fs, caplog):
             overlay.init(os.path.join(fs.mountpoint, "overlay"))
     assert "'overlay' is not supported over btrfs." in caplog.messages
     assert not os.path.exists(os.path.join(fs.mountpoint, "overlay"))
-    # graphdriver.new() skips the sentinel and, having no other driver, finds nothing.
-    with pytest.raises(graphdriver.RegistryError, match="No supported storage backend found"):
-        graphdriver.new(fs.mountpoint)
+    # graphdriver.new() skips the sentinel in the priority loop; its last loop then passes the
+    # root itself as home (§1.4 step 4), whose *parent* is not btrfs, so overlay is accepted
+    # there. Unreachable in Docker (vfs always succeeds first); reachable here, so pinned.
+    fallback = graphdriver.new(fs.mountpoint)
+    assert fallback.home == fs.mountpoint
 
 
 def test_overlay_on_overlay_passes_init_but_cannot_mount(backing_fs, umask022):
@@ -284,14 +290,31 @@ def test_uid_gid_maps_are_honoured(make_driver):
     assert members["g"] == (101000, 101000)
 
 
-def test_concurrent_get_put_keeps_counts_and_mounts_right(make_driver):
+def test_concurrent_get_put_keeps_counts_and_mounts_right(make_driver, monkeypatch):
     driver = make_driver("tmpfs")
     driver.create("base", "")
     layers = ["c%d" % i for i in range(4)]
     for layer in layers:
         driver.create(layer, "base")
+    live = {}
+    worst = [0]
+    guard = threading.Lock()
+    real_mount, real_umount = overlay.mount, overlay.umount
+
+    def counting_mount(source, target, fstype, flags=0, data=None):
+        real_mount(source, target, fstype, flags, data)
+        with guard:
+            live[target] = live.get(target, 0) + 1
+            worst[0] = max(worst[0], live[target])
+
+    def counting_umount(target, flags=0):
+        real_umount(target, flags)
+        with guard:
+            live[target] -= 1
+
+    monkeypatch.setattr(overlay, "mount", counting_mount)
+    monkeypatch.setattr(overlay, "umount", counting_umount)
     errors = []
-    max_mounts = [0]
 
     def worker(n):
         try:
@@ -299,10 +322,6 @@ def test_concurrent_get_put_keeps_counts_and_mounts_right(make_driver):
                 layer = layers[(n + i) % len(layers)]
                 path = driver.get(layer)
                 assert path.endswith("/merged") and os.path.ismount(path)
-                per_layer = {}
-                for m in mounts_under(driver.home):
-                    per_layer[m.mountpoint] = per_layer.get(m.mountpoint, 0) + 1
-                max_mounts[0] = max([max_mounts[0]] + list(per_layer.values()))
                 driver.put(layer)
         except BaseException as err:  # surfaced below
             errors.append(err)
@@ -315,4 +334,5 @@ def test_concurrent_get_put_keeps_counts_and_mounts_right(make_driver):
     assert not errors, errors
     assert driver.proto.active == {}
     assert mounts_under(driver.home) == []
-    assert max_mounts[0] == 1, "a layer was mounted twice at once"
+    assert worst[0] == 1, "a layer was mounted twice at once"
+    assert set(live.values()) == {0}

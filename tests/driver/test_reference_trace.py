@@ -21,6 +21,16 @@ TREE_FIELDS = ("path", "type", "mode", "uid", "gid", "nlink", "size", "sha256", 
 DIFF_FIELDS = ("name", "typeflag", "type", "mode", "uid", "gid", "size", "sha256", "linkname", "format")
 FIXED_MTIME = 1500000000  # mktar's default; other mtimes in the trace are "now"
 
+# Steps whose answer depends on the backing fs's readdir order, with what any order may give.
+# Step 49 (remove while mounted): Go's RemoveAll walks H/ctr in directory order; if upper/ goes
+# before merged/, deleting through the mount meets lower entries it cannot white out and the
+# first error is ENOTEMPTY on an entry below merged/ (the trace README says as much). ext4's
+# hashed order changes with every mkfs, so both answers occur.
+ORDER_DEPENDENT = {
+    49: re.compile(r"^unlinkat \{backing\}/overlay/ctr/merged(: device or resource busy"
+                   r"|/[^:]+: directory not empty)$"),
+}
+
 
 def _tree_view(entries):
     out = []
@@ -60,6 +70,9 @@ def compare(ref, got):
     if ref["ok"] != got["ok"]:
         return ["ok: reference %s, port %s (%s)" % (ref["ok"], got["ok"], got.get("error") or ref.get("error"))]
     if not ref["ok"]:
+        tolerated = ORDER_DEPENDENT.get(ref.get("i"))
+        if tolerated is not None and tolerated.match(got["error"] or ""):
+            return problems
         if ref["error"] != got["error"]:
             problems.append("error text: reference %r, port %r" % (ref["error"], got["error"]))
         if ref.get("errno") != got.get("errno"):
@@ -110,5 +123,9 @@ def test_replay_compare_catches_a_wrong_answer():
     assert compare(ref, got)
     assert compare({"op": "diff_size", "ok": True, "result": 21}, {"op": "diff_size", "ok": True, "result": 22})
     assert not compare({"op": "diff_size", "ok": True, "result": 21}, {"op": "diff_size", "ok": True, "result": 21})
+    step49 = {"i": 49, "op": "remove", "ok": False, "errno": 16,
+              "error": "unlinkat {backing}/overlay/ctr/merged: device or resource busy"}
+    assert not compare(step49, dict(step49, error="unlinkat {backing}/overlay/ctr/merged/a: directory not empty", errno=39))
+    assert compare(step49, dict(step49, error="unlinkat {backing}/overlay/ctr/upper: directory not empty", errno=39))
     assert re.search("reference", compare({"op": "exists", "ok": True, "result": False},
                                           {"op": "exists", "ok": True, "result": True})[0])
