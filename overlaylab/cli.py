@@ -5,6 +5,7 @@ import click
 
 from . import __version__
 from .driver_cli import driver
+from .lab_cli import COMMANDS as LAB_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +16,8 @@ def main() -> None:
 
 
 main.add_command(driver)
+for _command in LAB_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,141 @@
+"""The lab agent: runs inside a target (the host, a qemu guest, a Vagrant box) and prints JSON lines.
+
+``python -m overlaylab.agent probe-target``
+    one ``target`` record: kernel release, overlay config, /proc/filesystems, module parameters.
+``python -m overlaylab.agent run --profile NAME [--device DEV] [--scenario ID ...]``
+    makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
+    asks the driver's Init for its verdict, then runs each scenario and prints one ``cell``
+    record per scenario as soon as it finishes; ends with a ``done`` record.
+
+Every record is flushed as it is written, so a runner that has to kill a hung agent still has
+the cells that finished.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+from .lab import probes as probe_mod
+from .lab.backingfs import BackingFsUnavailable, make_backing_fs
+from .lab.profiles import load_profiles, parse_profiles
+from .lab.scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
+from .lab.shell import KernelLogCursor
+
+
+def emit(record: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _probe_dicts(probes) -> Dict[str, Any]:
+    return {p.name: p.to_dict() for p in probes}
+
+
+def _facts(probes) -> Facts:
+    return Facts({p.name: p.value for p in probes})
+
+
+def cmd_probe_target(args: argparse.Namespace) -> int:
+    probes = probe_mod.run_target_probes()
+    emit({"record": "target", "probes": _probe_dicts(probes), "facts": dict(_facts(probes)),
+          "python": sys.version.split()[0], "uname": list(os.uname())})
+    return 0
+
+
+def _load_profiles(args: argparse.Namespace):
+    if args.profiles_b64:
+        return parse_profiles(base64.b64decode(args.profiles_b64).decode("utf-8"))
+    return load_profiles(args.profiles_file)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    profiles = _load_profiles(args)
+    if args.profile not in profiles:
+        emit({"record": "error", "error": "unknown profile %r (have: %s)" % (args.profile, ", ".join(profiles))})
+        return 2
+    profile = profiles[args.profile]
+    catalogue = all_scenarios()
+    wanted = args.scenario or list(catalogue)
+    unknown = [s for s in wanted if s not in catalogue]
+    if unknown:
+        emit({"record": "error", "error": "unknown scenario(s): %s" % ", ".join(unknown)})
+        return 2
+    workdir = args.workdir or tempfile.mkdtemp(prefix="overlaylab-agent.")
+    os.makedirs(workdir, exist_ok=True)
+    target_probes = probe_mod.run_target_probes()
+    started = time.monotonic()
+    klog = KernelLogCursor()
+    try:
+        try:
+            with make_backing_fs(profile, workdir, device=args.device) as bfs:
+                fs_probes = probe_mod.run_backing_probes(bfs.mountpoint)
+                verdict = probe_mod.driver_verdict(bfs.mountpoint)
+                fs_probes.append(verdict.to_probe())
+                facts = _facts(target_probes + fs_probes)
+                # Expectations speak the lab's words: ACCEPTED / REFUSED / ERROR.
+                facts["driver_init"] = verdict.outcome
+                facts["driver_verdict"] = verdict.verdict
+                emit({"record": "profile", "profile": profile.name, "fs": bfs.to_dict(),
+                      "probes": _probe_dicts(fs_probes), "facts": dict(facts),
+                      "setup_seconds": round(time.monotonic() - started, 3), "dmesg": klog.read_new()})
+                scratch = os.path.join(workdir, "scratch")
+                os.makedirs(scratch, exist_ok=True)
+                for sid in wanted:
+                    sc = catalogue[sid]
+                    cell = run_scenario(sc, bfs.mountpoint, facts, scratch, kernel_log=klog)
+                    record = {"record": "cell", "profile": profile.name, "scenario": sid, "group": sc.group}
+                    record.update(cell.to_dict())
+                    emit(record)
+        except BackingFsUnavailable as err:
+            _emit_unavailable(profile.name, wanted, catalogue, err, klog)
+    finally:
+        klog.close()
+        if not args.workdir:
+            try:
+                os.rmdir(workdir)
+            except OSError:
+                pass
+    emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
+    return 0
+
+
+def _emit_unavailable(profile: str, wanted: List[str], catalogue, err: BackingFsUnavailable,
+                      klog: KernelLogCursor) -> None:
+    """The profile could not be made: every cell is UNSUPPORTED (the kernel's) or ERROR (the lab's)."""
+    detail = err.to_dict()
+    emit({"record": "profile", "profile": profile, "unavailable": detail, "fs": None, "probes": {},
+          "facts": {}, "dmesg": err.dmesg or klog.read_new()})
+    outcome = Outcome.ERROR if err.infrastructure else Outcome.UNSUPPORTED
+    expected = Expectation(Outcome.UNSUPPORTED, "this kernel cannot make the %s profile (%s failed)" % (profile, err.step))
+    for sid in wanted:
+        emit({"record": "cell", "profile": profile, "scenario": sid, "group": catalogue[sid].group,
+              "outcome": outcome.value, "expected": expected.outcome.value, "expected_why": expected.why,
+              "met": outcome == expected.outcome, "duration": 0.0, "error": str(err), "log": [],
+              "evidence": {"backing_fs": detail}})
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m overlaylab.agent", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe-target", help="facts about this kernel")
+    p.set_defaults(func=cmd_probe_target)
+    r = sub.add_parser("run", help="make one profile's backing fs and run scenarios on it")
+    r.add_argument("--profile", required=True)
+    r.add_argument("--device", help="block device to format instead of a loop image (inside VMs)")
+    r.add_argument("--scenario", action="append", default=[], help="scenario id (repeatable; default all)")
+    r.add_argument("--workdir", help="where images, mounts and scratch go (default: a new temp dir)")
+    r.add_argument("--profiles-file", help="filesystems.toml to read (default: the project's)")
+    r.add_argument("--profiles-b64", help="filesystems.toml content, base64 (for targets without the repo)")
+    r.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Running the matrix: for each kernel, bring a target up, run the agent per profile, store cells.
+
+The runner never touches the kernel itself: it only talks to the agent through the target's
+testinfra host (with a timeout on every call), so the same code drives the host, a qemu guest
+or a Vagrant box. Whatever goes wrong with a target (no kernel, a VM that does not boot, an
+agent that hangs) becomes ERROR cells with the evidence, and the other targets carry on.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .profiles import FsProfile
+from .results import RunStore
+from .scenario import Scenario
+
+AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
+
+
+@dataclass
+class Matrix:
+    """What to run: kernels x profiles x scenarios (already filtered)."""
+
+    kernels: List[str]
+    profiles: Dict[str, FsProfile]
+    scenarios: Dict[str, Scenario]
+    all_profiles: Dict[str, FsProfile] = field(default_factory=dict)  # for overlay bases
+
+    @property
+    def cell_count(self) -> int:
+        return len(self.kernels) * len(self.profiles) * len(self.scenarios)
+
+    def disks(self) -> List[Tuple[str, int]]:
+        """One disk per profile that needs a block device (tmpfs needs none)."""
+        return [(p.name, p.size_mib) for p in self.profiles.values() if p.kind != "tmpfs"]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios)}
+
+
+ProgressFn = Callable[[str, Dict[str, Any]], None]
+
+
+def _noop(event: str, info: Dict[str, Any]) -> None:
+    pass
+
+
+def parse_records(stdout: str) -> Tuple[List[Dict[str, Any]], List[str]]:
+    records, junk = [], []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            junk.append(line)
+            continue
+        if isinstance(rec, dict) and "record" in rec:
+            records.append(rec)
+        else:
+            junk.append(line)
+    return records, junk
+
+
+def _tail(text: str, lines: int = 40) -> List[str]:
+    return (text or "").splitlines()[-lines:]
+
+
+class Runner:
+    def __init__(self, provider: Any, store: RunStore, matrix: Matrix, jobs: int = 1,
+                 progress: ProgressFn = _noop, keep: bool = False, profiles_text: Optional[str] = None):
+        self.provider = provider
+        self.store = store
+        self.matrix = matrix
+        self.jobs = max(1, jobs)
+        self.progress = progress
+        self.keep = keep
+        self.profiles_text = profiles_text
+
+    # public --------------------------------------------------------------------------------
+    def run(self) -> None:
+        if self.jobs == 1 or len(self.matrix.kernels) == 1:
+            for kernel in self.matrix.kernels:
+                self.run_target(kernel)
+            return
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for future in [pool.submit(self.run_target, k) for k in self.matrix.kernels]:
+                future.result()
+
+    def run_target(self, kernel: str) -> None:
+        self.progress("target-start", {"kernel": kernel})
+        started = time.monotonic()
+        try:
+            with self.provider.up(kernel, disks=self.matrix.disks(), keep=self.keep) as session:
+                self._record_target(kernel, session, started)
+                for profile in self.matrix.profiles.values():
+                    self._run_profile(kernel, session, profile)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # the target never came up, or went away: ERROR cells, carry on
+            self._target_failed(kernel, err)
+        self.progress("target-end", {"kernel": kernel, "seconds": time.monotonic() - started})
+
+    # internals ------------------------------------------------------------------------------
+    def _append(self, record: Dict[str, Any]) -> None:
+        self.store.append(record)  # thread-safe: parallel targets share the store
+
+    def _agent_command(self, session: Any, args: Sequence[str]) -> str:
+        if hasattr(session, "agent_command"):
+            return session.agent_command(args)
+        return "python3 -m overlaylab.agent " + " ".join(shlex.quote(a) for a in args)
+
+    def _record_target(self, kernel: str, session: Any, started: float) -> None:
+        info = {"record": "target", "target": kernel, "provider": getattr(self.provider, "name", "?"),
+                "kernel_release": getattr(session, "kernel_release", ""),
+                "accel": getattr(session, "accel", None),
+                "boot_seconds": round(getattr(session, "boot_seconds", 0.0) or 0.0, 3),
+                "up_seconds": round(time.monotonic() - started, 3),
+                "disks": dict(getattr(session, "disks", {}) or {})}
+        try:
+            res = session.run(self._agent_command(session, ["probe-target"]), 120)
+            records, _ = parse_records(res.stdout)
+            for rec in records:
+                if rec.get("record") == "target":
+                    info.update({k: v for k, v in rec.items() if k != "record"})
+            if res.rc != 0:
+                info["probe_error"] = _tail(res.stderr)
+        except Exception as err:
+            info["probe_error"] = str(err)
+        self._append(info)
+        self.progress("target-up", info)
+
+    def _run_profile(self, kernel: str, session: Any, profile: FsProfile) -> None:
+        self.progress("profile-start", {"kernel": kernel, "profile": profile.name})
+        args = ["run", "--profile", profile.name]
+        disks = getattr(session, "disks", {}) or {}
+        if profile.name in disks:
+            args += ["--device", disks[profile.name]]
+        if self.profiles_text is not None:
+            args += ["--profiles-b64", base64.b64encode(self.profiles_text.encode()).decode()]
+        for sid in self.matrix.scenarios:
+            args += ["--scenario", sid]
+        timeout = AGENT_GRACE + sum(min(sc.timeout, 120.0) for sc in self.matrix.scenarios.values())
+        done: Dict[str, Dict[str, Any]] = {}
+        stderr, problem = "", None
+        start = time.monotonic()
+        try:
+            res = session.run(self._agent_command(session, args), timeout)
+            records, junk = parse_records(res.stdout)
+            stderr = res.stderr
+            if res.rc == 124 or res.rc == 137:
+                problem = "the agent ran past %.0f s and was killed" % timeout
+            elif res.rc != 0:
+                problem = "the agent exited with status %d" % res.rc
+        except Exception as err:  # transport gone, host-side timeout
+            records, junk = [], []
+            problem = "%s: %s" % (type(err).__name__, err)
+        for rec in records:
+            kind = rec.pop("record")
+            rec.update({"target": kernel, "kernel_release": getattr(session, "kernel_release", ""),
+                        "provider": getattr(self.provider, "name", "?")})
+            if kind == "profile":
+                self._append(dict(rec, record="profile"))
+            elif kind == "cell":
+                done[rec["scenario"]] = rec
+                self._append(dict(rec, record="cell"))
+                self.progress("cell", rec)
+            elif kind == "error":
+                problem = rec.get("error")
+        missing = [sid for sid in self.matrix.scenarios if sid not in done]
+        if missing:
+            evidence = {"agent_problem": problem or "the agent stopped before these scenarios",
+                        "stderr_tail": _tail(stderr), "stdout_junk": junk[-20:],
+                        "console_tail": self._console_tail(session)}
+            for sid in missing:
+                cell = self._error_cell(kernel, profile.name, sid, problem or "no result from the agent", evidence)
+                cell["kernel_release"] = getattr(session, "kernel_release", "")
+                self._append(cell)
+                self.progress("cell", cell)
+        self.progress("profile-end", {"kernel": kernel, "profile": profile.name,
+                                      "seconds": time.monotonic() - start})
+
+    def _console_tail(self, session: Any) -> List[str]:
+        path = getattr(session, "console_log", None)
+        if not path:
+            return []
+        try:
+            with open(path, "r", errors="replace") as f:
+                return f.read().splitlines()[-40:]
+        except OSError:
+            return []
+
+    def _error_cell(self, kernel: str, profile: str, sid: str, error: str, evidence: Dict[str, Any]) -> Dict[str, Any]:
+        sc = self.matrix.scenarios[sid]
+        return {"record": "cell", "target": kernel, "profile": profile, "scenario": sid, "group": sc.group,
+                "provider": getattr(self.provider, "name", "?"), "outcome": "ERROR", "expected": "PASS",
+                "expected_why": "", "met": False, "duration": 0.0, "error": error, "log": [],
+                "evidence": evidence}
+
+    def _target_failed(self, kernel: str, err: BaseException) -> None:
+        evidence: Dict[str, Any] = {"error_type": type(err).__name__,
+                                    "traceback": traceback.format_exc(limit=6)}
+        for attr in ("console_tail", "evidence", "output"):
+            value = getattr(err, attr, None)
+            if value:
+                evidence[attr] = value
+        self._append({"record": "target", "target": kernel, "provider": getattr(self.provider, "name", "?"),
+                      "error": str(err), "evidence": evidence})
+        for profile in self.matrix.profiles:
+            for sid in self.matrix.scenarios:
+                cell = self._error_cell(kernel, profile, sid, "target %s did not come up: %s" % (kernel, err), evidence)
+                self._append(cell)
+                self.progress("cell", cell)

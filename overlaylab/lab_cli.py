@@ -1,0 +1,190 @@
+"""``overlaylab run | list | show``: the lab's command line."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import click
+
+from .lab.profiles import default_profiles_path, load_profiles, profile_matcher, select_profiles
+from .lab.results import RunStore, default_reports_dir, load_run, resolve_run_dir
+from .lab.runner import Matrix, Runner
+from .lab.scenario import all_scenarios
+from .lab.tables import render_run, render_unmet
+
+
+def select_scenarios(patterns: Sequence[str]) -> Dict[str, Any]:
+    """Scenarios matching any of the ``-k`` expressions (all if none), in catalogue order."""
+    catalogue = all_scenarios()
+    exprs = [p for p in patterns if p and p.strip()]
+    if not exprs:
+        return catalogue
+    preds = [profile_matcher(e) for e in exprs]
+    return {sid: sc for sid, sc in catalogue.items() if any(f(sc) for f in preds)}
+
+
+class AutoProvider:
+    """``--provider auto``: the host kernel locally, every other kernel under qemu."""
+
+    name = "auto"
+
+    def __init__(self) -> None:
+        self._providers: Dict[str, Any] = {}
+
+    def _get(self, name: str):
+        if name not in self._providers:
+            from .providers import get_provider_class
+            self._providers[name] = get_provider_class(name)()
+        return self._providers[name]
+
+    def up(self, kernel: str, disks=(), keep: bool = False):
+        provider = self._get("local" if kernel in ("host", "local") else "qemu")
+        self.name = provider.name if hasattr(provider, "name") else "auto"
+        return provider.up(kernel, disks=disks, keep=keep)
+
+
+def make_provider(name: str):
+    if name == "auto":
+        return AutoProvider()
+    from .providers import get_provider_class
+    provider = get_provider_class(name)()
+    if not hasattr(provider, "name"):
+        provider.name = name
+    return provider
+
+
+def _progress_printer(total: int):
+    """A rich progress bar on a terminal; plain lines otherwise (CI logs)."""
+    state = {"done": 0}
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), transient=True)
+        task = progress.add_task("starting", total=total)
+        progress.start()
+
+        def on_event(event: str, info: Dict[str, Any]) -> None:
+            if event == "cell":
+                progress.advance(task)
+            elif event in ("profile-start", "target-start"):
+                progress.update(task, description="%s %s" % (info.get("kernel"), info.get("profile", "")))
+        on_event.stop = progress.stop  # type: ignore[attr-defined]
+        return on_event
+
+    def on_line(event: str, info: Dict[str, Any]) -> None:
+        if event == "cell":
+            state["done"] += 1
+        elif event == "profile-end":
+            click.echo("[%d/%d] %s %s done in %.1fs" % (state["done"], total, info["kernel"], info["profile"],
+                                                        info["seconds"]), err=True)
+        elif event == "target-up":
+            click.echo("target %s up: kernel %s (%s)" % (info.get("target"), info.get("kernel_release"),
+                                                         info.get("provider")), err=True)
+    on_line.stop = lambda: None  # type: ignore[attr-defined]
+    return on_line
+
+
+@click.command("run")
+@click.option("--provider", type=click.Choice(["auto", "local", "qemu", "vagrant"]), default="auto",
+              show_default=True, help="auto: the host kernel locally, other kernels under qemu.")
+@click.option("-K", "--kernel", "kernels", multiple=True, help="Kernel catalogue entry (repeatable; default: host).")
+@click.option("-p", "--profile", "profile_exprs", multiple=True,
+              help="Filesystem profiles, a -k style expression (e.g. 'ext4 and not small').")
+@click.option("-k", "scenario_exprs", multiple=True, help="Scenarios, a -k style expression (e.g. 'diff or whiteout').")
+@click.option("-j", "--jobs", type=int, default=os.cpu_count() or 1, show_default=True,
+              help="Targets run in parallel.")
+@click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
+              help="Where runs/<run-id>/ goes (default ./reports, env OVERLAYLAB_REPORTS).")
+@click.option("--profiles-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Another filesystems.toml.")
+@click.option("--keep", is_flag=True, help="Leave VMs up after the run (debugging).")
+def run_cmd(provider: str, kernels: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
+            jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool) -> None:
+    """Run the matrix: kernels x filesystem profiles x scenarios; print the tables.
+
+    Exit status 0 when every cell met its expectation, 1 otherwise.
+    """
+    profiles_path = profiles_file or str(default_profiles_path())
+    all_profiles = load_profiles(profiles_path)
+    profiles = select_profiles(all_profiles, list(profile_exprs) or None)
+    scenarios = select_scenarios(scenario_exprs)
+    if not profiles:
+        raise click.UsageError("no profile matches %s" % " / ".join(profile_exprs))
+    if not scenarios:
+        raise click.UsageError("no scenario matches %s" % " / ".join(scenario_exprs))
+    kernel_list = list(kernels) or ["host"]
+    matrix = Matrix(kernel_list, profiles, scenarios, all_profiles)
+    store = RunStore(reports_dir)
+    store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs)
+    with open(profiles_path, "r", encoding="utf-8") as f:
+        profiles_text = f.read()
+    on_event = _progress_printer(matrix.cell_count)
+    runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
+                    profiles_text=profiles_text if provider == "vagrant" else None)
+    status = "finished"
+    # SIGTERM is turned into KeyboardInterrupt so every context manager tears its target down.
+    old_term = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        on_event.stop()  # type: ignore[attr-defined]
+        store.finish(status)
+    run = load_run(store.path)
+    click.echo(render_run(run))
+    unmet = render_unmet(run)
+    if unmet:
+        click.echo("\nNot as expected:\n" + unmet)
+    click.echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
+    if status != "finished":
+        raise click.exceptions.Exit(130)
+    if run.unmet() or len(run.cells) < matrix.cell_count:
+        raise click.exceptions.Exit(1)
+
+
+@click.command("list")
+@click.argument("what", type=click.Choice(["kernels", "profiles", "scenarios"]))
+def list_cmd(what: str) -> None:
+    """List the kernel catalogue, the filesystem profiles or the scenario catalogue."""
+    from tabulate import tabulate
+    if what == "profiles":
+        rows = [(p.name, p.kind, p.fstype, p.size_mib, p.description) for p in load_profiles().values()]
+        click.echo(tabulate(rows, headers=["profile", "kind", "fstype", "MiB", "description"]))
+    elif what == "scenarios":
+        rows = [(s.id, s.group, s.description, s.reference) for s in all_scenarios().values()]
+        click.echo(tabulate(rows, headers=["scenario", "group", "description", "reference"]))
+    else:
+        rows = [("host", "local", "the running kernel", "")]
+        try:
+            from .kernels.catalogue import load_catalogue
+            for entry in load_catalogue().values():
+                rows.append((entry.name, getattr(entry, "kind", ""), getattr(entry, "description", ""),
+                             getattr(entry, "suite", "") or getattr(entry, "package", "")))
+        except Exception as err:  # the catalogue is optional for a local-only install
+            rows.append(("?", "", "kernel catalogue unavailable: %s" % err, ""))
+        click.echo(tabulate(rows, headers=["kernel", "kind", "description", "source"]))
+
+
+@click.command("show")
+@click.argument("run_ref", default="latest")
+@click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
+def show_cmd(run_ref: str, reports_dir: Optional[str]) -> None:
+    """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
+    try:
+        path = resolve_run_dir(run_ref, reports_dir)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    run = load_run(path)
+    click.echo(render_run(run))
+    unmet = render_unmet(run)
+    if unmet:
+        click.echo("\nNot as expected:\n" + unmet)
+    if run.skipped_lines:
+        click.echo("\n(%d damaged result lines skipped)" % run.skipped_lines)
+
+
+COMMANDS = [run_cmd, list_cmd, show_cmd]

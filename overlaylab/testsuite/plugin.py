@@ -1,0 +1,56 @@
+"""pytest plugin (entry point ``pytest11``): options and fixtures of the catalogue suite."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+import pytest
+
+
+_cache = {}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("overlaylab")
+    group.addoption("--lab-profiles", default="core or tmpfs or xfs",
+                    help="-k style expression over filesystem profiles")
+    group.addoption("--lab-python", default=None,
+                    help="python on the target (default: this interpreter for local://, else python3)")
+    group.addoption("--lab-pythonpath", default=None, help="PYTHONPATH on the target (where overlaylab is)")
+    group.addoption("--lab-timeout", type=float, default=900.0, help="seconds per profile")
+
+
+def pytest_generate_tests(metafunc):
+    if {"lab_profile", "lab_scenario"} <= set(metafunc.fixturenames):
+        from overlaylab.lab.profiles import load_profiles, select_profiles
+        from overlaylab.lab.scenario import all_scenarios
+        profiles = select_profiles(load_profiles(), metafunc.config.getoption("--lab-profiles"))
+        params = [(p, s) for p in profiles for s in all_scenarios()]
+        metafunc.parametrize(("lab_profile", "lab_scenario"), params, ids=["%s-%s" % ps for ps in params])
+
+
+@pytest.fixture
+def lab_cell(request, host, lab_profile, lab_scenario):
+    """The agent's record for this cell on ``host`` (one agent run per host and profile)."""
+    from overlaylab.lab.runner import parse_records
+    from overlaylab.providers.qemu import run_with_timeout
+    config = request.config
+    key = (host.backend.get_pytest_id(), lab_profile)
+    if key not in _cache:
+        local = host.backend.NAME == "local"
+        python = config.getoption("--lab-python") or (sys.executable if local else "python3")
+        env = ""
+        pythonpath = config.getoption("--lab-pythonpath")
+        if pythonpath or local:
+            env = "env PYTHONPATH=%s " % shlex.quote(pythonpath or os.path.dirname(os.path.dirname(
+                os.path.dirname(os.path.abspath(__file__)))))
+        command = "%s%s -m overlaylab.agent run --profile %s" % (env, shlex.quote(python), shlex.quote(lab_profile))
+        result = run_with_timeout(host, command, config.getoption("--lab-timeout"))
+        records, _ = parse_records(result.stdout)
+        _cache[key] = ({r["scenario"]: r for r in records if r.get("record") == "cell"}, result)
+    cells, result = _cache[key]
+    if lab_scenario not in cells:
+        pytest.fail("no result for %s on %s: agent rc %s, stderr: %s" % (
+            lab_scenario, lab_profile, result.rc, result.stderr[-2000:]))
+    return cells[lab_scenario]
