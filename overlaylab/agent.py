@@ -16,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -134,7 +135,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--profiles-b64", help="filesystems.toml content, base64 (for targets without the repo)")
     r.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
-    return args.func(args)
+    # SIGTERM (a runner stopping, `timeout` expiring) unwinds like Ctrl-C: every backing fs,
+    # loop device and mount is torn down by its context manager on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        emit({"record": "error", "error": "interrupted"})
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt()
 
 
 if __name__ == "__main__":

@@ -130,6 +130,10 @@ def run_cmd(provider: str, kernels: Sequence[str], profile_exprs: Sequence[str],
         runner.run()
     except KeyboardInterrupt:
         status = "interrupted"
+        # Agents run under `timeout`, which passes SIGTERM on to its whole process group.
+        from .procutil import signal_descendants, wait_descendants_gone
+        signal_descendants(signal.SIGTERM)
+        wait_descendants_gone(60)  # let agents unmount and detach before we report
     finally:
         signal.signal(signal.SIGTERM, old_term)
         on_event.stop()  # type: ignore[attr-defined]

@@ -1,0 +1,203 @@
+"""The lab end to end on the host kernel: CLI run, stored results, re-shown tables, interruption,
+and what happens when a target or the agent goes wrong."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from overlaylab.lab.profiles import load_profiles
+from overlaylab.lab.results import RunStore, load_run
+from overlaylab.lab.runner import Matrix, Runner, parse_records
+from overlaylab.lab.scenario import all_scenarios
+from overlaylab.mountutil import mounts_under
+
+OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
+
+
+def _run_cli(args, env=None, timeout=600):
+    return subprocess.run(OVERLAYLAB + args, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def _tables(text):
+    """The matrix and count tables of a run's output: from '== <target>' to the summary line."""
+    start = text.index("== host")
+    return text[start:text.index(" cells: ", start)]
+
+
+def _loops_under(path):
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if path in line]
+
+
+@pytest.fixture
+def lab_tmp(tmp_path):
+    """TMPDIR for the agent, so anything it leaves is found (and cleaned) here."""
+    d = tmp_path / "agent-tmp"
+    d.mkdir()
+    yield str(d)
+    from overlaylab.lab.backingfs import unmount_tree
+    unmount_tree(str(d))
+    for line in _loops_under(str(d)):
+        subprocess.run(["losetup", "-d", line.split(":")[0]])
+
+
+def test_local_run_stores_cells_and_prints_tables(tmp_path, lab_tmp):
+    reports = tmp_path / "reports"
+    res = _run_cli(["run", "--provider", "local", "--reports-dir", str(reports), "-p", "=tmpfs or =btrfs",
+                    "-k", "driver-init or create-empty or whiteouts-through-diff"], env={"TMPDIR": lab_tmp})
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = os.listdir(reports / "runs")
+    assert len(runs) == 1
+    run = load_run(str(reports / "runs" / runs[0]))
+    assert run.meta["status"] == "finished" and run.meta["schema"] == 1
+    cells = run.cell_map()
+    assert len(cells) == 6
+    assert cells[("host", "btrfs", "driver-init")]["outcome"] == "REFUSED"
+    assert "'overlay' is not supported over btrfs." in json.dumps(cells[("host", "btrfs", "driver-init")])
+    assert cells[("host", "tmpfs", "whiteouts-through-diff")]["outcome"] == "PASS"
+    assert all(c["met"] for c in run.cells)
+    profile = run.profile_record("host", "tmpfs")
+    assert profile["fs"]["info"] and profile["facts"]["fs_magic"]["name"] == "tmpfs"
+    assert run.target_record("host")["kernel_release"] == os.uname().release
+    assert "REFUSED" in res.stdout and "whiteouts-through-diff" in res.stdout
+    # `show` re-prints the same matrix from disk.
+    shown = _run_cli(["show", runs[0], "--reports-dir", str(reports)])
+    assert shown.returncode == 0
+    assert _tables(shown.stdout) == _tables(res.stdout) and "whiteouts-through-diff" in _tables(shown.stdout)
+    assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp) == []
+
+
+def test_interrupt_tears_everything_down(tmp_path, lab_tmp):
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(reports), "-p", "=ext4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=lab_tmp), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _loops_under(lab_tmp):
+            time.sleep(0.1)
+        assert _loops_under(lab_tmp), "the agent never attached its loop device"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    run_dir = os.path.join(str(reports), "runs", os.listdir(str(reports / "runs"))[0])
+    assert load_run(run_dir).meta["status"] == "interrupted"
+    assert mounts_under(lab_tmp) == []
+    assert _loops_under(lab_tmp) == []
+
+
+def test_sigterm_to_the_runner_alone_stops_the_agent_cleanly(tmp_path, lab_tmp):
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(reports), "-p", "=xfs"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=lab_tmp), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not mounts_under(lab_tmp):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp) == []
+
+
+def test_damaged_last_line_is_skipped_not_fatal(tmp_path):
+    store = RunStore(str(tmp_path), run_id="r1")
+    store.start(matrix={})
+    store.append({"record": "cell", "target": "host", "profile": "p", "scenario": "s", "outcome": "PASS", "met": True})
+    store.finish()
+    with open(os.path.join(store.path, "results.jsonl"), "a") as f:
+        f.write('{"record": "cell", "target": "host", "prof')  # a crash mid-write
+    run = load_run(store.path)
+    assert len(run.cells) == 1 and run.skipped_lines == 1
+    assert run.cells[0]["schema"] == 1
+
+
+class _Result:
+    def __init__(self, rc, stdout="", stderr=""):
+        self.rc, self.stdout, self.stderr = rc, stdout, stderr
+
+
+class _Session:
+    kernel_release = "9.9-test"
+    disks = {}
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+
+    def run(self, command, timeout):
+        return self.behaviour(command, timeout)
+
+
+class _Provider:
+    name = "stub"
+
+    def __init__(self, behaviour=None, boot_error=None):
+        self.behaviour, self.boot_error = behaviour, boot_error
+
+    @contextlib.contextmanager
+    def up(self, kernel, disks=(), keep=False):
+        if self.boot_error:
+            raise self.boot_error
+        yield _Session(self.behaviour)
+
+
+def _matrix(scenarios=("create-empty", "driver-init")):
+    catalogue = all_scenarios()
+    profiles = load_profiles()
+    return Matrix(["k1"], {"tmpfs": profiles["tmpfs"]}, {s: catalogue[s] for s in scenarios})
+
+
+def test_a_target_that_does_not_boot_gives_error_cells(tmp_path):
+    class BootError(Exception):
+        console_tail = ["Kernel panic - not syncing: VFS: Unable to mount root fs"]
+
+    store = RunStore(str(tmp_path), run_id="r2")
+    store.start()
+    Runner(_Provider(boot_error=BootError("no ready marker after 60 s")), store, _matrix()).run()
+    store.finish()
+    run = load_run(store.path)
+    assert [c["outcome"] for c in run.cells] == ["ERROR", "ERROR"]
+    assert "Kernel panic" in json.dumps(run.cells[0]["evidence"])
+    assert run.target_record("k1")["error"] == "no ready marker after 60 s"
+
+
+def test_an_agent_that_hangs_keeps_finished_cells_and_errors_the_rest(tmp_path):
+    first = json.dumps({"record": "cell", "profile": "tmpfs", "scenario": "create-empty", "group": "lifecycle",
+                        "outcome": "PASS", "expected": "PASS", "met": True, "duration": 0.1, "error": "",
+                        "log": [], "evidence": {}})
+
+    def behaviour(command, timeout):
+        if "probe-target" in command:
+            return _Result(0, json.dumps({"record": "target", "facts": {}}))
+        return _Result(124, first + "\n", "Terminated")  # `timeout` killed it after one cell
+
+    store = RunStore(str(tmp_path), run_id="r3")
+    store.start()
+    Runner(_Provider(behaviour), store, _matrix()).run()
+    store.finish()
+    cells = load_run(store.path).cell_map()
+    assert cells[("k1", "tmpfs", "create-empty")]["outcome"] == "PASS"
+    hung = cells[("k1", "tmpfs", "driver-init")]
+    assert hung["outcome"] == "ERROR" and "was killed" in hung["error"]
+    assert hung["evidence"]["stderr_tail"] == ["Terminated"]
+
+
+def test_parse_records_ignores_noise():
+    records, junk = parse_records('warning: something\n{"record": "done"}\n{"x": 1}\n')
+    assert records == [{"record": "done"}] and junk == ["warning: something", '{"x": 1}']
