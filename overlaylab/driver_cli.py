@@ -36,7 +36,12 @@ class DriverContext:
     def driver(self):
         if self._driver is None:
             from .graphdriver import overlay
-            self._driver = overlay.init(self.home, (), self.uid_maps, self.gid_maps)
+            # The daemon makes its root (the home's parent) before graphdriver.New; so do we.
+            os.makedirs(os.path.dirname(self.home), 0o701, exist_ok=True)
+            try:
+                self._driver = overlay.init(self.home, (), self.uid_maps, self.gid_maps)
+            except Exception as err:
+                raise RuntimeError("init %s: %s" % (self.home, err)) from None
         return self._driver
 
 
@@ -109,10 +114,15 @@ def remove_cmd(dc: DriverContext, layer_id: str) -> None:
 
 
 def _layer_rows(home: str):
+    from .goerrors import PathError
     from .mountutil import mountinfo
     mounted = {m.mountpoint for m in mountinfo()}
     rows = []
-    for name in sorted(os.listdir(home), key=os.fsencode):
+    try:
+        names = sorted(os.listdir(home), key=os.fsencode)
+    except OSError as err:
+        raise PathError("open", home, err.errno) from None
+    for name in names:
         d = os.path.join(home, name)
         if not os.path.isdir(d):
             continue
