@@ -1,0 +1,102 @@
+"""The chrooted apply helper: ``python -m overlaylab.archive.applylayer <dest>`` is this
+project's ``docker-applyLayer`` re-exec (spec §4.6).
+
+Protocol: options as JSON in ``$OPT``, the layer tar on stdin; on success
+``{"layerSize":N}`` and a newline on stdout, stdin drained, exit 0; on failure the error text
+(no newline) on stderr, exit 1. Everything that runs after ``chroot`` must already be
+imported, since the destination has no Python library in it.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import signal
+import sys
+from typing import List, NoReturn, Optional
+
+from ..goerrors import errno_text
+from . import gofs
+from .unpack import TarOptions, unpack_layer
+
+try:  # die with the parent, like the reference's Pdeathsig (best effort)
+    import ctypes
+
+    _libc: Optional[ctypes.CDLL] = ctypes.CDLL(None, use_errno=True)
+except (ImportError, OSError):  # pragma: no cover
+    _libc = None
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _fatal(err: object) -> NoReturn:
+    sys.stderr.write(str(err))
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _prewarm() -> None:
+    """Import lazily-loaded codecs now: after chroot no module can be loaded any more."""
+    for name in ("utf-8", "ascii", "latin-1"):
+        codecs.lookup(name)
+    os.fsencode("x")
+    os.fsdecode(b"x")
+    json.dumps({"layerSize": 0}, separators=(",", ":"))
+    json.loads('{"a": null}')
+    str(OSError(2, "x"))
+
+
+def main(argv: Optional[List[str]] = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    dest = args[0] if args else ""
+    _prewarm()
+    if _libc is not None:
+        try:
+            _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (AttributeError, OSError):  # pragma: no cover
+            pass
+    stdin = sys.stdin.buffer
+
+    try:
+        os.chroot(dest)
+        os.chdir("/")
+    except OSError as err:
+        _fatal(errno_text(err.errno or 5))
+    os.umask(0)
+
+    raw = os.environ.get("OPT", "")
+    if not raw:
+        _fatal("unexpected end of JSON input")
+    try:
+        options = TarOptions.from_json(raw)
+    except (ValueError, TypeError, KeyError) as err:
+        _fatal(err)
+
+    try:
+        tmp = gofs.temp_dir("/", "temp-docker-extract")
+    except OSError as err:
+        _fatal(err)
+    os.environ["TMPDIR"] = tmp
+
+    failure: Optional[BaseException] = None
+    size = 0
+    try:
+        size = unpack_layer("/", stdin, options)
+    except Exception as err:  # noqa: BLE001 - every failure goes to stderr as text
+        failure = err
+    try:
+        gofs.remove_all(tmp)
+    except OSError:
+        pass
+    if failure is not None:
+        _fatal(failure)
+
+    sys.stdout.write(json.dumps({"layerSize": size}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    while stdin.read(1 << 16):
+        pass
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``chrootarchive.ApplyUncompressedLayer``: apply a layer in a chrooted child process
+(spec §4.6).
+
+The reference re-execs itself as ``docker-applyLayer``; here the child is
+``python -m overlaylab.archive.applylayer <dest>`` (see :mod:`.applylayer`), with only
+``OPT`` (and ``PYTHONPATH`` so the child finds this package) in its environment. The tar is
+fed to the child's stdin by a thread, since ``stream`` may itself be a pipe filled by a
+thread of this process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import List, Optional
+
+from . import gopath
+from .errors import ArchiveError
+from .unpack import TarOptions
+
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHUNK = 1 << 20
+
+
+def _exit_text(returncode: int) -> str:
+    """Go's ``*exec.ExitError`` text: ``exit status N`` or ``signal: <name>``."""
+    if returncode >= 0:
+        return "exit status %d" % returncode
+    try:
+        name = signal.strsignal(-returncode) or ("signal %d" % -returncode)
+    except (ValueError, AttributeError):
+        name = "signal %d" % -returncode
+    return "signal: " + name[:1].lower() + name[1:]
+
+
+def _go_json_error(out: bytes) -> Optional[str]:
+    """Decode the first JSON value like Go's ``json.Decoder``; the error text, or None."""
+    text = out.decode("utf-8", "replace").lstrip(" \t\r\n")
+    if not text:
+        return "EOF"
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError as err:
+        return str(err)
+    if not isinstance(value, dict):
+        return ("json: cannot unmarshal %s into Go value of type chrootarchive.applyLayerResponse"
+                % {list: "array", str: "string", bool: "bool"}.get(type(value), "number"))
+    return None
+
+
+def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = None) -> int:
+    """Apply the uncompressed layer tar read from ``stream`` to ``dest`` inside a chroot;
+    the layer size. Failures raise :class:`ArchiveError` with the reference's texts:
+    ``ApplyLayer exit status 1 stdout: <out> stderr: <err>`` or
+    ``unable to decode ApplyLayer JSON response: <err>``."""
+    dest = gopath.clean(dest)
+    options = options or TarOptions()
+    env = {"OPT": options.to_json(), "PYTHONPATH": _PKG_PARENT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overlaylab.archive.applylayer", dest],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    copy_error: List[BaseException] = []
+    errbuf: List[bytes] = []
+
+    def pump() -> None:
+        try:
+            while True:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                proc.stdin.write(chunk)  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass  # the child stopped reading (it failed); its exit status tells why
+        except Exception as err:  # noqa: BLE001 - reported like Go's stdin copy error
+            copy_error.append(err)
+        finally:
+            try:
+                proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+
+    def drain_stderr() -> None:
+        errbuf.append(proc.stderr.read())  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=pump, name="applylayer-stdin", daemon=True),
+               threading.Thread(target=drain_stderr, name="applylayer-stderr", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        out = proc.stdout.read()  # type: ignore[union-attr]
+        returncode = proc.wait()
+    finally:
+        for t in threads:
+            t.join()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    err_text = b"".join(errbuf).decode("utf-8", "replace")
+    out_text = out.decode("utf-8", "replace")
+    if returncode != 0:
+        raise ArchiveError("ApplyLayer %s stdout: %s stderr: %s"
+                           % (_exit_text(returncode), out_text, err_text))
+    if copy_error:
+        raise ArchiveError("ApplyLayer %s stdout: %s stderr: %s"
+                           % (copy_error[0], out_text, err_text))
+    problem = _go_json_error(out)
+    if problem is not None:
+        raise ArchiveError("unable to decode ApplyLayer JSON response: %s" % problem)
+    value, _ = json.JSONDecoder().raw_decode(out.decode("utf-8", "replace").lstrip(" \t\r\n"))
+    size = value.get("layerSize", 0)
+    return int(size) if isinstance(size, (int, float)) else 0

@@ -1,0 +1,21 @@
+"""Errors of the tar-layer package (spec §4.5).
+
+Filesystem failures keep their Go texts as ``goerrors.PathError``/``LinkError``/``SyscallError``
+(``OSError`` subclasses); everything about the archive itself is an :class:`ArchiveError`.
+"""
+from __future__ import annotations
+
+
+class ArchiveError(Exception):
+    """A malformed or unusable layer stream, or a failed apply; ``str()`` is the Go text."""
+
+
+class BreakoutError(ArchiveError):
+    """An entry that would escape the extraction directory (the reference's ``breakoutError``)."""
+
+
+#: Go's ``io.ErrUnexpectedEOF`` text.
+UNEXPECTED_EOF = "unexpected EOF"
+
+#: Go's ``tar.ErrHeader`` text.
+INVALID_HEADER = "archive/tar: invalid tar header"

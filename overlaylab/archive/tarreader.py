@@ -1,0 +1,345 @@
+"""A streaming tar reader with Go 1.5 ``archive/tar`` semantics (spec §4.5).
+
+What the reference's reader does and Python's ``tarfile`` does not (or differently):
+
+- PAX ``x`` headers and GNU ``L``/``K`` long names are consumed and merged into the next
+  entry: ``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``uname``, ``gname``, ``mtime``,
+  ``atime``, ``ctime`` (nanoseconds kept) and ``SCHILY.xattr.*`` (raw bytes); unparsable
+  values are ignored;
+- PAX global ``g`` headers are returned as entries (the caller logs and ignores them);
+- the mode field is returned raw, file-type bits included;
+- a plain USTAR header has no atime: ``atime_ns`` is ``ZERO_TIME_NS``; "star" headers carry
+  atime/ctime;
+- end of archive is a zero block followed by EOF or a second zero block, or EOF at a header
+  boundary; a zero block followed by anything else, a bad checksum or an unparsable number
+  is ``archive/tar: invalid tar header``.
+
+Stricter than Go 1.5 (which would silently stop or mis-read): a stream cut inside a header,
+a body or its padding raises ``unexpected EOF``; the PAX ``size`` governs how much body is
+read; PAX (GNU 0.x/1.0) sparse files are refused instead of being expanded.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Tuple
+
+from .errors import INVALID_HEADER, UNEXPECTED_EOF, ArchiveError
+from .tarheader import (
+    BLOCK, PAX_XATTR, TYPE_BLOCK, TYPE_CHAR, TYPE_GNU_LONGLINK, TYPE_GNU_LONGNAME,
+    TYPE_XHEADER, ZERO_BLOCK, Header,
+)
+
+_CHUNK = 64 * 1024
+_MAX_META = 16 * 1024 * 1024  # PAX/GNU long-name bodies are held in memory
+
+
+def _cstring(b: bytes) -> bytes:
+    i = b.find(b"\x00")
+    return b if i < 0 else b[:i]
+
+
+class _FieldError(Exception):
+    pass
+
+
+def _octal(b: bytes) -> int:
+    """Go 1.5 ``Reader.octal``: base-256 if the high bit is set, else trimmed octal text."""
+    if b and b[0] & 0x80:
+        x = b[0] & 0x7F
+        for c in b[1:]:
+            x = (x << 8) | c
+        if x >= 1 << 63:  # int64 wrap-around in Go: a negative number
+            x -= 1 << 64
+        return x
+    t = _cstring(b.strip(b" \x00"))
+    if not t:
+        return 0
+    if t.translate(None, b"01234567"):
+        raise _FieldError()
+    return int(t, 8)
+
+
+_HIGH = bytes(range(0x80, 0x100))
+
+
+def _checksums(block: bytes) -> Tuple[int, int]:
+    """Unsigned and signed sums with the checksum field read as spaces."""
+    rest = block[:148] + block[156:]
+    unsigned = sum(rest) + 8 * 0x20
+    high = len(rest) - len(rest.translate(None, _HIGH))
+    return unsigned, unsigned - 256 * high
+
+
+def _pax_time(value: str) -> int:
+    """Go 1.5 ``parsePAXTime``: ``sec[.frac]`` with the fraction padded/truncated to 9 digits."""
+    if "." in value:
+        sec_s, frac = value.split(".", 1)
+        frac = (frac + "000000000")[:9]
+        if not frac.isdigit():
+            raise ValueError(value)
+        sec, nsec = int(sec_s, 10), int(frac, 10)
+    else:
+        sec, nsec = int(value, 10), 0
+    return sec * 10 ** 9 + nsec
+
+
+def _parse_int(value: str) -> int:
+    v = value.strip()
+    if not v or not (v.lstrip("+-").isdigit()):
+        raise ValueError(value)
+    return int(v, 10)
+
+
+def parse_pax(body: bytes) -> Dict[str, bytes]:
+    """Records ``"%d key=value\\n"``; any malformed record is ``invalid tar header``."""
+    out: Dict[str, bytes] = {}
+    buf = body
+    while buf:
+        sp = buf.find(b" ")
+        if sp <= 0:
+            raise ArchiveError(INVALID_HEADER)
+        try:
+            n = int(buf[:sp].decode("ascii"), 10)
+        except (ValueError, UnicodeDecodeError):
+            raise ArchiveError(INVALID_HEADER) from None
+        if n < 5 or len(buf) < n or sp + 1 > n - 1:
+            raise ArchiveError(INVALID_HEADER)
+        record, buf = buf[sp + 1:n - 1], buf[n:]
+        eq = record.find(b"=")
+        if eq < 0:
+            raise ArchiveError(INVALID_HEADER)
+        out[os.fsdecode(record[:eq])] = record[eq + 1:]
+    return out
+
+
+def merge_pax(hdr: Header, headers: Dict[str, bytes]) -> None:
+    """Go 1.5 ``mergePAX`` (an unparsable number or time leaves that field alone)."""
+    for key, raw in headers.items():
+        try:
+            if key == "path":
+                hdr.name = os.fsdecode(raw)
+            elif key == "linkpath":
+                hdr.linkname = os.fsdecode(raw)
+            elif key == "uname":
+                hdr.uname = os.fsdecode(raw)
+            elif key == "gname":
+                hdr.gname = os.fsdecode(raw)
+            elif key == "uid":
+                hdr.uid = _parse_int(raw.decode("ascii"))
+            elif key == "gid":
+                hdr.gid = _parse_int(raw.decode("ascii"))
+            elif key == "size":
+                size = _parse_int(raw.decode("ascii"))
+                if size < 0:
+                    raise ValueError
+                hdr.size = size
+            elif key == "mtime":
+                hdr.mtime_ns = _pax_time(raw.decode("ascii"))
+            elif key == "atime":
+                hdr.atime_ns = _pax_time(raw.decode("ascii"))
+            elif key == "ctime":
+                hdr.ctime_ns = _pax_time(raw.decode("ascii"))
+            elif key.startswith(PAX_XATTR):
+                hdr.xattrs[key[len(PAX_XATTR):]] = raw
+        except (ValueError, UnicodeDecodeError):
+            continue
+
+
+class TarReader:
+    """Iterate entries with :meth:`next`; read the current body with :meth:`read` or
+    :meth:`copy_to_fd`. Every failure is an :class:`ArchiveError` with Go's text."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self._remaining = 0  # unread body bytes of the current entry
+        self._pad = 0
+        self._eof = False
+
+    # -- raw input ---------------------------------------------------------------------
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self._stream.read(_CHUNK)
+        except OSError as err:
+            raise ArchiveError("read: %s" % (err.strerror or err)) from None
+        if not chunk:
+            return False
+        self._buf = self._buf[self._pos:] + bytes(chunk) if self._pos < len(self._buf) else bytes(chunk)
+        self._pos = 0
+        return True
+
+    def _read_exact(self, n: int) -> bytes:
+        """``n`` bytes; ``b""`` if the stream ends right here; ``unexpected EOF`` if partway."""
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                if len(self._buf) == self._pos:
+                    return b""
+                raise ArchiveError(UNEXPECTED_EOF)
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return out
+
+    def _read_some(self, n: int) -> bytes:
+        """Up to ``n`` (> 0) bytes; ``b""`` only at end of stream."""
+        if self._pos >= len(self._buf):
+            if n >= _CHUNK:
+                try:
+                    chunk = self._stream.read(min(n, 1 << 20))
+                except OSError as err:
+                    raise ArchiveError("read: %s" % (err.strerror or err)) from None
+                return bytes(chunk) if chunk else b""
+            if not self._fill():
+                return b""
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def _skip(self, n: int) -> None:
+        while n > 0:
+            got = self._read_some(min(n, 1 << 20))
+            if not got:
+                raise ArchiveError(UNEXPECTED_EOF)
+            n -= len(got)
+
+    # -- entry bodies ------------------------------------------------------------------
+
+    def read(self, n: int = -1) -> bytes:
+        """Read from the current entry's body (all of it if ``n < 0``); ``b""`` at its end."""
+        if n < 0:
+            parts: List[bytes] = []
+            while True:
+                part = self.read(1 << 20)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        if self._remaining <= 0 or n == 0:
+            return b""
+        got = self._read_some(min(n, self._remaining))
+        if not got:
+            raise ArchiveError(UNEXPECTED_EOF)
+        self._remaining -= len(got)
+        return got
+
+    def _finish_entry(self) -> None:
+        self._skip(self._remaining + self._pad)
+        self._remaining = 0
+        self._pad = 0
+
+    # -- headers -----------------------------------------------------------------------
+
+    def _read_block(self) -> Optional[bytes]:
+        block = self._read_exact(BLOCK)
+        if not block:
+            return None
+        if block == ZERO_BLOCK:
+            block2 = self._read_exact(BLOCK)
+            if not block2 or block2 == ZERO_BLOCK:
+                return None
+            raise ArchiveError(INVALID_HEADER)
+        return block
+
+    def _read_header(self) -> Optional[Header]:
+        block = self._read_block()
+        if block is None:
+            self._eof = True
+            return None
+        try:
+            given = _octal(block[148:156])
+            if given not in _checksums(block):
+                raise ArchiveError(INVALID_HEADER)
+            hdr = Header()
+            hdr.name = os.fsdecode(_cstring(block[0:100]))
+            hdr.mode = _octal(block[100:108])
+            hdr.uid = _octal(block[108:116])
+            hdr.gid = _octal(block[116:124])
+            hdr.size = _octal(block[124:136])
+            hdr.mtime_ns = _octal(block[136:148]) * 10 ** 9
+            hdr.typeflag = block[156]
+            hdr.linkname = os.fsdecode(_cstring(block[157:257]))
+            magic = block[257:265]
+            fmt = ""
+            if magic[:6] == b"ustar\x00":
+                fmt = "star" if block[508:512] == b"tar\x00" else "posix"
+            elif magic == b"ustar  \x00":
+                fmt = "gnu"
+            hdr.format = fmt or "v7"
+            if fmt:
+                hdr.uname = os.fsdecode(_cstring(block[265:297]))
+                hdr.gname = os.fsdecode(_cstring(block[297:329]))
+                if hdr.typeflag in (TYPE_CHAR, TYPE_BLOCK):
+                    hdr.devmajor = _octal(block[329:337])
+                    hdr.devminor = _octal(block[337:345])
+                if fmt == "star":
+                    prefix = _cstring(block[345:476])
+                    hdr.atime_ns = _octal(block[476:488]) * 10 ** 9
+                    hdr.ctime_ns = _octal(block[488:500]) * 10 ** 9
+                else:
+                    prefix = _cstring(block[345:500])
+                if prefix:
+                    hdr.name = os.fsdecode(prefix) + "/" + hdr.name
+        except _FieldError:
+            raise ArchiveError(INVALID_HEADER) from None
+        if hdr.size < 0:
+            raise ArchiveError(INVALID_HEADER)
+        self._remaining = hdr.size
+        self._pad = -hdr.size % BLOCK
+        return hdr
+
+    def _read_meta_body(self, hdr: Header) -> bytes:
+        if hdr.size > _MAX_META:
+            raise ArchiveError(INVALID_HEADER)
+        body = self.read()
+        self._finish_entry()
+        return body
+
+    def next(self) -> Optional[Header]:
+        """The next entry, ``None`` at the end of the archive."""
+        if self._eof:
+            return None
+        self._finish_entry()
+        long_name: Optional[str] = None
+        long_link: Optional[str] = None
+        while True:
+            hdr = self._read_header()
+            if hdr is None:
+                if long_name is not None or long_link is not None:
+                    raise ArchiveError(UNEXPECTED_EOF)
+                return None
+            if hdr.typeflag == TYPE_XHEADER:
+                headers = parse_pax(self._read_meta_body(hdr))
+                if any(k.startswith("GNU.sparse.") for k in headers):
+                    raise ArchiveError("archive/tar: PAX sparse files are not supported")
+                hdr = self._read_header()
+                if hdr is None:
+                    if long_name is not None or long_link is not None:
+                        raise ArchiveError(UNEXPECTED_EOF)
+                    return None
+                merge_pax(hdr, headers)
+                self._remaining = hdr.size
+                self._pad = -hdr.size % BLOCK
+                break
+            if hdr.typeflag == TYPE_GNU_LONGNAME:
+                value = os.fsdecode(_cstring(self._read_meta_body(hdr)))
+                if long_name is None:  # the reference lets the outermost one win
+                    long_name = value
+                continue
+            if hdr.typeflag == TYPE_GNU_LONGLINK:
+                value = os.fsdecode(_cstring(self._read_meta_body(hdr)))
+                if long_link is None:
+                    long_link = value
+                continue
+            break
+        if long_name is not None:
+            hdr.name = long_name
+        if long_link is not None:
+            hdr.linkname = long_link
+        return hdr
+
+    def __iter__(self):
+        while True:
+            hdr = self.next()
+            if hdr is None:
+                return
+            yield hdr

@@ -1,0 +1,407 @@
+"""Applying a layer tar to a directory: ``archive.UnpackLayer`` and ``createTarFile``
+(spec §4.5, §4.5.1), plus the in-process ``ApplyUncompressedLayer`` (§4.6).
+
+The reference relies on the chroot of its apply helper for safety; run in-process it can be
+made to write outside the destination (``..`` names create parents before the breakout
+check, an absolute symlink followed by entries below it, hard links through such symlinks,
+``.wh...`` whiteouts). Here the entry's path is always resolved inside ``dest`` the way the
+kernel resolves it inside the chroot (every element is ``lstat``-ed, symlinks are followed
+with ``dest`` as ``/``), so the in-process and chrooted paths behave alike and nothing is ever
+created, changed or removed outside ``dest``. In addition (deviations, all on hostile input):
+absolute names and names that clean to ``..`` are breakouts; the hard-link/symlink checks use
+a directory-boundary prefix test; a whiteout that would remove ``dest`` itself or something
+above it is a breakout; a non-directory entry for ``.`` is refused.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Union
+
+from ..goerrors import LinkError, PathError, SyscallError, go_quote
+from ..idtools import IDMap, IDMapError, get_root_uid_gid, maps_from_json, maps_to_json, to_host
+from . import gofs, gopath
+from .errors import ArchiveError, BreakoutError
+from .tarheader import (
+    TYPE_BLOCK, TYPE_CHAR, TYPE_DIR, TYPE_FIFO, TYPE_LINK, TYPE_REG, TYPE_REGA, TYPE_SYMLINK,
+    TYPE_XGLOBAL, ZERO_TIME_NS, Header,
+)
+from .tarreader import TarReader
+from .whiteouts import WHITEOUT_LINK_DIR, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE_DIR, WHITEOUT_PREFIX
+
+log = logging.getLogger("overlaylab.archive")
+
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass
+class TarOptions:
+    """The ``TarOptions`` fields UnpackLayer uses; JSON uses the Go field names (§4.0)."""
+
+    uid_maps: Optional[List[IDMap]] = None
+    gid_maps: Optional[List[IDMap]] = None
+
+    def to_json(self) -> str:
+        # Every exported field of the Go struct, in declaration order, as json.Marshal writes
+        # it after chrootarchive set ExcludePatterns to [].
+        doc: Dict[str, Any] = {
+            "IncludeFiles": None,
+            "ExcludePatterns": [],
+            "Compression": 0,
+            "NoLchown": False,
+            "UIDMaps": maps_to_json(self.uid_maps),
+            "GIDMaps": maps_to_json(self.gid_maps),
+            "ChownOpts": None,
+            "IncludeSourceDir": False,
+            "NoOverwriteDirNonDir": False,
+            "RebaseNames": None,
+        }
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: Union[str, bytes]) -> "TarOptions":
+        doc = json.loads(data)
+        if doc is None:
+            return cls()
+        if not isinstance(doc, dict):
+            raise ValueError("json: cannot unmarshal %s into Go value of type archive.TarOptions"
+                             % type(doc).__name__)
+        return cls(maps_from_json(doc.get("UIDMaps")), maps_from_json(doc.get("GIDMaps")))
+
+
+def _pjoin(parent: str, name: str) -> str:
+    return parent + name if parent.endswith("/") else parent + "/" + name
+
+
+def _lstat(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def mkdev(major: int, minor: int) -> int:
+    """``system.Mkdev``: the old 32-bit encoding, ``(minor & 0xfff00) << 12 | ...`` (§6.3)."""
+    return ((minor & 0xFFF00) << 12) | ((major & 0xFFF) << 8) | (minor & 0xFF)
+
+
+class _Unpacker:
+    def __init__(self, dest: str, options: Optional[TarOptions]):
+        self.dest = gopath.clean(os.path.abspath(dest))
+        self.options = options or TarOptions()
+        try:
+            self.root_uid, self.root_gid = get_root_uid_gid(
+                self.options.uid_maps, self.options.gid_maps)
+        except IDMapError as err:
+            raise ArchiveError(str(err)) from None
+        self.dirs: List[Header] = []
+        self.unpacked: Set[str] = set()
+        self.aufs_tempdir = ""
+        self.aufs_hardlinks: Dict[str, Header] = {}
+        self._dir_cache: Dict[str, str] = {}
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def _display(self, name: str) -> str:
+        """The path the reference would use (``filepath.Join(dest, name)``), for messages."""
+        return gopath.join(self.dest, name)
+
+    def _resolve_dir(self, rel: str, create: bool) -> str:
+        """The real directory for ``rel`` (symlinks followed inside dest); with ``create``
+        missing elements are made 0600 like the reference's implicit parents."""
+        if rel == ".":
+            return self.dest
+        hit = self._dir_cache.get(rel)
+        if hit is not None:
+            return hit
+        real, complete = gofs.resolve_in_scope(
+            self.dest, rel, follow_final=True, mkdir_mode=0o600 if create else None)
+        if complete:
+            st = _lstat(real)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._dir_cache[rel] = real
+        return real
+
+    def _resolve(self, rel: str, follow_final: bool) -> str:
+        if rel in (".", ""):
+            return self.dest
+        return gofs.resolve_in_scope(self.dest, rel, follow_final=follow_final)[0]
+
+    def _changed(self) -> None:
+        self._dir_cache.clear()
+
+    def _remove_all(self, path: str) -> None:
+        self._changed()
+        gofs.remove_all(path)
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def run(self, stream) -> int:
+        reader = TarReader(stream)
+        size = 0
+        try:
+            while True:
+                hdr = reader.next()
+                if hdr is None:
+                    break
+                size += hdr.size
+                if "\x00" in hdr.name or "\x00" in hdr.linkname:
+                    # Go's syscall layer refuses such names with EINVAL.
+                    raise PathError("open", self._display(hdr.name.replace("\x00", "")),
+                                    errno.EINVAL)
+                self._entry(hdr, reader)
+            for hdr in self.dirs:
+                real = self._resolve(hdr.name, follow_final=True)
+                gofs.chtimes(real, hdr.atime_ns, hdr.mtime_ns, display=self._display(hdr.name))
+        except (ValueError, OverflowError) as err:  # a value no syscall accepts
+            raise ArchiveError(str(err)) from None
+        finally:
+            if self.aufs_tempdir:
+                try:
+                    gofs.remove_all(self.aufs_tempdir)
+                except OSError:
+                    pass
+        return size
+
+    def _entry(self, hdr: Header, reader: TarReader) -> None:
+        name = gopath.clean(hdr.name)
+        hdr.name = name
+        if name.startswith("/") or name == ".." or name.startswith("../"):
+            raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.dest)))
+
+        parent_rel = gopath.dirname(name)
+        parent_real = self._resolve_dir(parent_rel, create=True) if name != "." else ""
+
+        if name.startswith(WHITEOUT_META_PREFIX):
+            if name.startswith(WHITEOUT_LINK_DIR) and hdr.typeflag == TYPE_REG:
+                base = gopath.basename(name)
+                self.aufs_hardlinks[base] = hdr
+                if not self.aufs_tempdir:
+                    self.aufs_tempdir = gofs.temp_dir("", "dockerplnk")
+                tmp = gopath.join(self.aufs_tempdir, base)
+                self._create(tmp, tmp, hdr, reader)
+            if name != WHITEOUT_OPAQUE_DIR:
+                return
+
+        base = gopath.basename(name)
+        if name != "." and base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(name, base, parent_rel, parent_real)
+            return
+
+        if name == ".":
+            if hdr.typeflag != TYPE_DIR:
+                raise ArchiveError("%s: refusing to replace the extraction root %s with a non-directory"
+                                   % (go_quote(name), go_quote(self.dest)))
+            real = self.dest
+        else:
+            real = _pjoin(parent_real, base)
+        display = self._display(name)
+
+        st = _lstat(real)
+        if st is not None and not (stat.S_ISDIR(st.st_mode) and hdr.typeflag == TYPE_DIR):
+            self._remove_all(real)
+
+        src_hdr, src_data = hdr, reader
+        tmp_file = None
+        try:
+            if hdr.typeflag == TYPE_LINK and gopath.clean(hdr.linkname).startswith(WHITEOUT_LINK_DIR):
+                link_base = gopath.basename(hdr.linkname)
+                stashed = self.aufs_hardlinks.get(link_base)
+                if stashed is None:
+                    raise ArchiveError("Invalid aufs hardlink")
+                src_hdr = stashed
+                tmp_path = gopath.join(self.aufs_tempdir, link_base)
+                try:
+                    tmp_file = open(tmp_path, "rb")
+                except OSError as err:
+                    raise PathError("open", tmp_path, err.errno or errno.EIO) from None
+                src_data = tmp_file
+
+            # The stashed plnk header is shared, so a second link to it maps its ids again,
+            # exactly like the reference (which mutates the same *tar.Header).
+            try:
+                if src_hdr.uid != self.root_uid:
+                    src_hdr.uid = to_host(src_hdr.uid, self.options.uid_maps)
+                if src_hdr.gid != self.root_gid:
+                    src_hdr.gid = to_host(src_hdr.gid, self.options.gid_maps)
+            except IDMapError as err:
+                raise ArchiveError(str(err)) from None
+
+            self._create(real, display, src_hdr, src_data)
+        finally:
+            if tmp_file is not None:
+                tmp_file.close()
+
+        if hdr.typeflag == TYPE_DIR:
+            self.dirs.append(hdr)
+        self.unpacked.add(real)
+
+    # -- whiteouts -------------------------------------------------------------------------
+
+    def _whiteout(self, name: str, base: str, parent_rel: str, parent_real: str) -> None:
+        if base == WHITEOUT_OPAQUE_DIR:
+            dir_display = gopath.dirname(self._display(name))
+            dir_real = self._resolve(parent_rel, follow_final=False)
+            try:
+                st = os.lstat(dir_real)
+            except OSError as err:
+                raise PathError("lstat", dir_display, err.errno or errno.EIO) from None
+            self._changed()
+            if stat.S_ISDIR(st.st_mode):
+                self._wipe_opaque(dir_real)
+            return
+        original = base[len(WHITEOUT_PREFIX):]
+        target = gopath.join(parent_real, original) if original else parent_real
+        if target == self.dest or not gopath.is_within(self.dest, target):
+            raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.dest)))
+        self._remove_all(target)
+
+    def _wipe_opaque(self, top: str) -> None:
+        """Remove everything below ``top`` not unpacked earlier in this layer (``top`` stays)."""
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise PathError("open", d, err.errno or errno.EIO) from None
+            names.sort(key=os.fsencode)
+            subdirs = []
+            for n in names:
+                p = _pjoin(d, n)
+                try:
+                    st = os.lstat(p)
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    raise PathError("lstat", p, err.errno or errno.EIO) from None
+                if p not in self.unpacked:
+                    gofs.remove_all(p)
+                elif stat.S_ISDIR(st.st_mode):
+                    subdirs.append(p)
+            stack.extend(reversed(subdirs))
+
+    # -- createTarFile -----------------------------------------------------------------------
+
+    def _link_target_stat(self, linkname: str) -> Optional[os.stat_result]:
+        """``os.Lstat(hdr.Linkname)``: relative to the working directory, which is ``/`` = dest
+        inside the chroot; resolved the same way here in-process."""
+        rel = gopath.clean("/" + linkname)[1:]
+        return _lstat(self._resolve(rel or ".", follow_final=False))
+
+    def _create(self, real: str, display: str, hdr: Header, data) -> None:
+        t = hdr.typeflag
+        perm = hdr.mode & 0o7777
+        if t == TYPE_DIR:
+            st = _lstat(real)
+            if not (st is not None and stat.S_ISDIR(st.st_mode)):
+                try:
+                    os.mkdir(real, perm)
+                except OSError as err:
+                    raise PathError("mkdir", display, err.errno or errno.EIO) from None
+        elif t == TYPE_REG or t == TYPE_REGA:
+            try:
+                fd = os.open(real, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
+            except OSError as err:
+                raise PathError("open", display, err.errno or errno.EIO) from None
+            try:
+                while True:
+                    chunk = data.read(_COPY_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        try:
+                            n = os.write(fd, view)
+                        except OSError as err:
+                            raise PathError("write", display, err.errno or errno.EIO) from None
+                        view = view[n:]
+            finally:
+                os.close(fd)
+        elif t in (TYPE_BLOCK, TYPE_CHAR, TYPE_FIFO):
+            kind = {TYPE_BLOCK: stat.S_IFBLK, TYPE_CHAR: stat.S_IFCHR, TYPE_FIFO: stat.S_IFIFO}[t]
+            try:
+                os.mknod(real, perm | kind, mkdev(hdr.devmajor, hdr.devminor))
+            except OSError as err:
+                raise SyscallError(err.errno or errno.EIO) from None
+        elif t == TYPE_LINK:
+            target = gopath.join(self.dest, hdr.linkname)
+            if not gopath.is_within(self.dest, target):
+                raise BreakoutError("invalid hardlink %s -> %s" % (go_quote(target), go_quote(hdr.linkname)))
+            rel = target[len(self.dest):].lstrip("/") or "."
+            target_real = self._resolve(rel, follow_final=False)
+            try:
+                os.link(target_real, real, follow_symlinks=False)
+            except OSError as err:
+                raise LinkError("link", target, display, err.errno or errno.EIO) from None
+        elif t == TYPE_SYMLINK:
+            target = gopath.join(gopath.dirname(display), hdr.linkname)
+            if not gopath.is_within(self.dest, target):
+                raise BreakoutError("invalid symlink %s -> %s" % (go_quote(display), go_quote(hdr.linkname)))
+            try:
+                os.symlink(hdr.linkname, real)
+            except OSError as err:
+                raise LinkError("symlink", hdr.linkname, display, err.errno or errno.EIO) from None
+        elif t == TYPE_XGLOBAL:
+            log.debug("PAX Global Extended Headers found and ignored")
+            return
+        else:
+            raise ArchiveError("Unhandled tar header type %d\n" % t)
+
+        try:
+            os.chown(real, hdr.uid, hdr.gid, follow_symlinks=False)
+        except OSError as err:
+            raise PathError("lchown", display, err.errno or errno.EIO) from None
+        except OverflowError:
+            raise PathError("lchown", display, errno.EINVAL) from None
+
+        for key in sorted(hdr.xattrs):
+            try:
+                os.setxattr(real, key, hdr.xattrs[key], 0, follow_symlinks=False)
+            except OSError as err:
+                raise SyscallError(err.errno or errno.EIO) from None
+            except ValueError:  # an embedded NUL in the name
+                raise SyscallError(errno.EINVAL) from None
+
+        link_ok = True
+        if t == TYPE_LINK:
+            lst = self._link_target_stat(hdr.linkname)
+            link_ok = lst is not None and not stat.S_ISLNK(lst.st_mode)
+        if t != TYPE_SYMLINK and link_ok:
+            try:
+                os.chmod(real, perm)
+            except OSError as err:
+                raise PathError("chmod", display, err.errno or errno.EIO) from None
+
+        atime = hdr.atime_ns if hdr.atime_ns >= hdr.mtime_ns else hdr.mtime_ns
+        if t == TYPE_SYMLINK:
+            gofs.lutimes_nano(real, None if atime == ZERO_TIME_NS else atime,
+                              None if hdr.mtime_ns == ZERO_TIME_NS else hdr.mtime_ns)
+        elif link_ok:
+            gofs.chtimes(real, atime, hdr.mtime_ns, display=display)
+
+
+def unpack_layer(dest: str, stream, options: Optional[TarOptions] = None) -> int:
+    """``archive.UnpackLayer``: apply the layer tar read from ``stream`` to ``dest`` and return
+    the sum of the entries' sizes (§4.5). Raises :class:`ArchiveError` (incl.
+    :class:`BreakoutError`) or an ``OSError`` subclass carrying the Go error text."""
+    return _Unpacker(dest, options).run(stream)
+
+
+def apply_layer_in_process(dest: str, stream, options: Optional[TarOptions] = None) -> int:
+    """``archive.ApplyUncompressedLayer`` (§4.6): umask 0 while unpacking, restored after.
+
+    The umask is process-wide: other threads creating files meanwhile get umask 0 too.
+    """
+    dest = gopath.clean(dest)
+    old = os.umask(0)
+    try:
+        return unpack_layer(dest, stream, options)
+    finally:
+        os.umask(old)
