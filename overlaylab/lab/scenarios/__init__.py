@@ -1,0 +1,20 @@
+"""The scenario catalogue: importing this package registers every scenario.
+
+Groups (one module each):
+
+- ``lifecycle``     Create/Get/Put/Remove/Status as the daemon uses them (graphtest §5.1, init layer)
+- ``diff``          Diff/Changes/DiffSize/ApplyDiff and what layer tars carry through them
+- ``quirks``        reference oddities the port keeps; PASS = the quirk reproduces as specified
+- ``failure-class`` the known field failures (spec §9), each at a small scale; each checks the
+                    healthy behaviour, so it FAILs where the kernel/fs breaks it, and its
+                    expectation says so where that is the known behaviour
+
+Scenarios make their own layers (Create + ApplyDiff of tars built in the scratch dir, or Get
+and writing files) on a fresh driver root and must stay fast (a few seconds each on a small
+loop filesystem).
+"""
+from __future__ import annotations
+
+from . import lifecycle, diffs, quirks, failure_classes  # noqa: F401  (registration order)
+
+__all__ = ["lifecycle", "diffs", "quirks", "failure_classes"]
