@@ -82,6 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 # Expectations speak the lab's words: ACCEPTED / REFUSED / ERROR.
                 facts["driver_init"] = verdict.outcome
                 facts["driver_verdict"] = verdict.verdict
+                # What expectations scale by: which profile, how many inodes, SELinux or not.
+                facts["profile"] = profile.name
+                facts["profile_tags"] = list(profile.tags)
+                facts["fs_inodes"] = os.statvfs(bfs.mountpoint).f_files
+                facts["selinux"] = os.path.isdir("/sys/fs/selinux")
                 emit({"record": "profile", "profile": profile.name, "fs": bfs.to_dict(),
                       "probes": _probe_dicts(fs_probes), "facts": dict(facts),
                       "setup_seconds": round(time.monotonic() - started, 3), "dmesg": klog.read_new()})
@@ -138,6 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # SIGTERM (a runner stopping, `timeout` expiring) unwinds like Ctrl-C: every backing fs,
     # loop device and mount is torn down by its context manager on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -146,6 +152,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _interrupt(signum, frame):
+    # Unwind once; a second stop signal (Ctrl-C reaches us from the terminal *and* from the
+    # runner) must not cut the teardown short and leak a mount or loop device.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt()
 
 

@@ -120,6 +120,8 @@ def run_cmd(provider: str, kernels: Sequence[str], profile_exprs: Sequence[str],
     store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs)
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
+    from .procutil import become_subreaper
+    become_subreaper()
     on_event = _progress_printer(matrix.cell_count)
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
                     profiles_text=profiles_text if provider == "vagrant" else None)

@@ -6,6 +6,21 @@ import signal
 from typing import Dict, List
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (``prctl(PR_SET_CHILD_SUBREAPER)``), so an agent whose
+    ``timeout``/shell parents died first is still found (and waited for) on the way out."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _children_map() -> Dict[int, List[int]]:
     children: Dict[int, List[int]] = {}
     for entry in os.listdir("/proc"):

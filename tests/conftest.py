@@ -63,11 +63,17 @@ def umask022():
         os.umask(old)
 
 
-def _leaks():
-    mounts = [m.mountpoint for m in mounts_under(SESSION_TMP)]
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    loops = [line for line in out.splitlines() if SESSION_TMP in line]
-    return mounts, loops
+def _leaks(settle: float = 10.0):
+    """Mounts and loop devices under the session's temp dir (loop release is asynchronous)."""
+    import time
+    deadline = time.monotonic() + settle
+    while True:
+        mounts = [m.mountpoint for m in mounts_under(SESSION_TMP)]
+        out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        loops = [line for line in out.splitlines() if SESSION_TMP in line]
+        if not (mounts or loops) or time.monotonic() >= deadline:
+            return mounts, loops
+        time.sleep(0.2)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -32,9 +32,16 @@ def _tables(text):
     return text[start:text.index(" cells: ", start)]
 
 
-def _loops_under(path):
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if path in line]
+def _loops_under(path, settle=0.0):
+    """Loop devices backed by files under ``path``; with ``settle``, wait that long for the
+    kernel's asynchronous release after ``losetup -d`` before answering."""
+    deadline = time.monotonic() + settle
+    while True:
+        out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        loops = [line for line in out.splitlines() if path in line]
+        if not loops or time.monotonic() >= deadline:
+            return loops
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -72,7 +79,7 @@ def test_local_run_stores_cells_and_prints_tables(tmp_path, lab_tmp):
     shown = _run_cli(["show", runs[0], "--reports-dir", str(reports)])
     assert shown.returncode == 0
     assert _tables(shown.stdout) == _tables(res.stdout) and "whiteouts-through-diff" in _tables(shown.stdout)
-    assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp) == []
+    assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp, settle=10) == []
 
 
 def test_interrupt_tears_everything_down(tmp_path, lab_tmp):
@@ -95,7 +102,7 @@ def test_interrupt_tears_everything_down(tmp_path, lab_tmp):
     run_dir = os.path.join(str(reports), "runs", os.listdir(str(reports / "runs"))[0])
     assert load_run(run_dir).meta["status"] == "interrupted"
     assert mounts_under(lab_tmp) == []
-    assert _loops_under(lab_tmp) == []
+    assert _loops_under(lab_tmp, settle=10) == []
 
 
 def test_sigterm_to_the_runner_alone_stops_the_agent_cleanly(tmp_path, lab_tmp):
@@ -113,7 +120,7 @@ def test_sigterm_to_the_runner_alone_stops_the_agent_cleanly(tmp_path, lab_tmp):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out + err
-    assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp) == []
+    assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp, settle=10) == []
 
 
 def test_damaged_last_line_is_skipped_not_fatal(tmp_path):
