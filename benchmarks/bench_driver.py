@@ -102,6 +102,7 @@ def main() -> int:
         tar_bytes = os.path.getsize(layer_tar)
 
         os.umask(0o022)
+        os.makedirs(os.path.join(work, "docker"))
         driver = overlay.init(os.path.join(work, "docker", "overlay"))
         counter = [0]
 

@@ -90,6 +90,8 @@ def _progress_printer(total: int):
 @click.option("--provider", type=click.Choice(["auto", "local", "qemu", "vagrant"]), default="auto",
               show_default=True, help="auto: the host kernel locally, other kernels under qemu.")
 @click.option("-K", "--kernel", "kernels", multiple=True, help="Kernel catalogue entry (repeatable; default: host).")
+@click.option("-B", "--box", "boxes", multiple=True,
+              help="Vagrant box from vms/boxes.toml (repeatable; implies --provider vagrant).")
 @click.option("-p", "--profile", "profile_exprs", multiple=True,
               help="Filesystem profiles, a -k style expression (e.g. 'ext4 and not small').")
 @click.option("-k", "scenario_exprs", multiple=True, help="Scenarios, a -k style expression (e.g. 'diff or whiteout').")
@@ -100,7 +102,7 @@ def _progress_printer(total: int):
 @click.option("--profiles-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Another filesystems.toml.")
 @click.option("--keep", is_flag=True, help="Leave VMs up after the run (debugging).")
-def run_cmd(provider: str, kernels: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
+def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
             jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool) -> None:
     """Run the matrix: kernels x filesystem profiles x scenarios; print the tables.
 
@@ -114,6 +116,11 @@ def run_cmd(provider: str, kernels: Sequence[str], profile_exprs: Sequence[str],
         raise click.UsageError("no profile matches %s" % " / ".join(profile_exprs))
     if not scenarios:
         raise click.UsageError("no scenario matches %s" % " / ".join(scenario_exprs))
+    if boxes:
+        if provider not in ("auto", "vagrant"):
+            raise click.UsageError("--box goes with --provider vagrant")
+        provider = "vagrant"
+        kernels = list(kernels) + list(boxes)
     kernel_list = list(kernels) or ["host"]
     matrix = Matrix(kernel_list, profiles, scenarios, all_profiles)
     store = RunStore(reports_dir)
