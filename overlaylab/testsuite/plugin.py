@@ -45,7 +45,13 @@ def lab_cell(request, host, lab_profile, lab_scenario):
         if pythonpath or local:
             env = "env PYTHONPATH=%s " % shlex.quote(pythonpath or os.path.dirname(os.path.dirname(
                 os.path.dirname(os.path.abspath(__file__)))))
-        command = "%s%s -m overlaylab.agent run --profile %s" % (env, shlex.quote(python), shlex.quote(lab_profile))
+        # Only the cells that survived -k/deselection for this profile.
+        wanted = sorted({item.callspec.params["lab_scenario"] for item in request.session.items
+                         if getattr(item, "callspec", None) is not None
+                         and item.callspec.params.get("lab_profile") == lab_profile})
+        command = "%s%s -m overlaylab.agent run --profile %s%s" % (
+            env, shlex.quote(python), shlex.quote(lab_profile),
+            "".join(" --scenario %s" % shlex.quote(s) for s in wanted))
         result = run_with_timeout(host, command, config.getoption("--lab-timeout"))
         records, _ = parse_records(result.stdout)
         _cache[key] = ({r["scenario"]: r for r in records if r.get("record") == "cell"}, result)
