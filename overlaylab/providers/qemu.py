@@ -1,0 +1,432 @@
+"""The qemu provider: one VM per kernel, reachable as a testinfra host over ssh.
+
+``QemuProvider().up(kernel, disks=[("ext4", 512), ...])`` is a context manager. It resolves the
+kernel (catalogue name, :class:`~overlaylab.kernels.KernelEntry` or
+:class:`~overlaylab.kernels.KernelImage`), builds (or reuses) the initramfs, picks the
+accelerator (a real KVM probe boot, else TCG), and boots with:
+
+* the host root read-only over 9p (tag ``hostroot``), so the guest runs the host's sshd and
+  Python, and sees the project;
+* a second read-only 9p share (tag ``labcfg``) from a per-run directory holding ``lab.env``,
+  ``sshd_config``, a per-run host key and the per-run client's public key — nothing secret or
+  per-run goes on the kernel command line;
+* one raw sparse image per disk profile (``-drive if=virtio,serial=<profile>``);
+* user-mode networking with ``restrict=on`` and one forward ``127.0.0.1:<port> -> guest:22``.
+
+It yields a :class:`QemuSession`: ``.host`` (testinfra), ``.disks`` (profile -> /dev/vdX, read
+from ``/sys/block/vd*/serial`` in the guest), ``.kernel_release``, ``.accel``,
+``.console_log``, ``.boot_seconds``. On exit the qemu process group is killed and the run
+directory (images, keys, console log) removed, unless ``keep=True``.
+
+In the guest: ``python3`` is the host's interpreter (its directory leads ``PATH``),
+``PYTHONPATH`` points at the project, and ``MODPROBE_OPTIONS`` points modprobe at the guest
+kernel's modules (the host root has none for it).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ..kernels.cache import KernelImage
+from ..kernels.catalogue import KernelEntry
+from ..kernels.fetch import KernelUnavailable, fetch_kernel  # noqa: F401 (re-exported)
+from ..vm import qemu as qemu_mod
+from ..vm.initramfs import InitramfsInfo, build_initramfs
+from ..vm.qemu import READY_MARKER, QemuVM, VMBootError
+
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+GUEST_RUN_DIR = "/run/overlaylab"
+GUEST_MODROOT = GUEST_RUN_DIR + "/modroot"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class CommandTimeout(TimeoutError):
+    """A command through a testinfra host did not finish in time (host-side guard)."""
+
+
+# --- per-run files (pure text builders) --------------------------------------------------------
+
+def guest_environment(python: Optional[str] = None, project_root: str = PROJECT_ROOT) -> Dict[str, str]:
+    """The environment ssh sessions in the guest get: the host's Python first on PATH."""
+    python = python or sys.executable
+    bindir = os.path.dirname(os.path.abspath(python))
+    path = DEFAULT_PATH if bindir in DEFAULT_PATH.split(":") else bindir + ":" + DEFAULT_PATH
+    return {
+        "PATH": path,
+        "PYTHONPATH": project_root,
+        "PYTHONDONTWRITEBYTECODE": "1",  # the host root is read-only in the guest
+        "MODPROBE_OPTIONS": "-d " + GUEST_MODROOT,
+        "LC_ALL": "C.UTF-8",
+    }
+
+
+def sshd_config_text(env: Dict[str, str], use_pam: bool = False) -> str:
+    """sshd_config for the guest: key-only root login, the per-run keys under /run/overlaylab."""
+    setenv = " ".join('"%s=%s"' % (k, v) for k, v in env.items())
+    return "\n".join([
+        "# overlaylab guest sshd (the host's sshd, run in the guest's chroot)",
+        "Port 22",
+        "ListenAddress 0.0.0.0",
+        "HostKey %s/ssh_host_ed25519_key" % GUEST_RUN_DIR,
+        "PidFile %s/sshd.pid" % GUEST_RUN_DIR,
+        "AuthorizedKeysFile %s/authorized_keys" % GUEST_RUN_DIR,
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM %s" % ("yes" if use_pam else "no"),
+        "StrictModes no",
+        "UseDNS no",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "X11Forwarding no",
+        "MaxStartups 64:30:128",
+        "MaxSessions 64",
+        "ClientAliveInterval 0",
+        "Subsystem sftp internal-sftp",
+        "SetEnv %s" % setenv,
+        "",
+    ])
+
+
+def lab_env_text(values: Dict[str, str]) -> str:
+    """``lab.env``, sourced by the guest init (busybox sh)."""
+    return "".join("%s=%s\n" % (k, shlex.quote(str(v))) for k, v in values.items())
+
+
+def ssh_client_config_text(port: int, identity: str, control_path: str) -> str:
+    """The ssh_config testinfra uses: the per-run key, no host-key checks (keys live one run)."""
+    return "\n".join([
+        "Host *",
+        "    HostName 127.0.0.1",
+        "    Port %d" % port,
+        "    User root",
+        "    IdentityFile %s" % identity,
+        "    IdentitiesOnly yes",
+        "    StrictHostKeyChecking no",
+        "    UserKnownHostsFile /dev/null",
+        "    GlobalKnownHostsFile /dev/null",
+        "    LogLevel ERROR",
+        "    BatchMode yes",
+        "    ControlPath %s" % control_path,
+        "    ServerAliveInterval 5",
+        "    ServerAliveCountMax 6",
+        "",
+    ])
+
+
+#: directories of the host root that the guest covers with a tmpfs
+GUEST_TMPFS_DIRS = ("/tmp", "/var/tmp", "/root", "/mnt")
+
+
+def hidden_host_paths(paths: Sequence[str], covered: Sequence[str] = GUEST_TMPFS_DIRS) -> List[str]:
+    """The ``paths`` (real, absolute) that a guest tmpfs would hide, so the init binds them back."""
+    out: List[str] = []
+    for p in paths:
+        if not p:
+            continue
+        real = os.path.realpath(p)
+        if any(real == c or real.startswith(c.rstrip("/") + "/") for c in covered) and real not in covered:
+            if real not in out and ":" not in real:
+                out.append(real)
+    return out
+
+
+def root_password_locked(shadow: str = "/etc/shadow") -> bool:
+    """True if root's password field starts with ``!`` (sshd without PAM refuses such accounts)."""
+    try:
+        with open(shadow, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("root:"):
+                    return line.split(":")[1].startswith("!")
+    except OSError:
+        pass
+    return False
+
+
+def _keygen(path: str, comment: str) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+_DISK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
+
+
+def validate_disks(disks: Sequence[Tuple[str, int]]) -> List[Tuple[str, int]]:
+    out = []
+    seen = set()
+    for name, size_mb in disks:
+        if not _DISK_NAME.match(name):
+            raise ValueError("disk name %r: use 1-20 of [A-Za-z0-9_.-] (it is the virtio serial)" % name)
+        if name in seen:
+            raise ValueError("disk name %r given twice" % name)
+        if int(size_mb) <= 0:
+            raise ValueError("disk %r: size must be > 0 MB" % name)
+        seen.add(name)
+        out.append((name, int(size_mb)))
+    return out
+
+
+# --- commands with a timeout -------------------------------------------------------------------
+
+def run_with_timeout(host, command: str, timeout: float, grace: float = 15.0):
+    """Run ``command`` through a testinfra ``host`` with a time limit; testinfra has none.
+
+    Guest side: the command runs under ``timeout -k 5 N sh -c ...``, so a stuck command ends
+    with rc 124 (or 137 after the KILL) and the result is returned as usual. Host side: the
+    transport gets ``timeout + grace`` seconds more; past that (the guest hangs, ssh is stuck)
+    the local ssh is killed and :class:`CommandTimeout` is raised.
+    """
+    n = max(1, int(math.ceil(timeout)))
+    wrapped = "timeout -k 5 %d sh -c %s" % (n, shlex.quote(command))
+    backend = host.backend
+    limit = n + 5 + grace
+    build = getattr(backend, "_build_ssh_command", None)
+    if build is not None and getattr(backend, "NAME", "") == "ssh":
+        cmd, args = build(backend.get_command(wrapped))
+        local = backend.quote(" ".join(cmd), *args)
+        p = subprocess.Popen(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 9)
+            p.communicate()
+            raise CommandTimeout("no answer from %s after %.0fs: %s" % (backend.host.name, limit, command))
+        if p.returncode == 255:
+            raise RuntimeError("ssh to %s failed: %s" % (backend.host.name, err.decode(errors="replace").strip()))
+        return backend.result(p.returncode, backend.encode(wrapped), out, err)
+
+    box: Dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = host.run(wrapped)
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(limit)
+    if t.is_alive():
+        raise CommandTimeout("no answer after %.0fs: %s" % (limit, command))
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]
+
+
+# --- the provider ------------------------------------------------------------------------------
+
+@dataclass
+class QemuSession:
+    host: object
+    disks: Dict[str, str]
+    kernel_release: str
+    accel: str
+    console_log: str
+    boot_seconds: float
+    kernel: KernelImage
+    initramfs: InitramfsInfo
+    ssh_port: int
+    ssh_config: str
+    workdir: str
+    argv: List[str]
+    accel_reason: str = ""
+    vm: Optional[QemuVM] = field(default=None, repr=False)
+    agent_python: str = sys.executable
+    agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
+
+    def run(self, command: str, timeout: float = 300.0):
+        """``run_with_timeout(self.host, command, timeout)``."""
+        return run_with_timeout(self.host, command, timeout)
+
+    def agent_command(self, args: Sequence[str]) -> str:
+        """The shell command that runs ``python3 -m overlaylab.agent ARGS`` in the guest with
+        the host's interpreter (shared over 9p) and the project on PYTHONPATH."""
+        env = " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in self.agent_env.items())
+        return "env %s %s -m overlaylab.agent %s" % (env, shlex.quote(self.agent_python),
+                                                      " ".join(shlex.quote(a) for a in args))
+
+    def poweroff(self, timeout: float = 10.0) -> bool:
+        """Ask the guest init to sync and power off; True if qemu exited in time."""
+        with contextlib.suppress(Exception):
+            run_with_timeout(self.host, "touch %s/poweroff" % GUEST_RUN_DIR, 5, grace=5)
+        return self.vm.wait_exit(timeout) if self.vm else True
+
+
+class QemuProvider:
+    """Boots kernels under qemu; see the module docstring."""
+
+    name = "qemu"
+
+    def __init__(self, cache_dir: Optional[os.PathLike] = None, memory_mb: int = 2048, cpus: int = 2,
+                 accel: Optional[str] = None, boot_timeout: float = 180.0, hard_timeout: float = 4 * 3600.0,
+                 python: Optional[str] = None, project_root: str = PROJECT_ROOT,
+                 workdir_base: Optional[str] = None, qemu: str = qemu_mod.QEMU,
+                 ninep_cache: str = "loose", fast_boot: bool = True) -> None:
+        self.cache_dir = cache_dir
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.accel = accel
+        self.boot_timeout = boot_timeout
+        self.hard_timeout = hard_timeout
+        self.python = python or sys.executable
+        self.project_root = project_root
+        self.workdir_base = workdir_base
+        self.qemu = qemu
+        self.ninep_cache = ninep_cache
+        self.fast_boot = fast_boot
+
+    def resolve_kernel(self, kernel: Union[str, KernelEntry, KernelImage]) -> KernelImage:
+        if isinstance(kernel, KernelImage):
+            return kernel
+        return fetch_kernel(kernel, self.cache_dir)
+
+    def choose_accel(self, boot_image: str) -> Tuple[str, str]:
+        if self.accel in ("kvm", "tcg"):
+            return self.accel, "chosen by the caller"
+        return qemu_mod.detect_kvm(boot_image, self.cache_dir, qemu=self.qemu)
+
+    def _prepare_run(self, kernel: KernelImage, disks: Sequence[Tuple[str, int]], workdir: str,
+                     port: int) -> Tuple[str, str]:
+        cfg = os.path.join(workdir, "cfg")
+        os.makedirs(cfg, exist_ok=True)
+        identity = os.path.join(workdir, "id_ed25519")
+        if not os.path.exists(identity):
+            _keygen(identity, "overlaylab-client")
+            _keygen(os.path.join(cfg, "ssh_host_ed25519_key"), "overlaylab-guest")
+            shutil.copyfile(identity + ".pub", os.path.join(cfg, "authorized_keys"))
+        sshd = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin")
+        if sshd is None:
+            raise VMBootError("the host has no sshd for the guest to run (apt-get install openssh-server)")
+        env = guest_environment(self.python, self.project_root)
+        with open(os.path.join(cfg, "sshd_config"), "w") as f:
+            f.write(sshd_config_text(env, use_pam=root_password_locked()))
+        with open(os.path.join(cfg, "lab.env"), "w") as f:
+            f.write(lab_env_text({
+                "LAB_RELEASE": kernel.release,
+                "LAB_MODULES_DIR": os.path.realpath(kernel.modules_dir) if kernel.modules_dir else "",
+                "LAB_SSHD": sshd,
+                "LAB_CONFIG": os.path.realpath(kernel.config) if kernel.config else "",
+                "LAB_READY_MARKER": READY_MARKER,
+                "LAB_HOSTNAME": "overlaylab-" + re.sub(r"[^a-z0-9-]", "-", kernel.release.lower())[:40],
+                "LAB_9P_CACHE": self.ninep_cache,
+                "LAB_KEEP_PATHS": ":".join(hidden_host_paths([
+                    sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(self.python)),
+                    os.path.dirname(os.path.dirname(os.path.realpath(self.python))),
+                    self.project_root])),
+            }))
+        ssh_config = os.path.join(workdir, "ssh_config")
+        with open(ssh_config, "w") as f:
+            f.write(ssh_client_config_text(port, identity, os.path.join(workdir, "cm-%C")))
+        os.makedirs(os.path.join(workdir, "disks"), exist_ok=True)
+        for name, size_mb in disks:
+            qemu_mod.make_sparse_image(os.path.join(workdir, "disks", name + ".img"), size_mb)
+        return cfg, ssh_config
+
+    @contextlib.contextmanager
+    def up(self, kernel_entry: Union[str, KernelEntry, KernelImage],
+           disks: Sequence[Tuple[str, int]] = (), keep: bool = False) -> Iterator[QemuSession]:
+        """Boot ``kernel_entry`` with one virtio disk per ``(name, size_mb)``; yield a session.
+
+        Raises :class:`~overlaylab.kernels.KernelUnavailable` if the kernel cannot be had and
+        :class:`~overlaylab.vm.qemu.VMBootError` (with the console tail) if it does not boot.
+        """
+        import testinfra
+
+        disks = validate_disks(disks)
+        kernel = self.resolve_kernel(kernel_entry)
+        if not kernel.modules_dir:
+            sys.stderr.write("overlaylab: %s has no modules directory; relying on built-ins\n" % kernel.name)
+        initramfs = build_initramfs(kernel, cache_dir=self.cache_dir)
+        boot_image = qemu_mod.fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
+            else kernel.vmlinuz
+        accel, accel_reason = self.choose_accel(boot_image)
+        workdir = tempfile.mkdtemp(prefix="overlaylab-qemu-", dir=self.workdir_base)
+        console_log = os.path.join(workdir, "console.log")
+        vm: Optional[QemuVM] = None
+        try:
+            for attempt in range(3):
+                port = qemu_mod.free_port()
+                cfg, ssh_config = self._prepare_run(kernel, disks, workdir, port)
+                images = [(name, os.path.join(workdir, "disks", name + ".img")) for name, _ in disks]
+                argv = qemu_mod.qemu_argv(
+                    vmlinuz=boot_image, initrd=initramfs.path, console_log=console_log,
+                    accel=accel, memory_mb=self.memory_mb, cpus=self.cpus,
+                    shares=[("/", "hostroot"), (cfg, "labcfg")], disks=images, ssh_port=port,
+                    qemu=self.qemu)
+                with open(os.path.join(workdir, "qemu.argv"), "w") as f:
+                    f.write(" ".join(shlex.quote(a) for a in argv) + "\n")
+                vm = QemuVM(argv, console_log, hard_timeout=self.hard_timeout, ssh_port=port)
+                with vm:
+                    try:
+                        boot_seconds = vm.wait_ready(self.boot_timeout)
+                    except VMBootError as e:
+                        if "host forwarding" in e.console_tail and attempt < 2:
+                            continue  # the port was taken in between: another one
+                        raise
+                    host = testinfra.get_host("ssh://root@127.0.0.1:%d" % port, ssh_config=ssh_config)
+                    session = QemuSession(
+                        host=host, disks={}, kernel_release=kernel.release, accel=accel,
+                        console_log=console_log, boot_seconds=boot_seconds, kernel=kernel,
+                        initramfs=initramfs, ssh_port=port, ssh_config=ssh_config, workdir=workdir,
+                        argv=argv, accel_reason=accel_reason, vm=vm, agent_python=self.python,
+                        agent_env={"PYTHONPATH": self.project_root})
+                    session.disks = self._map_disks(session, [n for n, _ in disks])
+                    try:
+                        yield session
+                    finally:
+                        if keep:
+                            session.poweroff()
+                        with contextlib.suppress(OSError, subprocess.SubprocessError):
+                            # stop testinfra's ssh ControlMaster for this run
+                            subprocess.run(["ssh", "-F", ssh_config, "-O", "exit", "127.0.0.1"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+                return
+        except VMBootError as e:
+            # the run directory goes away: keep the whole console log as evidence
+            if not keep and e.console_log and os.path.isfile(e.console_log):
+                from ..kernels.cache import cache_root
+
+                d = cache_root(self.cache_dir) / "console"
+                d.mkdir(parents=True, exist_ok=True)
+                kept = d / ("%s-%s.log" % (kernel.release, time.strftime("%Y%m%d-%H%M%S")))
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(e.console_log, kept)
+                    e.console_log = str(kept)
+            raise
+        finally:
+            if vm is not None:
+                vm.kill()
+            if not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _map_disks(self, session: QemuSession, names: List[str]) -> Dict[str, str]:
+        """profile -> /dev/vdX, from the serials the guest sees."""
+        if not names:
+            return {}
+        r = run_with_timeout(session.host,
+                             "for d in /sys/block/vd*; do echo \"$(basename $d) $(cat $d/serial)\"; done", 30)
+        found = {}
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                found[parts[1]] = "/dev/" + parts[0]
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise VMBootError("guest does not see disk(s) %s (saw %s)" % (", ".join(missing), r.stdout.strip()),
+                              qemu_mod.tail_text(session.console_log), session.console_log)
+        return {n: found[n] for n in names}

@@ -1,0 +1,1 @@
+"""The qemu layer: the lab initramfs (``initramfs``) and qemu argv builders plus runner (``qemu``)."""

@@ -1,0 +1,164 @@
+#!/bin/busybox sh
+# overlaylab guest init: PID 1 of the lab initramfs (see overlaylab/vm/initramfs.py).
+#
+# 1. proc/sys/devtmpfs; insmod /modules/*.ko in the order of /modules/order
+# 2. the run's config share (9p tag "labcfg", read-only) on /cfg: lab.env (sourced here),
+#    sshd_config, the per-run host key and authorized key
+# 3. the host root read-only over 9p (tag "hostroot") on /newroot; tmpfs on its /run, /tmp,
+#    /var/tmp, /root and /mnt (with /mnt/lab for the lab's mount points); proc, sys, dev,
+#    dev/pts, dev/shm; host paths listed in LAB_KEEP_PATHS (the host's Python under /root...)
+#    bound back over those tmpfs; the kernel's own modules dir bound at
+#    /run/overlaylab/modroot so the host's modprobe works in the guest
+#    (MODPROBE_OPTIONS="-d /run/overlaylab/modroot", and the kernel's own requests go through
+#    /sbin/overlaylab-modprobe), and at /lib/modules/<release> where the host has that dir;
+#    the kernel config at /boot/config-<release>
+# 4. eth0 10.0.2.15/24 via 10.0.2.2 (qemu user-mode networking), the HOST's sshd in a chroot
+#    of /newroot on port 22, then the ready marker on the console
+# 5. waits until /run/overlaylab/poweroff exists in the guest, then `poweroff -f`
+# Any failure prints "OVERLAYLAB-FAILED: <why>" and powers off, so qemu exits at once.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /newroot /cfg
+/bin/busybox --install -s
+
+say() { echo "overlaylab-init: [$(cut -d' ' -f1 /proc/uptime 2>/dev/null)] $*"; }
+fail() {
+    echo "OVERLAYLAB-FAILED: $*"
+    dmesg 2>/dev/null | tail -n 30
+    sync
+    poweroff -f
+    sleep 5
+    exit 1
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+
+load_modules() {  # $1: a file of module names in load order
+    n=0
+    while read -r m; do
+        [ -n "$m" ] || continue
+        if insmod "/modules/$m.ko" 2>"/tmp/insmod.$m"; then
+            n=$((n + 1))
+        else
+            grep -q "File exists" "/tmp/insmod.$m" || say "insmod $m: $(cat "/tmp/insmod.$m")"
+        fi
+    done < "$1"
+    say "loaded $n modules from $1"
+}
+load_modules /modules/order.boot
+# filesystem modules (big, slow to relocate under TCG) load while the rest of the boot goes on
+load_modules /modules/order.lab &
+lab_modules=$!
+
+mount -t 9p -o trans=virtio,version=9p2000.L,ro labcfg /cfg || fail "cannot mount the labcfg 9p share"
+[ -f /cfg/lab.env ] || fail "no lab.env on the labcfg share"
+. /cfg/lab.env
+
+say "config share mounted"
+R=/newroot
+mount -t 9p -o "trans=virtio,version=9p2000.L,ro,msize=${LAB_9P_MSIZE:-262144},cache=${LAB_9P_CACHE:-loose}" \
+    hostroot $R || fail "cannot mount the host root over 9p"
+[ -x "$R$LAB_SSHD" ] || fail "no $LAB_SSHD in the host root"
+
+mount -t tmpfs -o mode=0755 tmpfs $R/run || fail "tmpfs on /run"
+mkdir -p $R/run/overlaylab $R/run/sshd
+chmod 0755 $R/run/sshd
+if [ -n "$LAB_MODULES_DIR" ] && [ -d "$R$LAB_MODULES_DIR" ]; then
+    # before /tmp and /root get their tmpfs: the modules may live in a cache under either
+    mkdir -p "$R/run/overlaylab/modroot/lib/modules/$LAB_RELEASE"
+    mount -o bind "$R$LAB_MODULES_DIR" "$R/run/overlaylab/modroot/lib/modules/$LAB_RELEASE" \
+        || say "cannot bind the modules dir"
+fi
+if [ -n "$LAB_CONFIG" ] && [ -f "$R$LAB_CONFIG" ]; then
+    cp "$R$LAB_CONFIG" "$R/run/overlaylab/config-$LAB_RELEASE"
+fi
+# host paths the guest needs that the tmpfs below would hide (the host's Python under /root,
+# a project checked out under /tmp...): stash a bind of each now, put it back afterwards
+i=0
+OLDIFS=$IFS
+IFS=:
+for p in $LAB_KEEP_PATHS; do
+    if [ -n "$p" ] && [ -d "$R$p" ]; then
+        mkdir -p "$R/run/overlaylab/keep/$i"
+        mount -o bind "$R$p" "$R/run/overlaylab/keep/$i" || say "cannot keep $p"
+    fi
+    i=$((i + 1))
+done
+IFS=$OLDIFS
+for d in tmp var/tmp root mnt; do
+    if [ -d "$R/$d" ]; then
+        mount -t tmpfs -o mode=0755 tmpfs "$R/$d" || fail "tmpfs on /$d"
+    else
+        say "no /$d in the host root; left out"
+    fi
+done
+chmod 1777 $R/tmp $R/var/tmp 2>/dev/null
+chmod 0700 $R/root 2>/dev/null
+mkdir -p $R/mnt/lab
+# the guest kernel's config where tools look for it (/boot/config-<release>)
+if [ -f "$R/run/overlaylab/config-$LAB_RELEASE" ] && [ -d $R/boot ]; then
+    mount -t tmpfs -o mode=0755 tmpfs $R/boot && cp "$R/run/overlaylab/config-$LAB_RELEASE" $R/boot/
+fi
+# and its modules at /lib/modules/<release> when the host has such a directory to cover
+if [ -d "$R/run/overlaylab/modroot/lib/modules/$LAB_RELEASE/kernel" ] && [ -d $R/usr/lib/modules ]; then
+    mount -t tmpfs -o mode=0755 tmpfs $R/usr/lib/modules \
+        && mkdir -p "$R/usr/lib/modules/$LAB_RELEASE" \
+        && mount -o bind "$R/run/overlaylab/modroot/lib/modules/$LAB_RELEASE" "$R/usr/lib/modules/$LAB_RELEASE"
+fi
+i=0
+IFS=:
+for p in $LAB_KEEP_PATHS; do
+    if [ -d "$R/run/overlaylab/keep/$i" ]; then
+        mkdir -p "$R$p" && mount -o bind "$R/run/overlaylab/keep/$i" "$R$p" || say "cannot restore $p"
+    fi
+    i=$((i + 1))
+done
+IFS=$OLDIFS
+mount -t proc proc $R/proc || fail "proc in the new root"
+mount -t sysfs sysfs $R/sys || fail "sysfs in the new root"
+mount -t devtmpfs devtmpfs $R/dev || fail "devtmpfs in the new root"
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
+[ -d $R/sys/kernel/debug ] && mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
+# mounts the agent makes under /mnt/lab must propagate to any namespace that binds them
+mount --make-rshared $R/mnt 2>/dev/null || mount -o rshared $R/mnt 2>/dev/null || say "cannot make /mnt shared"
+
+# the kernel's own module requests (mount -t xfs, ...) go to the host's modprobe in the new root
+if [ -d "$R/run/overlaylab/modroot/lib/modules/$LAB_RELEASE/kernel" ]; then
+    for mp in /usr/sbin/modprobe /sbin/modprobe; do
+        if [ -e "$R$mp" ] || [ -L "$R$mp" ]; then  # may be an absolute symlink (to /bin/kmod)
+            printf '#!/bin/sh\nexec /bin/busybox chroot %s %s -d /run/overlaylab/modroot "$@"\n' "$R" "$mp" \
+                > /sbin/overlaylab-modprobe
+            chmod 0755 /sbin/overlaylab-modprobe
+            echo /sbin/overlaylab-modprobe > /proc/sys/kernel/modprobe
+            break
+        fi
+    done
+fi
+
+cp /cfg/* $R/run/overlaylab/ || fail "cannot copy the run config"
+chmod 0600 $R/run/overlaylab/ssh_host_ed25519_key
+chmod 0644 $R/run/overlaylab/authorized_keys
+
+hostname "${LAB_HOSTNAME:-overlaylab}"
+ip link set lo up
+ip link set eth0 up || fail "no eth0 (virtio_net missing?)"
+ip addr add "${LAB_IP:-10.0.2.15/24}" dev eth0
+ip route add default via "${LAB_GW:-10.0.2.2}"
+
+chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    "$LAB_SSHD" -f /run/overlaylab/sshd_config -E /run/overlaylab/sshd.log \
+    || fail "sshd did not start: $(cat $R/run/overlaylab/sshd.log 2>/dev/null | tail -n 3)"
+
+say "sshd started"
+wait $lab_modules
+echo "${LAB_READY_MARKER:-OVERLAYLAB-READY} $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+while [ ! -e $R/run/overlaylab/poweroff ]; do
+    sleep 1
+done
+say "power-off requested"
+sync
+poweroff -f
