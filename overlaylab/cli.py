@@ -6,6 +6,7 @@ import click
 from . import __version__
 from .driver_cli import driver
 from .lab_cli import COMMANDS as LAB_COMMANDS
+from .reports_cli import COMMANDS as REPORT_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +17,7 @@ def main() -> None:
 
 
 main.add_command(driver)
-for _command in LAB_COMMANDS:
+for _command in LAB_COMMANDS + REPORT_COMMANDS:
     main.add_command(_command)
 
 

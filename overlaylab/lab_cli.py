@@ -102,12 +102,30 @@ def _progress_printer(total: int):
 @click.option("--profiles-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Another filesystems.toml.")
 @click.option("--keep", is_flag=True, help="Leave VMs up after the run (debugging).")
+@click.option("--baseline", "baseline_ref", default=None, metavar="BASE",
+              help="Compare with BASE (a run id/directory or a baseline file) and exit 1 on regressions.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run every cell N times; cells whose outcomes differ are FLAKY, with pass rates.")
 def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
-            jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool) -> None:
-    """Run the matrix: kernels x filesystem profiles x scenarios; print the tables.
+            jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool,
+            baseline_ref: Optional[str], repeat: int) -> None:
+    """Run the matrix: kernels x filesystem profiles x scenarios; print the tables and write
+    report.md, report.html, junit.xml and summary.json into the run directory.
 
-    Exit status 0 when every cell met its expectation, 1 otherwise.
+    Exit status 0 when every cell met its expectation (a flaky cell that met it at least once
+    counts as met), 1 otherwise. With --baseline: 1 when a cell regressed against BASE (known
+    outcomes in BASE are fine), 0 otherwise.
     """
+    from .reports import RunReport, write_all
+    from .reports.compare import BaselineError, compare, load_baseline, render_text
+    from .reports.history import index_run
+    from .reports.model import reports_dir_of
+    baseline = None
+    if baseline_ref:
+        try:
+            baseline = load_baseline(baseline_ref, reports_dir)
+        except (BaselineError, OSError) as err:
+            raise click.UsageError("--baseline: %s" % err)
     profiles_path = profiles_file or str(default_profiles_path())
     all_profiles = load_profiles(profiles_path)
     profiles = select_profiles(all_profiles, list(profile_exprs) or None)
@@ -124,14 +142,14 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     kernel_list = list(kernels) or ["host"]
     matrix = Matrix(kernel_list, profiles, scenarios, all_profiles)
     store = RunStore(reports_dir)
-    store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs)
+    store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs, repeat=repeat)
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
     from .procutil import become_subreaper
     become_subreaper()
-    on_event = _progress_printer(matrix.cell_count)
+    on_event = _progress_printer(matrix.cell_count * repeat)
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
-                    profiles_text=profiles_text if provider == "vagrant" else None)
+                    profiles_text=profiles_text if provider == "vagrant" else None, repeat=repeat)
     status = "finished"
     # SIGTERM is turned into KeyboardInterrupt so every context manager tears its target down.
     old_term = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -148,14 +166,42 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         on_event.stop()  # type: ignore[attr-defined]
         store.finish(status)
     run = load_run(store.path)
-    click.echo(render_run(run))
-    unmet = render_unmet(run)
+    rep = RunReport.from_run(run)
+    view = rep.view_run()  # one row per cell; FLAKY where --repeat attempts disagree
+    click.echo(render_run(view))
+    unmet = render_unmet(view)
     if unmet:
         click.echo("\nNot as expected:\n" + unmet)
+    if repeat > 1:
+        from tabulate import tabulate
+        flaky = rep.flaky()
+        click.echo("\nRepeated %d times: %d of %d cells flaky" % (repeat, len(flaky), len(rep.cells)))
+        if flaky:
+            click.echo(tabulate([(c.id, "%.0f%%" % (100 * c.pass_rate), ", ".join(c.outcomes), c.expected)
+                                 for c in flaky], headers=["flaky cell", "pass rate", "outcomes", "expected"]))
+    try:
+        written = write_all(store.path, run=run)
+        click.echo("\nreports: " + ", ".join(os.path.basename(p) for p in written))
+    except Exception as err:  # a report bug must not hide the run's result
+        click.echo("\nwarning: writing the reports failed: %s: %s" % (type(err).__name__, err), err=True)
+    try:
+        index_run(reports_dir_of(store.path), store.path)
+    except Exception as err:
+        click.echo("warning: updating the run index failed: %s" % err, err=True)
+    comparison = None
+    if baseline is not None:
+        comparison = compare(baseline, rep)
+        click.echo("\nCompared with %s:\n%s" % (baseline.name, render_text(comparison)))
     click.echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
     if status != "finished":
         raise click.exceptions.Exit(130)
-    if run.unmet() or len(run.cells) < matrix.cell_count:
+    if len(rep.cells) < matrix.cell_count:
+        raise click.exceptions.Exit(1)
+    if comparison is not None:
+        if comparison.regressions:
+            raise click.exceptions.Exit(1)
+        return
+    if rep.gate_failures():
         raise click.exceptions.Exit(1)
 
 

@@ -75,7 +75,8 @@ def _tail(text: str, lines: int = 40) -> List[str]:
 
 class Runner:
     def __init__(self, provider: Any, store: RunStore, matrix: Matrix, jobs: int = 1,
-                 progress: ProgressFn = _noop, keep: bool = False, profiles_text: Optional[str] = None):
+                 progress: ProgressFn = _noop, keep: bool = False, profiles_text: Optional[str] = None,
+                 repeat: int = 1):
         self.provider = provider
         self.store = store
         self.matrix = matrix
@@ -83,6 +84,7 @@ class Runner:
         self.progress = progress
         self.keep = keep
         self.profiles_text = profiles_text
+        self.repeat = max(1, repeat)  # --repeat: the agent runs each profile's scenarios this often
 
     # public --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -101,7 +103,8 @@ class Runner:
             with self.provider.up(kernel, disks=self.matrix.disks(), keep=self.keep) as session:
                 self._record_target(kernel, session, started)
                 for profile in self.matrix.profiles.values():
-                    self._run_profile(kernel, session, profile)
+                    for attempt in range(1, self.repeat + 1):
+                        self._run_profile(kernel, session, profile, attempt)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # the target never came up, or went away: ERROR cells, carry on
@@ -137,7 +140,7 @@ class Runner:
         self._append(info)
         self.progress("target-up", info)
 
-    def _run_profile(self, kernel: str, session: Any, profile: FsProfile) -> None:
+    def _run_profile(self, kernel: str, session: Any, profile: FsProfile, attempt: int = 1) -> None:
         self.progress("profile-start", {"kernel": kernel, "profile": profile.name})
         args = ["run", "--profile", profile.name]
         disks = getattr(session, "disks", {}) or {}
@@ -166,6 +169,8 @@ class Runner:
             kind = rec.pop("record")
             rec.update({"target": kernel, "kernel_release": getattr(session, "kernel_release", ""),
                         "provider": getattr(self.provider, "name", "?")})
+            if self.repeat > 1:
+                rec["attempt"] = attempt
             if kind == "profile":
                 self._append(dict(rec, record="profile"))
             elif kind == "cell":
@@ -182,6 +187,8 @@ class Runner:
             for sid in missing:
                 cell = self._error_cell(kernel, profile.name, sid, problem or "no result from the agent", evidence)
                 cell["kernel_release"] = getattr(session, "kernel_release", "")
+                if self.repeat > 1:
+                    cell["attempt"] = attempt
                 self._append(cell)
                 self.progress("cell", cell)
         self.progress("profile-end", {"kernel": kernel, "profile": profile.name,

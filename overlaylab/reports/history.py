@@ -1,0 +1,202 @@
+"""An index of runs (SQLite, standard library): ``<reports>/index.sqlite``.
+
+Updated at the end of every ``overlaylab run`` and rebuilt from ``<reports>/runs/*`` by
+``overlaylab history --reindex`` (the run directories stay the truth; the index can always be
+thrown away). ``overlaylab history --cell KERNEL/PROFILE/SCENARIO`` shows how a cell's
+outcome moved across runs; ``*`` and ``?`` glob in any part.
+
+Tables: ``runs`` (one row per run: when, status, provider, host kernel, counts) and
+``cells`` (one row per run x cell: outcome over repeats, expected, met, pass rate, error).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..lab.results import RESULTS_FILE, load_run, now_iso
+from .model import RunReport
+
+INDEX_FILE = "index.sqlite"
+INDEX_SCHEMA = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, path TEXT, started TEXT, ended TEXT, status TEXT, provider TEXT,
+    host_kernel TEXT, kernels TEXT, argv TEXT, repeat INTEGER, cells INTEGER,
+    pass INTEGER, fail INTEGER, refused INTEGER, unsupported INTEGER, error INTEGER, flaky INTEGER,
+    unmet INTEGER, indexed TEXT);
+CREATE TABLE IF NOT EXISTS cells (
+    run_id TEXT, kernel TEXT, profile TEXT, scenario TEXT, grp TEXT, kernel_release TEXT,
+    outcome TEXT, outcomes TEXT, expected TEXT, met INTEGER, attempts INTEGER, pass_rate REAL,
+    duration REAL, error TEXT,
+    PRIMARY KEY (run_id, kernel, profile, scenario));
+CREATE INDEX IF NOT EXISTS cells_by_cell ON cells (kernel, profile, scenario);
+"""
+
+
+def index_path(reports_dir: str) -> str:
+    return os.path.join(reports_dir, INDEX_FILE)
+
+
+def connect(reports_dir: str) -> sqlite3.Connection:
+    os.makedirs(reports_dir, exist_ok=True)
+    conn = sqlite3.connect(index_path(reports_dir), timeout=30)
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(INDEX_SCHEMA),))
+    return conn
+
+
+def _insert(conn: sqlite3.Connection, rep: RunReport) -> None:
+    meta = rep.run.meta
+    counts = rep.counts()
+    conn.execute("DELETE FROM cells WHERE run_id = ?", (rep.run_id,))
+    conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
+        rep.run_id, os.path.abspath(rep.run.path), meta.get("started"), meta.get("ended"), meta.get("status"),
+        meta.get("provider"), (meta.get("host") or {}).get("kernel"),
+        ",".join("%s=%s" % (t, rep.kernel_release(t)) for t in rep.targets()),
+        json.dumps(meta.get("argv") or []), rep.repeat, len(rep.cells), counts["PASS"], counts["FAIL"],
+        counts["REFUSED"], counts["UNSUPPORTED"], counts["ERROR"], counts["FLAKY"], len(rep.unmet()), now_iso()))
+    conn.executemany("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+        (rep.run_id, cv.target, cv.profile, cv.scenario, cv.group, cv.kernel_release or rep.kernel_release(cv.target),
+         cv.outcome, ",".join(cv.outcomes), cv.expected, int(cv.met), len(cv.attempts), cv.pass_rate,
+         round(cv.duration, 3), cv.error[:500]) for cv in rep.cells.values()])
+
+
+def index_run(reports_dir: str, run_path: str) -> None:
+    """Add (or refresh) one run in the index."""
+    rep = RunReport.from_run(load_run(run_path))
+    conn = connect(reports_dir)
+    try:
+        with conn:
+            _insert(conn, rep)
+    finally:
+        conn.close()
+
+
+def run_dirs(reports_dir: str) -> List[str]:
+    runs = os.path.join(reports_dir, "runs")
+    if not os.path.isdir(runs):
+        return []
+    return [os.path.join(runs, n) for n in sorted(os.listdir(runs))
+            if os.path.exists(os.path.join(runs, n, RESULTS_FILE))]
+
+
+def reindex(reports_dir: str) -> int:
+    """Rebuild the index from every run directory; returns how many runs it holds."""
+    path = index_path(reports_dir)
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    conn = sqlite3.connect(tmp)
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(INDEX_SCHEMA),))
+    n = 0
+    with conn:
+        for d in run_dirs(reports_dir):
+            try:
+                _insert(conn, RunReport.from_run(load_run(d)))
+                n += 1
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged run directory is left out, not fatal
+    conn.close()
+    os.replace(tmp, path)
+    return n
+
+
+def ensure_index(reports_dir: str) -> None:
+    if not os.path.exists(index_path(reports_dir)):
+        reindex(reports_dir)
+
+
+def _glob(pattern: str) -> str:
+    parts = pattern.strip("/").split("/")
+    while len(parts) < 3:
+        parts.append("*")
+    return "/".join(parts[:3])
+
+
+def cell_history(reports_dir: str, pattern: str) -> List[Dict[str, Any]]:
+    """Rows (oldest run first) for every cell matching ``pattern`` (KERNEL/PROFILE/SCENARIO, globs)."""
+    ensure_index(reports_dir)
+    conn = connect(reports_dir)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute(
+            "SELECT c.*, r.started, r.status FROM cells c JOIN runs r USING (run_id) "
+            "WHERE (c.kernel || '/' || c.profile || '/' || c.scenario) GLOB ? "
+            "ORDER BY c.kernel, c.profile, c.scenario, r.started, c.run_id", (_glob(pattern),)).fetchall()
+    finally:
+        conn.close()
+    return [dict(r) for r in rows]
+
+
+def list_runs(reports_dir: str) -> List[Dict[str, Any]]:
+    ensure_index(reports_dir)
+    conn = connect(reports_dir)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY started, run_id")]
+    finally:
+        conn.close()
+
+
+def moving_cells(reports_dir: str, limit: int = 50) -> List[Tuple[str, int, str]]:
+    """Cells whose outcome was not always the same across indexed runs: (cell, runs, outcomes)."""
+    ensure_index(reports_dir)
+    conn = connect(reports_dir)
+    try:
+        rows = conn.execute(
+            "SELECT kernel || '/' || profile || '/' || scenario, COUNT(*), GROUP_CONCAT(DISTINCT outcome) "
+            "FROM cells GROUP BY kernel, profile, scenario HAVING COUNT(DISTINCT outcome) > 1 "
+            "ORDER BY 1 LIMIT ?", (limit,)).fetchall()
+    finally:
+        conn.close()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def render_cell_history(rows: List[Dict[str, Any]]) -> str:
+    from tabulate import tabulate
+    if not rows:
+        return "no indexed run has such a cell"
+    out = []
+    by_cell: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        by_cell.setdefault("%s/%s/%s" % (r["kernel"], r["profile"], r["scenario"]), []).append(r)
+    for cell, hist in by_cell.items():
+        table = []
+        prev: Optional[str] = None
+        moves = 0
+        for r in hist:
+            note = ""
+            if prev is not None and r["outcome"] != prev:
+                note = "<- was %s" % prev
+                moves += 1
+            prev = r["outcome"]
+            table.append((r["run_id"], r["started"] or "", r["kernel_release"] or "",
+                          r["outcome"] + ("" if r["met"] else "!"), r["expected"],
+                          ("%d/%d PASS" % (round(r["pass_rate"] * r["attempts"]), r["attempts"])) if r["attempts"] > 1 else "",
+                          "%.2f" % (r["duration"] or 0.0), note))
+        out.append("== %s: %d runs, outcome changed %d times; now %s" % (cell, len(hist), moves, hist[-1]["outcome"]))
+        out.append(tabulate(table, headers=["run", "started", "kernel release", "outcome", "expected", "repeats",
+                                            "seconds", "change"]))
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def render_runs(reports_dir: str) -> str:
+    from tabulate import tabulate
+    runs = list_runs(reports_dir)
+    if not runs:
+        return "no runs indexed under %s" % reports_dir
+    table = [(r["run_id"], r["started"] or "", r["status"], r["provider"], r["kernels"], r["cells"], r["pass"],
+              r["fail"], r["refused"], r["unsupported"], r["error"], r["flaky"], r["unmet"]) for r in runs]
+    text = tabulate(table, headers=["run", "started", "status", "provider", "kernels", "cells", "PASS", "FAIL",
+                                    "REFUSED", "UNSUP", "ERROR", "FLAKY", "unexpected"])
+    moving = moving_cells(reports_dir)
+    if moving:
+        text += "\n\nCells whose outcome moved across runs (see `overlaylab history --cell CELL`):\n"
+        text += tabulate(moving, headers=["cell", "runs", "outcomes seen"])
+    return text

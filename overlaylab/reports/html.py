@@ -1,0 +1,316 @@
+"""The HTML report: one static, self-contained page (inline CSS and JS, no network).
+
+The matrix is rendered as coloured tables (one per scenario group; scenarios down, kernel x
+profile across) that read without JavaScript; the cells' details (evidence, dmesg, the
+backing filesystem's recipe and real parameters, probes, duration, expectation and why) are
+embedded as JSON and shown in a side panel when a cell is clicked (or named in the URL as
+``#cell=KERNEL/PROFILE/SCENARIO``).
+"""
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Dict, List
+
+from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
+                    evidence_sections, fs_sections, probe_rows)
+
+SHORT = {"PASS": "PASS", "FAIL": "FAIL", "REFUSED": "REF", "UNSUPPORTED": "UNSUP", "ERROR": "ERR", FLAKY: "FLAKY"}
+
+CSS = """
+:root { --pass:#2e9d4f; --fail:#d93a3a; --refused:#e08a1e; --unsupported:#9aa3ad; --error:#7b3fb8;
+        --flaky:#e8c320; --bg:#fafbfc; --fg:#1d232a; --muted:#5b6570; --line:#d8dde3; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg); background:var(--bg); }
+header { padding:16px 24px 8px; border-bottom:1px solid var(--line); background:#fff; }
+h1 { font-size:20px; margin:0 0 4px; }
+h2 { font-size:16px; margin:24px 0 8px; }
+main { padding:0 24px 40px; }
+body.with-details main { margin-right:min(46vw,720px); }
+.muted { color:var(--muted); }
+.summary { margin:4px 0; font-weight:600; }
+.badges span { display:inline-block; margin:2px 6px 2px 0; padding:1px 8px; border-radius:10px; color:#fff; font-size:12px; }
+table { border-collapse:collapse; background:#fff; }
+th, td { border:1px solid var(--line); padding:3px 6px; }
+th { background:#eef1f4; font-weight:600; font-size:12px; white-space:nowrap; }
+th.kernel { background:#dfe5eb; }
+td.sid { white-space:nowrap; font-family:ui-monospace,monospace; font-size:12px; }
+td.cell { text-align:center; font-size:11px; font-weight:700; color:#fff; cursor:pointer; min-width:52px; }
+td.cell:hover, td.cell:focus { outline:3px solid #1d232a; outline-offset:-3px; }
+td.cell.selected { outline:3px solid #0a58ca; outline-offset:-3px; }
+td.cell.unmet { box-shadow: inset 0 0 0 3px #000; }
+td.cell.unmet::after { content:" !"; }
+td.none { background:#f2f4f6; color:#9aa3ad; text-align:center; }
+.o-PASS { background:var(--pass); } .o-FAIL { background:var(--fail); } .o-REFUSED { background:var(--refused); }
+.o-UNSUPPORTED { background:var(--unsupported); } .o-ERROR { background:var(--error); }
+.o-FLAKY { background:repeating-linear-gradient(45deg,var(--flaky),var(--flaky) 6px,#c9a400 6px,#c9a400 12px); color:#1d232a !important; }
+.legend { margin:12px 0; display:flex; flex-wrap:wrap; gap:6px 16px; font-size:12px; }
+.legend .sw { display:inline-block; width:14px; height:14px; border-radius:3px; vertical-align:-2px; margin-right:4px; }
+.overview td { text-align:left; font-size:12px; white-space:nowrap; }
+.scroll { overflow-x:auto; }
+#details { position:fixed; top:0; right:0; bottom:0; width:min(46vw,720px); background:#fff; border-left:1px solid var(--line);
+           box-shadow:-4px 0 12px rgba(0,0,0,.08); overflow-y:auto; padding:16px 20px 40px; }
+#details[hidden] { display:none; }
+#details h2 { margin:0 0 6px; font-size:16px; font-family:ui-monospace,monospace; word-break:break-all; }
+#details .close { float:right; border:1px solid var(--line); background:#fff; border-radius:4px; cursor:pointer; font-size:16px; }
+#details dl { display:grid; grid-template-columns:max-content 1fr; gap:2px 12px; margin:8px 0; }
+#details dt { color:var(--muted); } #details dd { margin:0; word-break:break-word; }
+#details h3 { font-size:14px; margin:16px 0 4px; border-bottom:1px solid var(--line); }
+#details details { margin:4px 0; } #details summary { cursor:pointer; font-weight:600; }
+pre { margin:4px 0; padding:6px 8px; background:#f4f6f8; border:1px solid var(--line); border-radius:4px;
+      font:12px/1.35 ui-monospace,SFMono-Regular,Menlo,monospace; white-space:pre-wrap; word-break:break-all; max-height:420px; overflow:auto; }
+.pill { display:inline-block; padding:1px 8px; border-radius:10px; color:#fff; font-weight:700; font-size:12px; }
+ul.unmet li { margin:2px 0; } a.open { cursor:pointer; color:#0a58ca; text-decoration:underline; }
+code { font-family:ui-monospace,monospace; font-size:12px; background:#f0f2f4; padding:0 3px; border-radius:3px; }
+"""
+
+JS = r"""
+(function () {
+  var DATA = JSON.parse(document.getElementById('report-data').textContent);
+  var panel = document.getElementById('details');
+  function el(tag, attrs, text) {
+    var e = document.createElement(tag);
+    if (attrs) for (var k in attrs) e.setAttribute(k, attrs[k]);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function section(parent, title, text, open) {
+    var d = el('details'); if (open) d.open = true;
+    d.appendChild(el('summary', null, title));
+    d.appendChild(el('pre', null, text));
+    parent.appendChild(d);
+  }
+  function pill(outcome) {
+    var p = el('span', {'class': 'pill o-' + outcome}, outcome); return p;
+  }
+  function show(id) {
+    var c = DATA.cells[id];
+    if (!c) return;
+    document.querySelectorAll('td.cell.selected').forEach(function (t) { t.classList.remove('selected'); });
+    var td = document.querySelector('td.cell[data-cell="' + id.replace(/"/g, '\\"') + '"]');
+    if (td) td.classList.add('selected');
+    panel.innerHTML = '';
+    var close = el('button', {'class': 'close', 'title': 'close (Esc)', 'id': 'details-close'}, '\u00d7');
+    close.onclick = hide;
+    panel.appendChild(close);
+    panel.appendChild(el('h2', {'id': 'details-title'}, id));
+    var head = el('div'); head.appendChild(pill(c.outcome));
+    head.appendChild(document.createTextNode(c.met ? '  as expected' : '  NOT as expected (expected ' + c.expected + ')'));
+    panel.appendChild(head);
+    var dl = el('dl', {'id': 'details-facts'});
+    var facts = [['kernel', c.target + (c.kernel_release ? ' (' + c.kernel_release + ')' : '')],
+                 ['profile', c.profile], ['scenario', c.scenario + ' (' + c.group + ')'],
+                 ['description', c.description], ['outcome', c.outcome], ['expected', c.expected],
+                 ['why expected', c.why || '-'], ['duration', c.duration.toFixed(3) + ' s']];
+    if (c.attempts.length > 1) facts.push(['attempts', c.rate]);
+    facts.push(['bug bundle', c.bundle]);
+    facts.forEach(function (f) { dl.appendChild(el('dt', null, f[0])); dl.appendChild(el('dd', null, f[1])); });
+    panel.appendChild(dl);
+    panel.appendChild(el('h3', null, 'Evidence'));
+    var ev = el('div', {'id': 'details-evidence'});
+    if (!c.sections.length) ev.appendChild(el('p', {'class': 'muted'}, 'no evidence recorded (the scenario passed cleanly)'));
+    c.sections.forEach(function (s) { section(ev, s[0], s[1], true); });
+    panel.appendChild(ev);
+    if (c.attempts.length > 1) {
+      panel.appendChild(el('h3', null, 'Attempts'));
+      var tb = el('table');
+      c.attempts.forEach(function (a) {
+        var tr = el('tr'); tr.appendChild(el('td', null, '#' + a.attempt));
+        var td2 = el('td'); td2.appendChild(pill(a.outcome)); tr.appendChild(td2);
+        tr.appendChild(el('td', null, a.met ? 'as expected' : 'not as expected'));
+        tr.appendChild(el('td', null, a.duration.toFixed(3) + ' s'));
+        tr.appendChild(el('td', null, a.error || '')); tb.appendChild(tr);
+      });
+      panel.appendChild(tb);
+    }
+    var key = c.target + '/' + c.profile;
+    panel.appendChild(el('h3', null, 'Backing filesystem ' + c.profile));
+    var fs = el('div', {'id': 'details-fs'});
+    (DATA.fs[key] || []).forEach(function (s, i) { section(fs, s[0], s[1], i < 6); });
+    if (!(DATA.fs[key] || []).length) fs.appendChild(el('p', {'class': 'muted'}, 'no profile record'));
+    panel.appendChild(fs);
+    panel.appendChild(el('h3', null, 'Probes'));
+    var pt = el('table', {'id': 'details-probes'});
+    (DATA.probes[key] || []).forEach(function (p) {
+      var tr = el('tr'); tr.appendChild(el('td', null, p[0])); tr.appendChild(el('td', null, p[1]));
+      var td3 = el('td'); var d = el('details'); d.appendChild(el('summary', null, 'evidence'));
+      d.appendChild(el('pre', null, p[2])); td3.appendChild(d); tr.appendChild(td3); pt.appendChild(tr);
+    });
+    panel.appendChild(pt);
+    panel.hidden = false;
+    document.body.classList.add('with-details');
+    panel.scrollTop = 0;
+    if (location.hash !== '#cell=' + id) history.replaceState(null, '', '#cell=' + id);
+  }
+  function hide() {
+    panel.hidden = true;
+    document.body.classList.remove('with-details');
+    document.querySelectorAll('td.cell.selected').forEach(function (t) { t.classList.remove('selected'); });
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  document.addEventListener('click', function (e) {
+    var t = e.target.closest('[data-cell]');
+    if (t) { e.preventDefault(); show(t.getAttribute('data-cell')); }
+  });
+  document.addEventListener('keydown', function (e) {
+    if (e.key === 'Escape') hide();
+    if (e.key === 'Enter' && e.target.matches && e.target.matches('td.cell')) show(e.target.getAttribute('data-cell'));
+  });
+  var m = /^#cell=(.+)$/.exec(location.hash);
+  if (m) show(decodeURIComponent(m[1]));
+  window.overlaylabShow = show;
+})();
+"""
+
+COLOURS = {"PASS": "var(--pass)", "FAIL": "var(--fail)", "REFUSED": "var(--refused)",
+           "UNSUPPORTED": "var(--unsupported)", "ERROR": "var(--error)", FLAKY: "var(--flaky)"}
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _cell_data(rep: RunReport, cv: CellView, descriptions: Dict[str, str]) -> Dict[str, Any]:
+    return {"target": cv.target, "profile": cv.profile, "scenario": cv.scenario, "group": cv.group,
+            "description": descriptions.get(cv.scenario, ""),
+            "outcome": cv.outcome, "expected": cv.expected, "why": cv.expected_why, "met": cv.met,
+            "duration": cv.duration, "kernel_release": cv.kernel_release or rep.kernel_release(cv.target),
+            "rate": cv.rate_text(), "sections": evidence_sections(cv.record),
+            "attempts": [{"attempt": int(a.get("attempt") or i + 1), "outcome": a.get("outcome"),
+                          "met": bool(a.get("met")), "duration": float(a.get("duration") or 0.0),
+                          "error": (a.get("error") or "")[:300]} for i, a in enumerate(cv.attempts)],
+            "bundle": "overlaylab bundle %s %s" % (rep.run_id, cv.id)}
+
+
+def _descriptions() -> Dict[str, str]:
+    try:
+        from ..lab.scenario import all_scenarios
+        return {sid: sc.description for sid, sc in all_scenarios().items()}
+    except Exception:  # a report must not fail because the catalogue changed
+        return {}
+
+
+def _json_for_script(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def _grid(rep: RunReport, group: str, scenarios: List[str]) -> str:
+    targets, profiles = rep.targets(), rep.profiles()
+    out = ['<div class="scroll"><table class="grid" data-group="%s">' % _e(group), "<thead><tr>",
+           '<th rowspan="2">scenario</th>']
+    for t in targets:
+        release = rep.kernel_release(t)
+        out.append('<th class="kernel" colspan="%d">%s%s</th>' % (
+            len(profiles), _e(t), (' <span class="muted">%s</span>' % _e(release)) if release and release != t else ""))
+    out.append("</tr><tr>")
+    for _t in targets:
+        for p in profiles:
+            out.append("<th>%s</th>" % _e(p))
+    out.append("</tr></thead><tbody>")
+    for sid in scenarios:
+        out.append('<tr><td class="sid">%s</td>' % _e(sid))
+        for t in targets:
+            for p in profiles:
+                cv = rep.get(t, p, sid)
+                if cv is None:
+                    out.append('<td class="none" title="not run">%s</td>' % NOT_RUN)
+                    continue
+                cls = "cell o-%s%s" % (cv.outcome, "" if cv.met else " unmet")
+                title = "%s: %s%s" % (cv.id, cv.outcome, "" if cv.met else " (expected %s)" % cv.expected)
+                if len(cv.attempts) > 1:
+                    title += " — " + cv.rate_text()
+                out.append('<td class="%s" data-cell="%s" data-outcome="%s" tabindex="0" title="%s">%s</td>' % (
+                    cls, _e(cv.id), _e(cv.outcome), _e(title), _e(SHORT.get(cv.outcome, cv.outcome))))
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def render(rep: RunReport) -> str:
+    meta = rep.run.meta
+    host = meta.get("host") or {}
+    descriptions = _descriptions()
+    data = {
+        "run_id": rep.run_id,
+        "cells": {cv.id: _cell_data(rep, cv, descriptions) for cv in rep.cells.values()},
+        "fs": {}, "probes": {},
+    }
+    for t in rep.targets():
+        trec = rep.target_record(t)
+        for p in rep.profiles():
+            prec = rep.profile_record(t, p)
+            data["fs"]["%s/%s" % (t, p)] = fs_sections(prec)
+            data["probes"]["%s/%s" % (t, p)] = probe_rows(trec, prec)
+    counts = rep.counts()
+    parts: List[str] = []
+    parts.append("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">")
+    parts.append('<meta name="viewport" content="width=device-width, initial-scale=1">')
+    parts.append("<title>overlaylab run %s</title><style>%s</style></head><body>" % (_e(rep.run_id), CSS))
+    parts.append("<header><h1>overlaylab run %s</h1>" % _e(rep.run_id))
+    parts.append('<div class="summary" id="summary">%s</div>' % _e(rep.summary_line()))
+    parts.append('<div class="muted">status %s · provider %s · started %s · ended %s · host %s · overlaylab %s%s</div>' % (
+        _e(meta.get("status", "?")), _e(meta.get("provider", "?")), _e(meta.get("started", "?")),
+        _e(meta.get("ended", "?")), _e(host.get("hostname", "?")), _e(host.get("overlaylab", "?")),
+        "" if rep.repeat == 1 else " · each cell run %d times" % rep.repeat))
+    parts.append('<div class="badges">')
+    for o in ALL_OUTCOMES:
+        if counts.get(o):
+            parts.append('<span class="o-%s">%s %d</span>' % (o, o, counts[o]))
+    parts.append("</div></header><main>")
+    # legend
+    parts.append('<div class="legend" id="legend">')
+    for o in ALL_OUTCOMES:
+        parts.append('<span title="%s"><span class="sw o-%s"></span><b>%s</b> %s</span>' % (
+            _e(MEANING[o]), o, SHORT[o], _e(MEANING[o])))
+    parts.append('<span><b>black frame, %s</b> not as expected</span>' % UNMET_MARK)
+    parts.append("<span>click a cell for its details</span></div>")
+    # targets and overview
+    parts.append("<h2>Kernel × profile</h2><div class=\"scroll\"><table class=\"overview\"><tr><th>kernel</th>")
+    parts.extend("<th>%s</th>" % _e(p) for p in rep.profiles())
+    parts.append("</tr>")
+    for t in rep.targets():
+        trec = rep.target_record(t)
+        label = _e(t)
+        if rep.kernel_release(t):
+            label += '<br><span class="muted">%s · %s</span>' % (_e(rep.kernel_release(t)), _e(trec.get("provider", "")))
+        if trec.get("error"):
+            label += '<br><b>did not come up:</b> %s' % _e(trec["error"][:200])
+        parts.append("<tr><td>%s</td>" % label)
+        for p in rep.profiles():
+            cells = [c for c in rep.cells.values() if c.target == t and c.profile == p]
+            if not cells:
+                parts.append('<td class="none">%s</td>' % NOT_RUN)
+                continue
+            pc = rep.counts(cells)
+            text = " ".join('<span class="pill o-%s">%s %d</span>' % (o, SHORT[o], n) for o, n in pc.items() if n)
+            unmet = sum(1 for c in cells if not c.met)
+            if unmet:
+                text += " <b>%d%s</b>" % (unmet, UNMET_MARK)
+            parts.append("<td>%s</td>" % text)
+        parts.append("</tr>")
+    parts.append("</table></div>")
+    for group, scenarios in rep.groups():
+        parts.append('<h2 id="group-%s">%s</h2>' % (_e(group), _e(group)))
+        parts.append(_grid(rep, group, scenarios))
+    unmet = rep.unmet()
+    parts.append('<h2>Not as expected (%d)</h2><ul class="unmet" id="unmet-list">' % len(unmet))
+    for cv in unmet:
+        parts.append('<li><a class="open" data-cell="%s">%s</a>: %s, expected %s — %s</li>' % (
+            _e(cv.id), _e(cv.id), _e(cv.outcome), _e(cv.expected), _e(cv.error[:200])))
+    if not unmet:
+        parts.append("<li class=\"muted\">every cell met its expectation</li>")
+    parts.append("</ul>")
+    flaky = rep.flaky()
+    if flaky or rep.repeat > 1:
+        parts.append('<h2>Flaky (%d over %d repeats)</h2><ul class="unmet" id="flaky-list">' % (len(flaky), rep.repeat))
+        for cv in flaky:
+            parts.append('<li><a class="open" data-cell="%s">%s</a>: %s</li>' % (_e(cv.id), _e(cv.id), _e(cv.rate_text())))
+        if not flaky:
+            parts.append("<li class=\"muted\">no cell changed outcome between repeats</li>")
+        parts.append("</ul>")
+    parts.append("</main>")
+    parts.append('<aside id="details" hidden></aside>')
+    parts.append('<script type="application/json" id="report-data">%s</script>' % _json_for_script(data))
+    parts.append("<script>%s</script></body></html>" % JS)
+    return "".join(parts)

@@ -1,0 +1,440 @@
+"""What every report reads: a run's cells aggregated over repeats, and evidence as text.
+
+A run made with ``--repeat N`` holds N records per cell (``attempt`` 1..N); a plain run holds
+one (no ``attempt`` key, read as attempt 1). :class:`CellView` folds them: the cell's outcome is
+the attempts' common outcome, or ``FLAKY`` when they differ; ``pass_rate`` is the share of
+attempts that passed and ``met`` says whether every attempt met its expectation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..lab.results import OUTCOMES, Run
+
+FLAKY = "FLAKY"
+ALL_OUTCOMES = OUTCOMES + (FLAKY,)
+
+# One symbol per outcome: for markdown (GitHub renders these everywhere) and the legend.
+SYMBOLS = {"PASS": "✅", "FAIL": "❌", "REFUSED": "⛔", "UNSUPPORTED": "➖", "ERROR": "💥", FLAKY: "🔀"}
+NOT_RUN = "·"
+UNMET_MARK = "!"
+MEANING = {
+    "PASS": "the scenario worked",
+    "FAIL": "the driver or kernel misbehaved (a real failure; may be a known one)",
+    "REFUSED": "the driver refused, as designed (e.g. ErrIncompatibleFS over btrfs)",
+    "UNSUPPORTED": "the environment cannot provide a prerequisite (e.g. no xfs V4 in this kernel)",
+    "ERROR": "the lab's infrastructure failed (timeout, crash, hang, target down)",
+    FLAKY: "the outcome differed between repeats (--repeat)",
+}
+GROUP_ORDER = ("lifecycle", "diff", "quirks", "failure-class")
+BAD_OUTCOMES = ("FAIL", "ERROR")
+
+CellKey = Tuple[str, str, str]
+
+
+def cell_id(key: Sequence[str]) -> str:
+    """``kernel/profile/scenario``: how a cell is named on the command line and in reports."""
+    return "/".join(key)
+
+
+def parse_cell_id(text: str) -> CellKey:
+    parts = text.strip().strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError("a cell is KERNEL/PROFILE/SCENARIO, got %r" % text)
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass
+class CellView:
+    """One cell of the matrix, over all its attempts."""
+
+    key: CellKey
+    attempts: List[Dict[str, Any]]
+
+    @property
+    def target(self) -> str:
+        return self.key[0]
+
+    @property
+    def profile(self) -> str:
+        return self.key[1]
+
+    @property
+    def scenario(self) -> str:
+        return self.key[2]
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.key)
+
+    @property
+    def outcomes(self) -> List[str]:
+        return [a.get("outcome", "ERROR") for a in self.attempts]
+
+    @property
+    def flaky(self) -> bool:
+        return len(set(self.outcomes)) > 1
+
+    @property
+    def outcome(self) -> str:
+        return FLAKY if self.flaky else self.outcomes[0]
+
+    @property
+    def met(self) -> bool:
+        """Every attempt met its expectation."""
+        return all(a.get("met") for a in self.attempts)
+
+    @property
+    def met_count(self) -> int:
+        return sum(1 for a in self.attempts if a.get("met"))
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(1 for o in self.outcomes if o == "PASS") / float(len(self.attempts))
+
+    @property
+    def gate_failed(self) -> bool:
+        """Not as expected in a way that fails the run: unmet and not merely flaky."""
+        return not self.met and not (self.flaky and self.met_count > 0)
+
+    @property
+    def record(self) -> Dict[str, Any]:
+        """The attempt to show: the first that missed its expectation, else the last."""
+        for a in self.attempts:
+            if not a.get("met"):
+                return a
+        return self.attempts[-1]
+
+    @property
+    def group(self) -> str:
+        return self.record.get("group") or "other"
+
+    @property
+    def expected(self) -> str:
+        return self.record.get("expected", "?")
+
+    @property
+    def expected_why(self) -> str:
+        return self.record.get("expected_why", "") or ""
+
+    @property
+    def error(self) -> str:
+        return self.record.get("error", "") or ""
+
+    @property
+    def duration(self) -> float:
+        return sum(float(a.get("duration") or 0.0) for a in self.attempts) / len(self.attempts)
+
+    @property
+    def kernel_release(self) -> str:
+        return self.record.get("kernel_release", "") or ""
+
+    @property
+    def bad(self) -> bool:
+        """Failing in a release engineer's sense: FAIL/ERROR, or not what was expected."""
+        return self.outcome in BAD_OUTCOMES or not self.met
+
+    def symbol(self, mark_unmet: bool = True) -> str:
+        sym = SYMBOLS.get(self.outcome, "?")
+        return sym + UNMET_MARK if mark_unmet and not self.met else sym
+
+    def rate_text(self) -> str:
+        n = len(self.attempts)
+        return "%d/%d PASS (%s)" % (self.outcomes.count("PASS"), n, ", ".join(self.outcomes))
+
+
+@dataclass
+class RunReport:
+    """A run, folded for reporting."""
+
+    run: Run
+    cells: Dict[CellKey, CellView] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: Run) -> "RunReport":
+        grouped: Dict[CellKey, List[Dict[str, Any]]] = {}
+        for rec in run.cells:
+            grouped.setdefault((rec["target"], rec["profile"], rec["scenario"]), []).append(rec)
+        cells = {}
+        for key, recs in grouped.items():
+            recs.sort(key=lambda r: int(r.get("attempt") or 1))
+            cells[key] = CellView(key, recs)
+        return cls(run, cells)
+
+    # the matrix's axes --------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def targets(self) -> List[str]:
+        return _ordered([k[0] for k in self.cells] + [t.get("target") for t in self.run.targets if t.get("target")])
+
+    def profiles(self) -> List[str]:
+        listed = list((self.run.meta.get("matrix") or {}).get("profiles") or [])
+        return _ordered(listed + [k[1] for k in self.cells])
+
+    def scenarios(self) -> List[str]:
+        listed = list((self.run.meta.get("matrix") or {}).get("scenarios") or [])
+        return _ordered(listed + [k[2] for k in self.cells])
+
+    def groups(self) -> List[Tuple[str, List[str]]]:
+        """Scenario groups in the catalogue's order, each with its scenarios."""
+        by_group: Dict[str, List[str]] = {}
+        group_of = {}
+        for cv in self.cells.values():
+            group_of.setdefault(cv.scenario, cv.group)
+        for sid in self.scenarios():
+            by_group.setdefault(group_of.get(sid, "other"), []).append(sid)
+        order = [g for g in GROUP_ORDER if g in by_group] + [g for g in by_group if g not in GROUP_ORDER]
+        return [(g, by_group[g]) for g in order]
+
+    def get(self, target: str, profile: str, scenario: str) -> Optional[CellView]:
+        return self.cells.get((target, profile, scenario))
+
+    # summaries -----------------------------------------------------------------------------
+    @property
+    def repeat(self) -> int:
+        return max([len(c.attempts) for c in self.cells.values()] or [1])
+
+    def counts(self, cells: Optional[Iterable[CellView]] = None) -> Dict[str, int]:
+        out = {o: 0 for o in ALL_OUTCOMES}
+        for cv in (self.cells.values() if cells is None else cells):
+            out[cv.outcome] = out.get(cv.outcome, 0) + 1
+        return out
+
+    def unmet(self) -> List[CellView]:
+        """Cells not as expected (flaky ones are listed by :meth:`flaky`)."""
+        return [c for c in self.cells.values() if not c.met and not c.flaky]
+
+    def flaky(self) -> List[CellView]:
+        return [c for c in self.cells.values() if c.flaky]
+
+    def gate_failures(self) -> List[CellView]:
+        return [c for c in self.cells.values() if c.gate_failed]
+
+    def not_passing(self) -> List[CellView]:
+        return [c for c in self.cells.values() if c.outcome != "PASS"]
+
+    def target_record(self, target: str) -> Dict[str, Any]:
+        return self.run.target_record(target) or {}
+
+    def profile_record(self, target: str, profile: str) -> Dict[str, Any]:
+        return self.run.profile_record(target, profile) or {}
+
+    def kernel_release(self, target: str) -> str:
+        rec = self.target_record(target)
+        if rec.get("kernel_release"):
+            return rec["kernel_release"]
+        for cv in self.cells.values():
+            if cv.target == target and cv.kernel_release:
+                return cv.kernel_release
+        return ""
+
+    def summary_line(self) -> str:
+        counts = self.counts()
+        parts = ", ".join("%s %d" % (k, v) for k, v in counts.items() if v)
+        line = "%d cells: %s; %d not as expected" % (len(self.cells), parts or "none", len(self.unmet()))
+        if self.repeat > 1:
+            line += "; %d flaky over %d repeats" % (len(self.flaky()), self.repeat)
+        return line
+
+    def view_run(self) -> Run:
+        """A :class:`Run` with one record per cell (FLAKY where attempts differ), for the
+        terminal tables that read ``Run`` directly."""
+        cells = []
+        for cv in self.cells.values():
+            rec = dict(cv.record)
+            rec["outcome"] = cv.outcome
+            rec["met"] = cv.met
+            if cv.flaky:
+                rec["error"] = cv.rate_text()
+            cells.append(rec)
+        return Run(path=self.run.path, meta=self.run.meta, targets=self.run.targets,
+                   profiles=self.run.profiles, cells=cells, skipped_lines=self.run.skipped_lines)
+
+
+def _ordered(items: Iterable[Any]) -> List[Any]:
+    seen: Dict[Any, None] = {}
+    for item in items:
+        if item is not None:
+            seen.setdefault(item, None)
+    return list(seen)
+
+
+# --- evidence as text ---------------------------------------------------------------------
+
+_AGENT_DIR = re.compile(r"/(?:[\w.-]+/)*overlaylab-agent\.[\w-]+")
+_LAYER_ID = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def normalize(text: str) -> str:
+    """Error text without the per-run temp paths and layer ids (to group equal failures)."""
+    return _LAYER_ID.sub("<id>", _AGENT_DIR.sub("<agent-tmp>", text or ""))
+
+
+def as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return "\n".join(value)
+        if all(isinstance(v, (list, tuple)) for v in value):
+            return "\n".join(" | ".join(str(x) for x in row) for row in value)
+    if isinstance(value, (int, float, bool)):
+        return json.dumps(value)
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+# Evidence keys shown first, in this order; the rest follow alphabetically.
+_FIRST = ("kernel_answer", "errno", "dmesg", "driver_status", "driver_log", "traceback", "mount_data",
+          "agent_problem", "stderr_tail", "console_tail", "stdout_junk", "backing_fs")
+
+
+def evidence_sections(rec: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(title, text) pairs for one cell record: error, log, then each evidence item."""
+    out: List[Tuple[str, str]] = []
+    if rec.get("error"):
+        out.append(("error", rec["error"]))
+    ev = rec.get("evidence") or {}
+    keys = [k for k in _FIRST if k in ev] + sorted(k for k in ev if k not in _FIRST)
+    for key in keys:
+        if key == "backing_fs" and isinstance(ev[key], dict):
+            bf = ev[key]
+            short = {k: v for k, v in bf.items() if k in ("step", "error", "stderr", "errno", "dmesg")}
+            out.append(("backing_fs", as_text(short)))
+            continue
+        text = as_text(ev[key])
+        if text != "":
+            out.append((key, text))
+    if rec.get("log"):
+        out.append(("log", as_text(rec["log"])))
+    return out
+
+
+def shell_join(argv: Sequence[Any]) -> str:
+    import shlex
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def recipe_lines(fs: Dict[str, Any]) -> List[str]:
+    """The filesystem's recipe as the commands that were really run."""
+    lines = []
+    for step in (fs or {}).get("recipe") or []:
+        op = step.get("op")
+        if op == "base" and isinstance(step.get("recipe"), list):
+            lines.append("# base profile %s:" % step.get("profile", "?"))
+            lines.extend(recipe_lines({"recipe": step["recipe"]}))
+            continue
+        if step.get("argv"):
+            line = shell_join(step["argv"])
+        elif step.get("command"):
+            line = step["command"]
+        elif op == "mkdir":
+            line = "mkdir -p " + shell_join(step.get("paths") or [])
+        else:
+            line = "# %s" % json.dumps(step, sort_keys=True, default=str)
+        if step.get("error"):
+            line += "    # failed: %s" % step["error"]
+        elif step.get("returncode") not in (None, 0):
+            line += "    # exit %s" % step["returncode"]
+        lines.append(line)
+    return lines
+
+
+def fs_sections(prec: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(title, text) pairs describing the backing filesystem a profile record says was made."""
+    out: List[Tuple[str, str]] = []
+    if not prec:
+        return out
+    fs = prec.get("fs") or {}
+    unavailable = prec.get("unavailable") or {}
+    if unavailable:
+        out.append(("unavailable", "%s failed: %s" % (unavailable.get("step", "?"),
+                                                       unavailable.get("stderr") or unavailable.get("error") or "")))
+        fs = dict(unavailable, recipe=unavailable.get("recipe") or [])
+    info = (fs.get("info") or {}) if isinstance(fs, dict) else {}
+    profile = info.get("profile") or {}
+    if profile:
+        out.append(("profile", "%s — %s" % (profile.get("name", prec.get("profile")), profile.get("description", ""))))
+        if profile.get("mkfs"):
+            out.append(("mkfs argv", shell_join(list(profile.get("mkfs") or []) + list(profile.get("mkfs_options") or []) + ["DEVICE"])))
+        out.append(("profile mount options", profile.get("mount_options") or "(defaults)"))
+    lines = recipe_lines(fs)
+    if lines:
+        out.append(("recipe (as run)", "\n".join(lines)))
+    mount = info.get("mount") or {}
+    if mount:
+        out.append(("mount options", "%s (superblock: %s)" % (mount.get("options", ""), mount.get("super_options", ""))))
+    if info.get("mountinfo"):
+        out.append(("mountinfo", info["mountinfo"]))
+    for key in ("fs_name", "statfs_magic"):
+        if info.get(key):
+            out.append((key, str(info[key])))
+    if info.get("ext4_features"):
+        out.append(("ext4_features", " ".join(str(f) for f in info["ext4_features"])))
+    for key in ("xfs", "inode_count", "block_count", "df"):
+        if info.get(key) not in (None, "", [], {}):
+            out.append((key, as_text(info[key])))
+    for key in ("xfs_info", "dumpe2fs", "btrfs_show", "mkfs_output", "df_k", "df_i"):
+        if info.get(key):
+            out.append((key, _clean_tty(info[key])))
+    if info.get("base"):
+        base = info["base"]
+        if base.get("mountinfo"):
+            out.append(("base mountinfo", base["mountinfo"]))
+    if info.get("layers"):
+        out.append(("overlay layers", as_text(info["layers"])))
+    if prec.get("dmesg"):
+        out.append(("dmesg during set-up", as_text(prec["dmesg"])))
+    return out
+
+
+def _clean_tty(text: str) -> str:
+    """Terminal output (mkfs progress counters) as the terminal would show it: backspaces
+    move the cursor back and later characters overwrite."""
+    lines = []
+    for line in (text or "").split("\n"):
+        if "\b" not in line and "\r" not in line:
+            lines.append(line)
+            continue
+        buf: List[str] = []
+        pos = 0
+        for ch in line:
+            if ch == "\b":
+                pos = max(0, pos - 1)
+            elif ch == "\r":
+                pos = 0
+            else:
+                if pos < len(buf):
+                    buf[pos] = ch
+                else:
+                    buf.append(ch)
+                pos += 1
+        lines.append("".join(buf).rstrip())
+    return "\n".join(lines)
+
+
+def probe_rows(*records: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+    """(name, value, evidence) for every probe in the given target/profile records."""
+    rows = []
+    for rec in records:
+        for name, probe in sorted(((rec or {}).get("probes") or {}).items()):
+            if not isinstance(probe, dict):
+                continue
+            value = probe.get("value")
+            shown = as_text(value) if not isinstance(value, (dict, list)) else json.dumps(value, sort_keys=True)
+            if probe.get("error"):
+                shown += " (error: %s)" % probe["error"]
+            rows.append((name, shown, probe.get("evidence") or ""))
+    return rows
+
+
+def reports_dir_of(run_path: str) -> str:
+    """``<reports>`` for ``<reports>/runs/<run-id>``."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(run_path.rstrip("/"))))

@@ -1,0 +1,73 @@
+"""The machine-readable summary of a run (``summary.json``).
+
+Keys: ``schema``, ``run_id``, ``status``, ``started``/``ended``, ``provider``, ``host``,
+``repeat``, ``ok`` (every cell met its expectation, flaky cells aside), ``cells`` (count),
+``counts`` (per outcome, FLAKY included), ``unmet`` and ``flaky`` (one object per cell),
+``targets`` (per kernel: release, provider, accel, boot time, counts, error), ``profiles``
+(per kernel x profile: what was made, mkfs argv, mount options, unavailable), and
+``matrix`` (``{kernel: {profile: {scenario: outcome}}}``).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List
+
+from .model import CellView, RunReport, recipe_lines
+
+SUMMARY_SCHEMA = 1
+
+
+def _cell(cv: CellView) -> Dict[str, Any]:
+    out = {"cell": cv.id, "kernel": cv.target, "profile": cv.profile, "scenario": cv.scenario,
+           "group": cv.group, "outcome": cv.outcome, "expected": cv.expected, "expected_why": cv.expected_why,
+           "met": cv.met, "duration": round(cv.duration, 3), "error": cv.error[:1000],
+           "kernel_release": cv.kernel_release}
+    if len(cv.attempts) > 1:
+        out.update(attempts=len(cv.attempts), outcomes=cv.outcomes, pass_rate=round(cv.pass_rate, 3))
+    return out
+
+
+def summary(rep: RunReport) -> Dict[str, Any]:
+    meta = rep.run.meta
+    targets: List[Dict[str, Any]] = []
+    for t in rep.targets():
+        rec = rep.target_record(t)
+        cells = [c for c in rep.cells.values() if c.target == t]
+        facts = rec.get("facts") or {}
+        targets.append({"kernel": t, "kernel_release": rep.kernel_release(t), "provider": rec.get("provider"),
+                        "accel": rec.get("accel"), "boot_seconds": rec.get("boot_seconds"),
+                        "up_seconds": rec.get("up_seconds"), "python": rec.get("python"),
+                        "error": rec.get("error"), "cells": len(cells), "counts": rep.counts(cells),
+                        "unmet": sum(1 for c in cells if not c.met and not c.flaky),
+                        "kernel_config_overlay": facts.get("kernel_config_overlay"),
+                        "overlay_params": facts.get("overlay_params")})
+    profiles: List[Dict[str, Any]] = []
+    for t in rep.targets():
+        for p in rep.profiles():
+            prec = rep.profile_record(t, p)
+            if not prec:
+                continue
+            fs = prec.get("fs") or {}
+            info = fs.get("info") or {}
+            mount = info.get("mount") or {}
+            profiles.append({"kernel": t, "profile": p, "fs_name": info.get("fs_name"),
+                             "recipe": recipe_lines(fs or (prec.get("unavailable") or {})),
+                             "mount_options": mount.get("options"), "super_options": mount.get("super_options"),
+                             "mountinfo": info.get("mountinfo"), "unavailable": bool(prec.get("unavailable")),
+                             "unavailable_step": (prec.get("unavailable") or {}).get("step"),
+                             "d_type": (prec.get("facts") or {}).get("d_type"),
+                             "driver_init": (prec.get("facts") or {}).get("driver_init")})
+    matrix: Dict[str, Dict[str, Dict[str, str]]] = {}
+    for cv in rep.cells.values():
+        matrix.setdefault(cv.target, {}).setdefault(cv.profile, {})[cv.scenario] = cv.outcome
+    return {"schema": SUMMARY_SCHEMA, "run_id": rep.run_id, "status": meta.get("status"),
+            "started": meta.get("started"), "ended": meta.get("ended"), "provider": meta.get("provider"),
+            "argv": meta.get("argv"), "host": meta.get("host"), "repeat": rep.repeat,
+            "ok": not rep.gate_failures(), "summary": rep.summary_line(), "cells": len(rep.cells),
+            "counts": rep.counts(), "unmet": [_cell(c) for c in rep.unmet()],
+            "flaky": [_cell(c) for c in rep.flaky()], "targets": targets, "profiles": profiles,
+            "matrix": matrix, "skipped_lines": rep.run.skipped_lines}
+
+
+def render(rep: RunReport) -> str:
+    return json.dumps(summary(rep), indent=2, sort_keys=True, default=str) + "\n"
