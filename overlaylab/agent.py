@@ -16,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from .lab.backingfs import BackingFsUnavailable, make_backing_fs
 from .lab.profiles import load_profiles, parse_profiles
 from .lab.scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .lab.shell import KernelLogCursor
+from .mountutil import mounts_under
 
 
 def emit(record: Dict[str, Any]) -> None:
@@ -55,26 +57,49 @@ def _load_profiles(args: argparse.Namespace):
     return load_profiles(args.profiles_file)
 
 
+def _devices(args: argparse.Namespace) -> Dict[str, str]:
+    devices: Dict[str, str] = {}
+    for spec in args.device:
+        name, sep, dev = spec.partition("=")
+        if sep:
+            devices[name] = dev
+        elif len(args.profile) == 1:
+            devices[args.profile[0]] = spec
+        else:
+            raise SystemExit("--device %s: say which profile (PROFILE=DEV) when running several" % spec)
+    return devices
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     profiles = _load_profiles(args)
-    if args.profile not in profiles:
-        emit({"record": "error", "error": "unknown profile %r (have: %s)" % (args.profile, ", ".join(profiles))})
+    unknown = [p for p in args.profile if p not in profiles]
+    if unknown:
+        emit({"record": "error", "error": "unknown profile(s) %s (have: %s)" % (", ".join(unknown), ", ".join(profiles))})
         return 2
-    profile = profiles[args.profile]
     catalogue = all_scenarios()
     wanted = args.scenario or list(catalogue)
     unknown = [s for s in wanted if s not in catalogue]
     if unknown:
         emit({"record": "error", "error": "unknown scenario(s): %s" % ", ".join(unknown)})
         return 2
-    workdir = args.workdir or tempfile.mkdtemp(prefix="overlaylab-agent.")
-    os.makedirs(workdir, exist_ok=True)
+    devices = _devices(args)
     target_probes = probe_mod.run_target_probes()
+    for name in args.profile:
+        run_profile(profiles[name], devices.get(name), wanted, catalogue, target_probes, args.workdir)
+    return 0
+
+
+def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, target_probes,
+                workdir: Optional[str]) -> None:
+    """Make one profile's backing fs, probe it, run the scenarios; records go to stdout."""
+    own_workdir = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="overlaylab-agent.")
+    os.makedirs(workdir, exist_ok=True)
     started = time.monotonic()
     klog = KernelLogCursor()
     try:
         try:
-            with make_backing_fs(profile, workdir, device=args.device) as bfs:
+            with make_backing_fs(profile, workdir, device=device) as bfs:
                 fs_probes = probe_mod.run_backing_probes(bfs.mountpoint)
                 verdict = probe_mod.driver_verdict(bfs.mountpoint)
                 fs_probes.append(verdict.to_probe())
@@ -102,13 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             _emit_unavailable(profile.name, wanted, catalogue, err, klog)
     finally:
         klog.close()
-        if not args.workdir:
-            try:
-                os.rmdir(workdir)
-            except OSError:
-                pass
+        if own_workdir and not mounts_under(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
     emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
-    return 0
 
 
 def _emit_unavailable(profile: str, wanted: List[str], catalogue, err: BackingFsUnavailable,
@@ -132,8 +153,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("probe-target", help="facts about this kernel")
     p.set_defaults(func=cmd_probe_target)
     r = sub.add_parser("run", help="make one profile's backing fs and run scenarios on it")
-    r.add_argument("--profile", required=True)
-    r.add_argument("--device", help="block device to format instead of a loop image (inside VMs)")
+    r.add_argument("--profile", action="append", required=True, help="profile name (repeatable)")
+    r.add_argument("--device", action="append", default=[],
+                   help="PROFILE=DEV: a block device to format instead of a loop image (inside VMs); "
+                        "a bare DEV applies to a single profile")
     r.add_argument("--scenario", action="append", default=[], help="scenario id (repeatable; default all)")
     r.add_argument("--workdir", help="where images, mounts and scratch go (default: a new temp dir)")
     r.add_argument("--profiles-file", help="filesystems.toml to read (default: the project's)")

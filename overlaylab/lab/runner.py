@@ -14,8 +14,9 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..providers.transport import stream_lines
 from .profiles import FsProfile
 from .results import RunStore
 from .scenario import Scenario
@@ -102,9 +103,8 @@ class Runner:
         try:
             with self.provider.up(kernel, disks=self.matrix.disks(), keep=self.keep) as session:
                 self._record_target(kernel, session, started)
-                for profile in self.matrix.profiles.values():
-                    for attempt in range(1, self.repeat + 1):
-                        self._run_profile(kernel, session, profile, attempt)
+                for attempt in range(1, self.repeat + 1):
+                    self._run_profiles(kernel, session, list(self.matrix.profiles.values()), attempt)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # the target never came up, or went away: ERROR cells, carry on
@@ -140,59 +140,82 @@ class Runner:
         self._append(info)
         self.progress("target-up", info)
 
-    def _run_profile(self, kernel: str, session: Any, profile: FsProfile, attempt: int = 1) -> None:
-        self.progress("profile-start", {"kernel": kernel, "profile": profile.name})
-        args = ["run", "--profile", profile.name]
+    def _agent_args(self, session: Any, profiles: Sequence[FsProfile]) -> List[str]:
+        args = ["run"]
         disks = getattr(session, "disks", {}) or {}
-        if profile.name in disks:
-            args += ["--device", disks[profile.name]]
+        for profile in profiles:
+            args += ["--profile", profile.name]
+            if profile.name in disks:
+                args += ["--device", "%s=%s" % (profile.name, disks[profile.name])]
         if self.profiles_text is not None:
             args += ["--profiles-b64", base64.b64encode(self.profiles_text.encode()).decode()]
         for sid in self.matrix.scenarios:
             args += ["--scenario", sid]
-        timeout = AGENT_GRACE + sum(min(sc.timeout, 120.0) for sc in self.matrix.scenarios.values())
-        done: Dict[str, Dict[str, Any]] = {}
-        stderr, problem = "", None
-        start = time.monotonic()
+        return args
+
+    def _run_profiles(self, kernel: str, session: Any, profiles: Sequence[FsProfile], attempt: int = 1) -> None:
+        """One agent process for all profiles of a target (interpreter start-up in a TCG guest
+        over 9p costs seconds), its records stored and shown line by line as they arrive."""
+        per_profile = AGENT_GRACE + sum(min(sc.timeout, 120.0) for sc in self.matrix.scenarios.values())
+        timeout = per_profile * len(profiles)
+        done: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        junk: List[str] = []
+        state = {"problem": None, "started": time.monotonic()}
+        extra = {"target": kernel, "kernel_release": getattr(session, "kernel_release", ""),
+                 "provider": getattr(self.provider, "name", "?")}
+        if self.repeat > 1:
+            extra["attempt"] = attempt
+
+        def on_line(line: str) -> None:
+            records, bad = parse_records(line)
+            junk.extend(bad)
+            for rec in records:
+                kind = rec.pop("record")
+                rec.update(extra)
+                if kind == "profile":
+                    self._append(dict(rec, record="profile"))
+                    self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
+                elif kind == "cell":
+                    done[(rec["profile"], rec["scenario"])] = rec
+                    self._append(dict(rec, record="cell"))
+                    self.progress("cell", rec)
+                elif kind == "done" and rec.get("profile"):
+                    self.progress("profile-end", {"kernel": kernel, "profile": rec["profile"],
+                                                  "seconds": rec.get("seconds", 0.0)})
+                elif kind == "error":
+                    state["problem"] = rec.get("error")
+
+        stderr = ""
         try:
-            res = session.run(self._agent_command(session, args), timeout)
-            records, junk = parse_records(res.stdout)
+            res = self._stream(session, self._agent_command(session, self._agent_args(session, profiles)),
+                               timeout, on_line)
             stderr = res.stderr
-            if res.rc == 124 or res.rc == 137:
-                problem = "the agent ran past %.0f s and was killed" % timeout
-            elif res.rc != 0:
-                problem = "the agent exited with status %d" % res.rc
+            if res.rc in (124, 137):
+                state["problem"] = "the agent ran past %.0f s and was killed" % timeout
+            elif res.rc != 0 and not state["problem"]:
+                state["problem"] = "the agent exited with status %d" % res.rc
         except Exception as err:  # transport gone, host-side timeout
-            records, junk = [], []
-            problem = "%s: %s" % (type(err).__name__, err)
-        for rec in records:
-            kind = rec.pop("record")
-            rec.update({"target": kernel, "kernel_release": getattr(session, "kernel_release", ""),
-                        "provider": getattr(self.provider, "name", "?")})
-            if self.repeat > 1:
-                rec["attempt"] = attempt
-            if kind == "profile":
-                self._append(dict(rec, record="profile"))
-            elif kind == "cell":
-                done[rec["scenario"]] = rec
-                self._append(dict(rec, record="cell"))
-                self.progress("cell", rec)
-            elif kind == "error":
-                problem = rec.get("error")
-        missing = [sid for sid in self.matrix.scenarios if sid not in done]
+            state["problem"] = "%s: %s" % (type(err).__name__, err)
+        problem = state["problem"]
+        missing = [(p.name, sid) for p in profiles for sid in self.matrix.scenarios if (p.name, sid) not in done]
         if missing:
             evidence = {"agent_problem": problem or "the agent stopped before these scenarios",
                         "stderr_tail": _tail(stderr), "stdout_junk": junk[-20:],
                         "console_tail": self._console_tail(session)}
-            for sid in missing:
-                cell = self._error_cell(kernel, profile.name, sid, problem or "no result from the agent", evidence)
-                cell["kernel_release"] = getattr(session, "kernel_release", "")
-                if self.repeat > 1:
-                    cell["attempt"] = attempt
+            for profile_name, sid in missing:
+                cell = self._error_cell(kernel, profile_name, sid, problem or "no result from the agent", evidence)
+                cell.update(extra)
                 self._append(cell)
                 self.progress("cell", cell)
-        self.progress("profile-end", {"kernel": kernel, "profile": profile.name,
-                                      "seconds": time.monotonic() - start})
+
+    @staticmethod
+    def _stream(session: Any, command: str, timeout: float, on_line: Callable[[str], None]):
+        if getattr(session, "host", None) is not None:
+            return stream_lines(session.host, command, timeout, on_line)
+        res = session.run(command, timeout)  # a session without a testinfra host: no streaming
+        for line in res.stdout.splitlines():
+            on_line(line)
+        return res
 
     def _console_tail(self, session: Any) -> List[str]:
         path = getattr(session, "console_log", None)

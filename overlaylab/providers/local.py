@@ -16,7 +16,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import testinfra
 
-from .qemu import run_with_timeout
+from .transport import run_with_timeout
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

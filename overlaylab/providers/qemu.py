@@ -25,7 +25,6 @@ kernel's modules (the host root has none for it).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import shlex
@@ -33,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,15 +43,12 @@ from ..kernels.fetch import KernelUnavailable, fetch_kernel  # noqa: F401 (re-ex
 from ..vm import qemu as qemu_mod
 from ..vm.initramfs import InitramfsInfo, build_initramfs
 from ..vm.qemu import READY_MARKER, QemuVM, VMBootError
+from .transport import CommandTimeout, run_with_timeout  # noqa: F401 (re-exported)
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 GUEST_RUN_DIR = "/run/overlaylab"
 GUEST_MODROOT = GUEST_RUN_DIR + "/modroot"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class CommandTimeout(TimeoutError):
-    """A command through a testinfra host did not finish in time (host-side guard)."""
 
 
 # --- per-run files (pure text builders) --------------------------------------------------------
@@ -177,55 +172,6 @@ def validate_disks(disks: Sequence[Tuple[str, int]]) -> List[Tuple[str, int]]:
         seen.add(name)
         out.append((name, int(size_mb)))
     return out
-
-
-# --- commands with a timeout -------------------------------------------------------------------
-
-def run_with_timeout(host, command: str, timeout: float, grace: float = 15.0):
-    """Run ``command`` through a testinfra ``host`` with a time limit; testinfra has none.
-
-    Guest side: the command runs under ``timeout -k 5 N sh -c ...``, so a stuck command ends
-    with rc 124 (or 137 after the KILL) and the result is returned as usual. Host side: the
-    transport gets ``timeout + grace`` seconds more; past that (the guest hangs, ssh is stuck)
-    the local ssh is killed and :class:`CommandTimeout` is raised.
-    """
-    n = max(1, int(math.ceil(timeout)))
-    wrapped = "timeout -k 5 %d sh -c %s" % (n, shlex.quote(command))
-    backend = host.backend
-    limit = n + 5 + grace
-    build = getattr(backend, "_build_ssh_command", None)
-    if build is not None and getattr(backend, "NAME", "") == "ssh":
-        cmd, args = build(backend.get_command(wrapped))
-        local = backend.quote(" ".join(cmd), *args)
-        p = subprocess.Popen(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            out, err = p.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, 9)
-            p.communicate()
-            raise CommandTimeout("no answer from %s after %.0fs: %s" % (backend.host.name, limit, command))
-        if p.returncode == 255:
-            raise RuntimeError("ssh to %s failed: %s" % (backend.host.name, err.decode(errors="replace").strip()))
-        return backend.result(p.returncode, backend.encode(wrapped), out, err)
-
-    box: Dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = host.run(wrapped)
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(limit)
-    if t.is_alive():
-        raise CommandTimeout("no answer after %.0fs: %s" % (limit, command))
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]
 
 
 # --- the provider ------------------------------------------------------------------------------

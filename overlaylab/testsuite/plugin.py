@@ -34,7 +34,7 @@ def pytest_generate_tests(metafunc):
 def lab_cell(request, host, lab_profile, lab_scenario):
     """The agent's record for this cell on ``host`` (one agent run per host and profile)."""
     from overlaylab.lab.runner import parse_records
-    from overlaylab.providers.qemu import run_with_timeout
+    from overlaylab.providers.transport import run_with_timeout
     config = request.config
     key = (host.backend.get_pytest_id(), lab_profile)
     if key not in _cache:

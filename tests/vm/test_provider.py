@@ -6,6 +6,7 @@ import time
 import pytest
 
 from overlaylab.providers import qemu as P
+from overlaylab.providers import transport as T
 
 
 def test_guest_environment_puts_the_hosts_python_first():
@@ -57,12 +58,12 @@ def local_host():
 
 
 def test_run_with_timeout_returns_normal_results(local_host):
-    r = P.run_with_timeout(local_host, "echo hi; echo err >&2; exit 3", 10)
+    r = T.run_with_timeout(local_host, "echo hi; echo err >&2; exit 3", 10)
     assert (r.rc, r.stdout, r.stderr) == (3, "hi\n", "err\n")
 
 
 def test_run_with_timeout_stops_a_stuck_command(local_host):
     t0 = time.monotonic()
-    r = P.run_with_timeout(local_host, "sleep 30", 1)
+    r = T.run_with_timeout(local_host, "sleep 30", 1)
     assert r.rc in (124, 137)
     assert time.monotonic() - t0 < 10
