@@ -7,6 +7,7 @@ from . import __version__
 from .driver_cli import driver
 from .lab_cli import COMMANDS as LAB_COMMANDS
 from .reports_cli import COMMANDS as REPORT_COMMANDS
+from .vm_cli import COMMANDS as VM_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +18,7 @@ def main() -> None:
 
 
 main.add_command(driver)
-for _command in LAB_COMMANDS + REPORT_COMMANDS:
+for _command in LAB_COMMANDS + REPORT_COMMANDS + VM_COMMANDS:
     main.add_command(_command)
 
 

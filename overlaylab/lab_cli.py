@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import click
 
 from .lab.profiles import default_profiles_path, load_profiles, profile_matcher, select_profiles
-from .lab.results import RunStore, default_reports_dir, load_run, resolve_run_dir
+from .lab.results import RunStore, load_run, resolve_run_dir
 from .lab.runner import Matrix, Runner
 from .lab.scenario import all_scenarios
 from .lab.tables import render_run, render_unmet
@@ -139,12 +139,21 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
             raise click.UsageError("--box goes with --provider vagrant")
         provider = "vagrant"
         kernels = list(kernels) + list(boxes)
-    kernel_list = list(kernels) or ["host"]
+    if kernels:
+        kernel_list = list(kernels)
+    elif provider == "local":
+        kernel_list = ["host"]
+    else:  # the lab's reason to exist: the host and every catalogue kernel
+        from .vm_cli import catalogue_kernels
+        kernel_list = catalogue_kernels()
     matrix = Matrix(kernel_list, profiles, scenarios, all_profiles)
     store = RunStore(reports_dir)
     store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs, repeat=repeat)
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
+    if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in kernel_list):
+        from .vm_cli import prefetch
+        prefetch(kernel_list)  # cached kernels are instant; a missing one turns into ERROR cells
     from .procutil import become_subreaper
     become_subreaper()
     on_event = _progress_printer(matrix.cell_count * repeat)
@@ -217,15 +226,8 @@ def list_cmd(what: str) -> None:
         rows = [(s.id, s.group, s.description, s.reference) for s in all_scenarios().values()]
         click.echo(tabulate(rows, headers=["scenario", "group", "description", "reference"]))
     else:
-        rows = [("host", "local", "the running kernel", "")]
-        try:
-            from .kernels.catalogue import load_catalogue
-            for entry in load_catalogue().values():
-                rows.append((entry.name, getattr(entry, "kind", ""), getattr(entry, "description", ""),
-                             getattr(entry, "suite", "") or getattr(entry, "package", "")))
-        except Exception as err:  # the catalogue is optional for a local-only install
-            rows.append(("?", "", "kernel catalogue unavailable: %s" % err, ""))
-        click.echo(tabulate(rows, headers=["kernel", "kind", "description", "source"]))
+        from .vm_cli import kernels_list_cmd
+        kernels_list_cmd.callback()
 
 
 @click.command("show")
