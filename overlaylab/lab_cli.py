@@ -146,7 +146,10 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     else:  # the lab's reason to exist: the host and every catalogue kernel
         from .vm_cli import catalogue_kernels
         kernel_list = catalogue_kernels()
-    matrix = Matrix(kernel_list, profiles, scenarios, all_profiles)
+    vm_scenarios = None
+    if not scenario_exprs:  # VM kernels skip the scale tier unless scenarios are chosen
+        vm_scenarios = {sid: sc for sid, sc in scenarios.items() if "scale" not in sc.tags}
+    matrix = Matrix(kernel_list, profiles, scenarios, all_profiles, vm_scenarios)
     store = RunStore(reports_dir)
     store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs, repeat=repeat)
     with open(profiles_path, "r", encoding="utf-8") as f:

@@ -32,17 +32,27 @@ class Matrix:
     profiles: Dict[str, FsProfile]
     scenarios: Dict[str, Scenario]
     all_profiles: Dict[str, FsProfile] = field(default_factory=dict)  # for overlay bases
+    # What VM kernels run when no scenario was asked for: TCG makes scale scenarios cost minutes.
+    vm_scenarios: Optional[Dict[str, Scenario]] = None
+
+    def scenarios_for(self, kernel: str) -> Dict[str, Scenario]:
+        if self.vm_scenarios is None or kernel in ("host", "local"):
+            return self.scenarios
+        return self.vm_scenarios
 
     @property
     def cell_count(self) -> int:
-        return len(self.kernels) * len(self.profiles) * len(self.scenarios)
+        return sum(len(self.profiles) * len(self.scenarios_for(k)) for k in self.kernels)
 
     def disks(self) -> List[Tuple[str, int]]:
         """One disk per profile that needs a block device (tmpfs needs none)."""
         return [(p.name, p.size_mib) for p in self.profiles.values() if p.kind != "tmpfs"]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios)}
+        out = {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios)}
+        if self.vm_scenarios is not None:
+            out["vm_scenarios"] = list(self.vm_scenarios)
+        return out
 
 
 ProgressFn = Callable[[str, Dict[str, Any]], None]
@@ -126,7 +136,8 @@ class Runner:
                 "accel": getattr(session, "accel", None),
                 "boot_seconds": round(getattr(session, "boot_seconds", 0.0) or 0.0, 3),
                 "up_seconds": round(time.monotonic() - started, 3),
-                "disks": dict(getattr(session, "disks", {}) or {})}
+                "disks": dict(getattr(session, "disks", {}) or {}),
+                "boot_retries": list(getattr(session, "boot_retries", []) or [])}
         try:
             res = session.run(self._agent_command(session, ["probe-target"]), 120)
             records, _ = parse_records(res.stdout)
@@ -140,7 +151,7 @@ class Runner:
         self._append(info)
         self.progress("target-up", info)
 
-    def _agent_args(self, session: Any, profiles: Sequence[FsProfile]) -> List[str]:
+    def _agent_args(self, session: Any, profiles: Sequence[FsProfile], scenarios: Sequence[str]) -> List[str]:
         args = ["run"]
         disks = getattr(session, "disks", {}) or {}
         for profile in profiles:
@@ -149,14 +160,15 @@ class Runner:
                 args += ["--device", "%s=%s" % (profile.name, disks[profile.name])]
         if self.profiles_text is not None:
             args += ["--profiles-b64", base64.b64encode(self.profiles_text.encode()).decode()]
-        for sid in self.matrix.scenarios:
+        for sid in scenarios:
             args += ["--scenario", sid]
         return args
 
     def _run_profiles(self, kernel: str, session: Any, profiles: Sequence[FsProfile], attempt: int = 1) -> None:
         """One agent process for all profiles of a target (interpreter start-up in a TCG guest
         over 9p costs seconds), its records stored and shown line by line as they arrive."""
-        per_profile = AGENT_GRACE + sum(min(sc.timeout, 120.0) for sc in self.matrix.scenarios.values())
+        scenarios = self.matrix.scenarios_for(kernel)
+        per_profile = AGENT_GRACE + sum(min(sc.timeout, 120.0) for sc in scenarios.values())
         timeout = per_profile * len(profiles)
         done: Dict[Tuple[str, str], Dict[str, Any]] = {}
         junk: List[str] = []
@@ -187,7 +199,7 @@ class Runner:
 
         stderr = ""
         try:
-            res = self._stream(session, self._agent_command(session, self._agent_args(session, profiles)),
+            res = self._stream(session, self._agent_command(session, self._agent_args(session, profiles, list(scenarios))),
                                timeout, on_line)
             stderr = res.stderr
             if res.rc in (124, 137):
@@ -197,7 +209,7 @@ class Runner:
         except Exception as err:  # transport gone, host-side timeout
             state["problem"] = "%s: %s" % (type(err).__name__, err)
         problem = state["problem"]
-        missing = [(p.name, sid) for p in profiles for sid in self.matrix.scenarios if (p.name, sid) not in done]
+        missing = [(p.name, sid) for p in profiles for sid in scenarios if (p.name, sid) not in done]
         if missing:
             evidence = {"agent_problem": problem or "the agent stopped before these scenarios",
                         "stderr_tail": _tail(stderr), "stdout_junk": junk[-20:],
@@ -244,7 +256,7 @@ class Runner:
         self._append({"record": "target", "target": kernel, "provider": getattr(self.provider, "name", "?"),
                       "error": str(err), "evidence": evidence})
         for profile in self.matrix.profiles:
-            for sid in self.matrix.scenarios:
+            for sid in self.matrix.scenarios_for(kernel):
                 cell = self._error_cell(kernel, profile, sid, "target %s did not come up: %s" % (kernel, err), evidence)
                 self._append(cell)
                 self.progress("cell", cell)

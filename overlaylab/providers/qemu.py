@@ -48,6 +48,8 @@ from .transport import CommandTimeout, run_with_timeout  # noqa: F401 (re-export
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 GUEST_RUN_DIR = "/run/overlaylab"
 GUEST_MODROOT = GUEST_RUN_DIR + "/modroot"
+# The kernel's words for a corrupted initramfs read; intermittent under TCG, retried once.
+TRANSIENT_BOOT_FAILURE = "Initramfs unpacking failed"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -191,6 +193,7 @@ class QemuSession:
     workdir: str
     argv: List[str]
     accel_reason: str = ""
+    boot_retries: List[str] = field(default_factory=list)
     vm: Optional[QemuVM] = field(default=None, repr=False)
     agent_python: str = sys.executable
     agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
@@ -304,6 +307,7 @@ class QemuProvider:
         workdir = tempfile.mkdtemp(prefix="overlaylab-qemu-", dir=self.workdir_base)
         console_log = os.path.join(workdir, "console.log")
         vm: Optional[QemuVM] = None
+        retries: List[str] = []
         try:
             for attempt in range(3):
                 port = qemu_mod.free_port()
@@ -323,6 +327,11 @@ class QemuProvider:
                     except VMBootError as e:
                         if "host forwarding" in e.console_tail and attempt < 2:
                             continue  # the port was taken in between: another one
+                        if TRANSIENT_BOOT_FAILURE in e.console_tail and attempt < 2:
+                            # Seen rarely under TCG on a loaded machine with an intact image
+                            # (it boots on the next try): retry, and keep the evidence.
+                            retries.append("attempt %d: %s" % (attempt + 1, TRANSIENT_BOOT_FAILURE))
+                            continue
                         raise
                     host = testinfra.get_host("ssh://root@127.0.0.1:%d" % port, ssh_config=ssh_config)
                     session = QemuSession(
@@ -330,7 +339,7 @@ class QemuProvider:
                         console_log=console_log, boot_seconds=boot_seconds, kernel=kernel,
                         initramfs=initramfs, ssh_port=port, ssh_config=ssh_config, workdir=workdir,
                         argv=argv, accel_reason=accel_reason, vm=vm, agent_python=self.python,
-                        agent_env={"PYTHONPATH": self.project_root})
+                        agent_env={"PYTHONPATH": self.project_root}, boot_retries=list(retries))
                     session.disks = self._map_disks(session, [n for n, _ in disks])
                     try:
                         yield session

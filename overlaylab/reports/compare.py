@@ -267,11 +267,13 @@ def compare(base: Baseline, new: RunReport) -> Comparison:
     kernels = set(matrix.get("kernels") or new.targets())
     profiles = set(matrix.get("profiles") or new.profiles())
     scenarios = set(matrix.get("scenarios") or new.scenarios())
+    vm_scenarios = set(matrix["vm_scenarios"]) if matrix.get("vm_scenarios") is not None else scenarios
     out_of_scope = 0
     for key in sorted(base.known_keys()):
         if key in new.cells:
             continue
-        if key[0] in kernels and key[1] in profiles and key[2] in scenarios:
+        in_scope = scenarios if key[0] in ("host", "local") else vm_scenarios  # VM kernels skip the scale tier
+        if key[0] in kernels and key[1] in profiles and key[2] in in_scope:
             changes.append(Change(key, "missing", base.lookup(key), None, False))
         else:
             out_of_scope += 1

@@ -208,3 +208,14 @@ def test_an_agent_that_hangs_keeps_finished_cells_and_errors_the_rest(tmp_path):
 def test_parse_records_ignores_noise():
     records, junk = parse_records('warning: something\n{"record": "done"}\n{"x": 1}\n')
     assert records == [{"record": "done"}] and junk == ["warning: something", '{"x": 1}']
+
+
+def test_vm_kernels_skip_the_scale_tier_by_default():
+    catalogue = all_scenarios()
+    profiles = load_profiles()
+    light = {sid: sc for sid, sc in catalogue.items() if "scale" not in sc.tags}
+    m = Matrix(["host", "debian-6.1"], {"tmpfs": profiles["tmpfs"]}, catalogue, vm_scenarios=light)
+    assert m.scenarios_for("host") == catalogue and m.scenarios_for("debian-6.1") == light
+    assert {"deep-layer-limit", "too-many-links", "enospc"} <= set(catalogue) - set(light)
+    assert m.cell_count == len(catalogue) + len(light)
+    assert m.to_dict()["vm_scenarios"] == list(light)

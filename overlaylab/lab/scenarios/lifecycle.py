@@ -112,7 +112,7 @@ def create_snap(ctx: ScenarioContext) -> None:
 
 @scenario("deep-layer-chain", "50 layers stacked (case B then 49 x case C); each layer's files are read back through the top",
           "spec §5.2 DriverTestDeepLayerRead (TestOverlay50LayerRead)", "lifecycle", timeout=60,
-          expect=expect_inodes(4200), tags=("inodes",))
+          expect=expect_inodes(4200), tags=("inodes", "scale"))
 def deep_layer_chain(ctx: ScenarioContext) -> None:
     count = 50
     d = ctx.driver()
@@ -300,7 +300,7 @@ def _mount_depths(infos) -> Tuple[Dict[str, int], Dict[str, int]]:
 
 
 @scenario("concurrent-get-put", "12 threads Get/Put 4 container layers 40 times each: one mount per layer at most, counts balance, nothing left mounted",
-          "spec §2.4–2.5 (driver mutex, active counts)", "lifecycle", timeout=60)
+          "spec §2.4–2.5 (driver mutex, active counts)", "lifecycle", timeout=60, tags=("scale",))
 def concurrent_get_put(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     image, _ = image_layer(ctx, d, "", LayerTar().file("f", b"x"))
