@@ -1,26 +1,40 @@
 #!/usr/bin/env python3
 """Driver benchmarks, as ratios against reference tools measured in the same run.
 
-    .venv/bin/python benchmarks/bench_driver.py [--files 5000] [--large 4] [--large-mib 16] [--repeat 3]
+    .venv/bin/python benchmarks/bench_driver.py [--layers tiny,distro] [--files 5000]
+        [--large 4] [--large-mib 16] [--distro-files 5000] [--repeat 3] [--json out.json]
 
-Builds a synthetic image layer (thousands of small files in nested directories, a few large
-files, symlinks and hard links) on a tmpfs, then times, best of ``--repeat``:
+Two synthetic image layers are built on a tmpfs, and each is put through the same operations:
+
+- ``tiny`` -- the **tiny-file stress** layer: ``--files`` files of 1-512 bytes in nested
+  directories (50 per directory), a symlink every 100 files and a hard link every 250, plus
+  ``--large`` files of ``--large-mib`` MiB. Almost all of the time goes into per-entry work
+  (headers, path handling, syscalls), i.e. interpreter overhead: this is the worst case for a
+  pure-Python implementation.
+- ``distro`` -- the **distro-like** layer, shaped like a Debian base image: ``--distro-files``
+  files (default 5000) with log-normal sizes (median ~4 KiB, clamped to 100 B .. 256 KiB,
+  about 110 MiB in all) spread unevenly over a few hundred directories of depth 1-6, ~8 %
+  symlinks, a few hard links, executables in ``bin`` directories. This is what ``docker
+  pull``/``commit`` of a real image looks like.
+
+For each layer, best of ``--repeat``:
 
 - ``apply_diff`` of the layer tar into a new layer   vs  GNU ``tar -x`` of the same tar
-- ``diff`` (full-tree export) of the layer           vs  GNU ``tar -c`` of the same tree
+  (ours includes the re-exec + chroot of the apply helper, like the reference)
+- ``diff`` (full-tree export) of the layer           vs  GNU ``tar -c`` of the same tree, piped
 - Create case C (``copy_dir``, content copy)          vs  ``cp -a``
 - ApplyDiff's hard-link copy (``copy_dir`` + link)    vs  ``cp -al``
-- Get+Put of a Shape-O layer (mount + umount)         vs  ``mount -t overlay`` + ``umount`` (util-linux)
 
-and the peak RSS of the process doing the work (ours vs the tool's). Targets (issue 2):
-apply and export within 1.5x of GNU tar, copies within 1.2x of cp. A ratio is ours / theirs:
-below 1.0 means faster than the reference tool.
+and once, on the tiny layer: Get+Put of a Shape-O layer (mount + umount) vs ``mount -t
+overlay`` + ``umount`` (util-linux); plus the peak RSS of the process doing the work (ours vs
+the tools'). Targets (issue 2): apply and export within 1.5x of GNU tar, copies within 1.2x
+of cp. A ratio is ours / theirs: below 1.0 means faster than the reference tool.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import math
 import os
 import random
 import resource
@@ -29,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,9 +52,11 @@ from overlaylab.graphdriver.copy import COPY_HARDLINK, copy_dir  # noqa: E402
 from overlaylab.mountutil import mount, umount, unmount_all_under  # noqa: E402
 
 TARGETS = {"apply_diff": 1.5, "diff_export": 1.5, "copy_content": 1.2, "copy_hardlink": 1.2}
+LAYER_TITLES = {"tiny": "tiny-file stress", "distro": "distro-like"}
 
 
 def build_tree(root: str, files: int, large: int, large_mib: int) -> None:
+    """The tiny-file stress layer."""
     rng = random.Random(42)
     per_dir = 50
     for i in range(files):
@@ -60,6 +76,46 @@ def build_tree(root: str, files: int, large: int, large_mib: int) -> None:
                 f.write(chunk)
 
 
+_TOP = ["bin", "etc", "lib", "sbin", "usr/bin", "usr/sbin", "usr/lib", "usr/lib/x86_64-linux-gnu",
+        "usr/share", "usr/share/doc", "usr/share/locale", "usr/share/man", "usr/share/zoneinfo",
+        "usr/include", "var/lib/dpkg/info", "var/cache", "usr/lib/python3", "usr/share/perl5"]
+
+
+def build_distro_tree(root: str, files: int) -> None:
+    """The distro-like layer: realistic sizes and an uneven, moderately deep directory tree."""
+    rng = random.Random(7)
+    dirs: List[str] = []
+    for top in _TOP:
+        dirs.append(top)
+    # Package-like subdirectories below the big shared directories, some of them nested.
+    for i in range(max(40, files // 15)):
+        parent = rng.choice(dirs[:len(_TOP)] if rng.random() < 0.6 else dirs)
+        if parent.count("/") >= 5:
+            parent = rng.choice(_TOP)
+        dirs.append("%s/pkg%03d" % (parent, i))
+    for d in dirs:
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    # Uneven fill: a few directories (bin, lib, dpkg/info) hold hundreds of files.
+    weights = [40.0 if d in ("usr/bin", "usr/lib/x86_64-linux-gnu", "var/lib/dpkg/info",
+                             "usr/share/zoneinfo") else 1.0 / (1 + d.count("/")) for d in dirs]
+    pool = os.urandom(4 << 20)
+    made: List[str] = []
+    for i in range(files):
+        d = rng.choices(dirs, weights)[0]
+        size = min(max(int(rng.lognormvariate(math.log(4096), 2.2)), 100), 256 << 10)
+        path = os.path.join(root, d, "file%05d%s" % (i, rng.choice(("", ".so", ".gz", ".py", ".pm", ".h"))))
+        off = rng.randrange(len(pool) - size)
+        with open(path, "wb") as f:
+            f.write(pool[off:off + size])
+        os.chmod(path, 0o755 if "bin" in d or rng.random() < 0.05 else 0o644)
+        made.append(path)
+        r = rng.random()
+        if r < 0.08:
+            os.symlink(os.path.basename(path), path + ".link")
+        elif r < 0.083:
+            os.link(path, path + ".hl")
+
+
 def best_of(repeat: int, setup: Callable[[], None], work: Callable[[], None]) -> float:
     times = []
     for _ in range(repeat):
@@ -77,100 +133,104 @@ def run_tool(argv: List[str], **kw) -> int:
     return max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", type=int, default=5000)
-    ap.add_argument("--large", type=int, default=4)
-    ap.add_argument("--large-mib", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--cycles", type=int, default=200, help="Get+Put cycles")
-    ap.add_argument("--json", help="also write the figures here")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("benchmarks need root (mounts)", file=sys.stderr)
-        return 2
+def tree_stats(root: str) -> Dict[str, int]:
+    n_files = n_dirs = n_links = total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        n_dirs += len(dirnames)
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if os.path.islink(os.path.join(dirpath, name)):
+                n_links += 1
+            else:
+                n_files += 1
+                total += st.st_size
+    return {"files": n_files, "dirs": n_dirs, "symlinks": n_links, "bytes": total}
 
-    work = tempfile.mkdtemp(prefix="overlaylab-bench.")
-    mount("tmpfs", work, "tmpfs", 0, "size=4g")
+
+def bench_layer(args, work: str, label: str, build: Callable[[str], None],
+                with_get_put: bool) -> Dict[str, Dict[str, float]]:
     results: Dict[str, Dict[str, float]] = {}
-    try:
-        src = os.path.join(work, "src")
-        os.makedirs(src)
-        build_tree(src, args.files, args.large, args.large_mib)
-        layer_tar = os.path.join(work, "layer.tar")
-        subprocess.run(["tar", "-C", src, "--numeric-owner", "-cf", layer_tar, "."], check=True)
-        tar_bytes = os.path.getsize(layer_tar)
+    base_dir = os.path.join(work, label)
+    src = os.path.join(base_dir, "src")
+    os.makedirs(src)
+    build(src)
+    layer_tar = os.path.join(base_dir, "layer.tar")
+    subprocess.run(["tar", "-C", src, "--numeric-owner", "-cf", layer_tar, "."], check=True)
+    stats = tree_stats(src)
+    stats["tar_bytes"] = os.path.getsize(layer_tar)
+    shutil.rmtree(src)
 
-        os.umask(0o022)
-        os.makedirs(os.path.join(work, "docker"))
-        driver = overlay.init(os.path.join(work, "docker", "overlay"))
-        counter = [0]
+    os.makedirs(os.path.join(base_dir, "docker"))
+    driver = overlay.init(os.path.join(base_dir, "docker", "overlay"))
+    counter = [0]
 
-        def fresh_layer() -> str:
-            counter[0] += 1
-            lid = "bench%d" % counter[0]
-            driver.create(lid, "", "")
-            return lid
+    def fresh_layer() -> str:
+        counter[0] += 1
+        lid = "bench%d" % counter[0]
+        driver.create(lid, "", "")
+        return lid
 
-        # apply_diff vs tar -x ------------------------------------------------------------
-        target = os.path.join(work, "x")
-        state = {}
+    # apply_diff vs tar -x ----------------------------------------------------------------
+    target = os.path.join(base_dir, "x")
+    state = {}
 
-        def apply_setup():
-            for name in os.listdir(driver.home):
-                driver.remove(name)
-            state["id"] = fresh_layer()
+    def apply_setup():
+        for name in os.listdir(driver.home):
+            driver.remove(name)
+        state["id"] = fresh_layer()
 
-        def apply_ours():
-            with open(layer_tar, "rb") as f:
-                driver.apply_diff(state["id"], "", f)
+    def apply_ours():
+        with open(layer_tar, "rb") as f:
+            driver.apply_diff(state["id"], "", f)
 
-        def tar_setup():
-            shutil.rmtree(target, ignore_errors=True)
-            os.makedirs(target)
+    def tar_setup():
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
 
-        ours = best_of(args.repeat, apply_setup, apply_ours)
-        theirs = best_of(args.repeat, tar_setup, lambda: run_tool(
-            ["tar", "-C", target, "--numeric-owner", "-xpf", layer_tar]))
-        results["apply_diff"] = {"ours_s": ours, "ref_s": theirs, "ref": "GNU tar -x"}
+    ours = best_of(args.repeat, apply_setup, apply_ours)
+    theirs = best_of(args.repeat, tar_setup, lambda: run_tool(
+        ["tar", "-C", target, "--numeric-owner", "-xpf", layer_tar]))
+    shutil.rmtree(target, ignore_errors=True)
+    results["apply_diff"] = {"ours_s": ours, "ref_s": theirs, "ref": "GNU tar -x"}
 
-        # diff export vs tar -c -------------------------------------------------------------
-        base = state["id"]
+    # diff export vs tar -c -----------------------------------------------------------------
+    base = state["id"]
 
-        def export_ours():
-            stream = driver.diff(base, "")
-            try:
-                while stream.read(1 << 20):
-                    pass
-            finally:
-                stream.close()
+    def export_ours():
+        stream = driver.diff(base, "")
+        try:
+            while stream.read(1 << 20):
+                pass
+        finally:
+            stream.close()
 
-        ours = best_of(args.repeat, lambda: None, export_ours)
-        root = driver.get(base, "")
-        driver.put(base)
-        theirs = best_of(args.repeat, lambda: None, lambda: run_tool(
-            ["tar", "-C", root, "--numeric-owner", "-cf", "/dev/null", "."]))
-        # GNU tar special-cases /dev/null (it skips reading file data): write to a pipe instead.
-        theirs_pipe = best_of(args.repeat, lambda: None, lambda: subprocess.run(
-            "tar -C %s --numeric-owner -cf - . | cat > /dev/null" % root, shell=True, check=True))
-        results["diff_export"] = {"ours_s": ours, "ref_s": theirs_pipe, "ref": "GNU tar -c | cat",
-                                  "ref_devnull_s": theirs}
+    ours = best_of(args.repeat, lambda: None, export_ours)
+    root = driver.get(base, "")
+    driver.put(base)
+    theirs = best_of(args.repeat, lambda: None, lambda: run_tool(
+        ["tar", "-C", root, "--numeric-owner", "-cf", "/dev/null", "."]))
+    # GNU tar special-cases /dev/null (it skips reading file data): write to a pipe instead.
+    theirs_pipe = best_of(args.repeat, lambda: None, lambda: subprocess.run(
+        "tar -C %s --numeric-owner -cf - . | cat > /dev/null" % root, shell=True, check=True))
+    results["diff_export"] = {"ours_s": ours, "ref_s": theirs_pipe, "ref": "GNU tar -c | cat",
+                              "ref_devnull_s": theirs}
 
-        # copies vs cp ----------------------------------------------------------------------
-        dst = os.path.join(work, "copy")
+    # copies vs cp --------------------------------------------------------------------------
+    dst = os.path.join(base_dir, "copy")
 
-        def clean_dst():
-            shutil.rmtree(dst, ignore_errors=True)
+    def clean_dst():
+        shutil.rmtree(dst, ignore_errors=True)
 
-        ours = best_of(args.repeat, clean_dst, lambda: copy_dir(root, dst, 0))
-        theirs = best_of(args.repeat, clean_dst, lambda: run_tool(["cp", "-a", root, dst]))
-        results["copy_content"] = {"ours_s": ours, "ref_s": theirs, "ref": "cp -a"}
-        ours = best_of(args.repeat, clean_dst, lambda: copy_dir(root, dst, COPY_HARDLINK))
-        theirs = best_of(args.repeat, clean_dst, lambda: run_tool(["cp", "-al", root, dst]))
-        results["copy_hardlink"] = {"ours_s": ours, "ref_s": theirs, "ref": "cp -al"}
-        clean_dst()
+    ours = best_of(args.repeat, clean_dst, lambda: copy_dir(root, dst, 0))
+    theirs = best_of(args.repeat, clean_dst, lambda: run_tool(["cp", "-a", root, dst]))
+    results["copy_content"] = {"ours_s": ours, "ref_s": theirs, "ref": "cp -a"}
+    ours = best_of(args.repeat, clean_dst, lambda: copy_dir(root, dst, COPY_HARDLINK))
+    theirs = best_of(args.repeat, clean_dst, lambda: run_tool(["cp", "-al", root, dst]))
+    results["copy_hardlink"] = {"ours_s": ours, "ref_s": theirs, "ref": "cp -al"}
+    clean_dst()
 
-        # get+put cycles vs mount(8)/umount(8) ----------------------------------------------
+    # get+put cycles vs mount(8)/umount(8) --------------------------------------------------
+    if with_get_put:
         driver.create("ctr", base, "")
         t0 = time.perf_counter()
         for _ in range(args.cycles):
@@ -186,10 +246,43 @@ def main() -> int:
         theirs = time.perf_counter() - t0
         results["get_put"] = {"ours_s": ours, "ref_s": theirs, "ref": "mount(8)+umount(8)",
                               "ours_per_s": args.cycles / ours, "ref_per_s": args.cycles / theirs}
-        results["_meta"] = {"files": args.files, "large": args.large, "large_mib": args.large_mib,
-                            "tar_bytes": tar_bytes, "repeat": args.repeat, "cycles": args.cycles,
-                            "peak_rss_ours_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                            "peak_rss_children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+    results["_layer"] = stats  # type: ignore[assignment]
+    unmount_all_under(base_dir)
+    shutil.rmtree(base_dir, ignore_errors=True)
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="tiny,distro",
+                    help="comma-separated: tiny (tiny-file stress), distro (distro-like)")
+    ap.add_argument("--files", type=int, default=5000, help="tiny layer: number of small files")
+    ap.add_argument("--large", type=int, default=4, help="tiny layer: number of large files")
+    ap.add_argument("--large-mib", type=int, default=16, help="tiny layer: size of each large file")
+    ap.add_argument("--distro-files", type=int, default=5000, help="distro layer: number of files")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cycles", type=int, default=200, help="Get+Put cycles")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks need root (mounts)", file=sys.stderr)
+        return 2
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    for name in layers:
+        if name not in LAYER_TITLES:
+            ap.error("unknown layer %r (known: %s)" % (name, ", ".join(LAYER_TITLES)))
+
+    builders = {
+        "tiny": lambda root: build_tree(root, args.files, args.large, args.large_mib),
+        "distro": lambda root: build_distro_tree(root, args.distro_files),
+    }
+    work = tempfile.mkdtemp(prefix="overlaylab-bench.")
+    mount("tmpfs", work, "tmpfs", 0, "size=4g")
+    os.umask(0o022)
+    results: Dict[str, Dict[str, Dict[str, float]]] = {}
+    try:
+        for i, name in enumerate(layers):
+            results[name] = bench_layer(args, work, name, builders[name], with_get_put=(i == 0))
     finally:
         unmount_all_under(work)
         try:
@@ -197,28 +290,44 @@ def main() -> int:
         except OSError:
             pass
         shutil.rmtree(work, ignore_errors=True)
+    peak_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
     from tabulate import tabulate
     rows = []
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        ratio = r["ours_s"] / r["ref_s"]
-        target = TARGETS.get(name)
-        verdict = "" if target is None else ("ok" if ratio <= target else "over target")
-        rows.append([name, "%.3f" % r["ours_s"], r["ref"], "%.3f" % r["ref_s"], "%.2f" % ratio,
-                     "<= %.1f" % target if target else "-", verdict])
-    m = results["_meta"]
-    print("layer: %d small files + %d x %d MiB, tar %.1f MiB; best of %d" % (
-        m["files"], m["large"], m["large_mib"], m["tar_bytes"] / 2**20, m["repeat"]))
-    print(tabulate(rows, headers=["operation", "ours (s)", "reference", "ref (s)", "ratio", "target", ""]))
-    gp = results["get_put"]
-    print("get+put: %.0f cycles/s (mount(8)+umount(8): %.0f/s)" % (gp["ours_per_s"], gp["ref_per_s"]))
-    print("peak RSS: this process %d MiB, reference tools %d MiB" % (
-        m["peak_rss_ours_kib"] // 1024, m["peak_rss_children_kib"] // 1024))
+    for name in layers:
+        for op, r in results[name].items():
+            if op.startswith("_") or op == "get_put":
+                continue
+            ratio = r["ours_s"] / r["ref_s"]
+            target = TARGETS.get(op)
+            verdict = "" if target is None else ("ok" if ratio <= target else "over target")
+            rows.append([LAYER_TITLES[name], op, "%.3f" % r["ours_s"], r["ref"], "%.3f" % r["ref_s"],
+                         "%.2f" % ratio, "<= %.1f" % target if target else "-", verdict])
+    for name in layers:
+        s = results[name]["_layer"]
+        extra = ""
+        if name == "tiny":
+            extra = " (%d x %d MiB among them)" % (args.large, args.large_mib)
+        print("%s layer: %d files%s, %d dirs, %d symlinks, %.1f MiB of data, tar %.1f MiB" % (
+            LAYER_TITLES[name], s["files"], extra, s["dirs"], s["symlinks"], s["bytes"] / 2**20,
+            s["tar_bytes"] / 2**20))
+    print("best of %d" % args.repeat)
+    print(tabulate(rows, headers=["layer", "operation", "ours (s)", "reference", "ref (s)", "ratio",
+                                  "target", ""]))
+    for name in layers:
+        gp = results[name].get("get_put")
+        if gp:
+            print("get+put: %.0f cycles/s (mount(8)+umount(8): %.0f/s)" % (gp["ours_per_s"], gp["ref_per_s"]))
+    print("peak RSS: this process %d MiB, reference tools %d MiB" % (peak_ours // 1024, peak_children // 1024))
     if args.json:
+        doc = dict(results)
+        doc["_meta"] = {"layers": layers, "files": args.files, "large": args.large,
+                        "large_mib": args.large_mib, "distro_files": args.distro_files,
+                        "repeat": args.repeat, "cycles": args.cycles,
+                        "peak_rss_ours_kib": peak_ours, "peak_rss_children_kib": peak_children}
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(doc, f, indent=2)
     return 0
 
 

@@ -5,19 +5,29 @@
 - :func:`export_changes`, :func:`tar_tree`, :func:`add_tar_file` — producing tars (§4.3, §4.4)
 - :func:`unpack_layer`, :func:`apply_layer_in_process` — applying a layer in-process (§4.5)
 - :func:`apply_uncompressed_layer` — applying a layer in a chrooted child (§4.6)
+
+The names are loaded on first use (PEP 562): the chrooted apply helper
+(``overlaylab.archive.applylayer``) starts once per ApplyDiff and must not pay for the
+export/changes side (``logging``, ``threading``, ``subprocess``...) it never uses.
 """
 from __future__ import annotations
 
-from .changes import Change, ChangeKind, aufs_changes, changes_dirs, changes_size, sort_key
-from .chroot import apply_uncompressed_layer
-from .errors import ArchiveError, BreakoutError
-from .export import TarStream, add_tar_file, export_changes, file_info_header, tar_tree
-from .tarheader import Header, TarWriter
-from .tarreader import TarReader
-from .unpack import TarOptions, apply_layer_in_process, unpack_layer
-from .whiteouts import (
-    WHITEOUT_LINK_DIR, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE_DIR, WHITEOUT_PREFIX,
-)
+import importlib
+from typing import Any, List
+
+_EXPORTS = {
+    "Change": ".changes", "ChangeKind": ".changes", "aufs_changes": ".changes",
+    "changes_dirs": ".changes", "changes_size": ".changes", "sort_key": ".changes",
+    "apply_uncompressed_layer": ".chroot",
+    "ArchiveError": ".errors", "BreakoutError": ".errors",
+    "TarStream": ".export", "add_tar_file": ".export", "export_changes": ".export",
+    "file_info_header": ".export", "tar_tree": ".export",
+    "Header": ".tarheader", "TarWriter": ".tarheader",
+    "TarReader": ".tarreader",
+    "TarOptions": ".unpack", "apply_layer_in_process": ".unpack", "unpack_layer": ".unpack",
+    "WHITEOUT_LINK_DIR": ".whiteouts", "WHITEOUT_META_PREFIX": ".whiteouts",
+    "WHITEOUT_OPAQUE_DIR": ".whiteouts", "WHITEOUT_PREFIX": ".whiteouts",
+}
 
 __all__ = [
     "Change", "ChangeKind", "changes_dirs", "changes_size", "aufs_changes", "sort_key",
@@ -26,3 +36,16 @@ __all__ = [
     "ArchiveError", "BreakoutError", "Header", "TarWriter", "TarReader",
     "WHITEOUT_PREFIX", "WHITEOUT_META_PREFIX", "WHITEOUT_LINK_DIR", "WHITEOUT_OPAQUE_DIR",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

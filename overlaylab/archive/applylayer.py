@@ -55,7 +55,8 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
             _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         except (AttributeError, OSError):  # pragma: no cover
             pass
-    stdin = sys.stdin.buffer
+    # Unbuffered: the tar reader buffers itself, and can splice bodies straight from the pipe.
+    stdin = sys.stdin.buffer.raw
 
     try:
         os.chroot(dest)

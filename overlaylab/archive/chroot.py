@@ -2,13 +2,15 @@
 (spec §4.6).
 
 The reference re-execs itself as ``docker-applyLayer``; here the child is
-``python -m overlaylab.archive.applylayer <dest>`` (see :mod:`.applylayer`), with only
+``python -S -c "...; from overlaylab.archive.applylayer import main; main()" <dest>`` (see
+:mod:`.applylayer`; ``python -m overlaylab.archive.applylayer <dest>`` is the same), with only
 ``OPT`` (and ``PYTHONPATH`` so the child finds this package) in its environment. The tar is
 fed to the child's stdin by a thread, since ``stream`` may itself be a pipe filled by a
 thread of this process.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -23,6 +25,14 @@ from .unpack import TarOptions
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CHUNK = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# The child needs the standard library and this package only: ``-S`` skips ``site`` (and
+# the .pth files it would process), ``-c`` skips runpy, and the package is looked up where
+# this one was loaded from, not in the working directory (``sys.path[0]``, which ``-m``
+# would also have set to it): the child runs the parent's code, as the reference's re-exec of
+# its own binary does.
+_CHILD_ARGS = ["-S", "-c", "import sys; sys.path[0] = %r; "
+               "from overlaylab.archive.applylayer import main; main()" % _PKG_PARENT]
 
 
 def _exit_text(returncode: int) -> str:
@@ -60,9 +70,13 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
     options = options or TarOptions()
     env = {"OPT": options.to_json(), "PYTHONPATH": _PKG_PARENT}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "overlaylab.archive.applylayer", dest],
+        [sys.executable] + _CHILD_ARGS + [dest],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
+    try:  # fewer wake-ups of the child while the layer streams in
+        fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)  # type: ignore[union-attr]
+    except OSError:
+        pass
     copy_error: List[BaseException] = []
     errbuf: List[bytes] = []
 

@@ -89,18 +89,27 @@ def add_tar_file(
 
 def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
                   inode_map: Dict[int, str], uid_maps: IDMaps, gid_maps: IDMaps) -> None:
+    mode = st.st_mode
+    fmt = mode & 0o170000
     link = ""
-    if stat.S_ISLNK(st.st_mode):
+    if fmt == stat.S_IFLNK:
         try:
             link = os.readlink(path)
         except OSError as err:
             raise PathError("readlink", path, err.errno or errno.EIO) from None
 
-    mode = st.st_mode
-    is_dir = stat.S_ISDIR(mode)
+    is_dir = fmt == stat.S_IFDIR
     if is_dir and not name.endswith("/"):
         name += "/"
-    hdr = file_info_header(st, name, link)
+    # file_info_header, inlined for the hot path
+    try:
+        bits, flag = _FORMATS[fmt]
+    except KeyError:
+        raise ArchiveError("archive/tar: unknown file mode %o" % mode) from None
+    hdr = Header(name, bits | (mode & 0o7777), st.st_uid, st.st_gid,
+                 st.st_size if flag == TYPE_REG else 0, st.st_mtime_ns, flag,
+                 link if flag == TYPE_SYMLINK else "", "", "", 0, 0,
+                 st.st_atime_ns, st.st_ctime_ns)
 
     # Bitwise tests, as in setHeaderForSpecialDevice: true for dirs/symlinks/sockets too,
     # whose rdev is 0. The old 32-bit encoding of major/minor.
@@ -112,14 +121,14 @@ def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
     if not is_dir and st.st_nlink > 1:
         first = inode_map.get(st.st_ino)
         if first is not None:
-            hdr.typeflag = TYPE_LINK
+            hdr.typeflag = flag = TYPE_LINK
             hdr.linkname = first
             hdr.size = 0
         else:
             inode_map[st.st_ino] = name
 
     try:
-        hdr.xattrs = {"security.capability": os.getxattr(path, _CAP, follow_symlinks=False)}
+        hdr.xattrs = {_CAP: os.getxattr(path, _CAP, follow_symlinks=False)}
     except OSError:
         pass  # absent, or unreadable: the reference ignores the error too
 
@@ -129,7 +138,7 @@ def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
         hdr.uid = to_container(st.st_uid, uid_maps)
         hdr.gid = to_container(st.st_gid, gid_maps)
 
-    if hdr.typeflag != TYPE_REG:
+    if flag != TYPE_REG:
         writer.write_header(hdr)
         return
     try:
@@ -137,11 +146,12 @@ def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
     except OSError as err:
         raise PathError("open", path, err.errno or errno.EIO) from None
     try:
-        if hdr.size <= _SMALL:
+        size = hdr.size
+        if size <= _SMALL:
             try:
-                body = os.read(fd, hdr.size) if hdr.size else b""
-                while 0 < len(body) < hdr.size:
-                    more = os.read(fd, hdr.size - len(body))
+                body = os.read(fd, size) if size else b""
+                while 0 < len(body) < size:
+                    more = os.read(fd, size - len(body))
                     if not more:
                         break
                     body += more
@@ -212,6 +222,18 @@ class TarStream(io.RawIOBase):
             err, self._error = self._error, None
             raise ArchiveError(str(err))
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        """``RawIOBase.read`` without its intermediate buffer (one copy less per chunk)."""
+        if size is None or size < 0:
+            return self.readall()
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        data = os.read(self._r, size)
+        if not data and self._error is not None:
+            err, self._error = self._error, None
+            raise ArchiveError(str(err))
+        return data
 
     def close(self) -> None:
         if self.closed:

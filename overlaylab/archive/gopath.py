@@ -11,6 +11,19 @@ from __future__ import annotations
 def clean(path: str) -> str:
     """``filepath.Clean``: lexical shortest equivalent; ``""`` -> ``"."``; ``..`` kept only
     at the start of a relative path and dropped at the root."""
+    # Fast path for the common tar names "a/b", "./a/b", "./a/b/" and "/a/b": once at most
+    # one leading "./" and one trailing "/" are taken off, a path that has no empty, "." or
+    # ".." element is already clean. Such an element needs "//", a "/." or a leading "."
+    # (or is the trailing "/" of "/" itself), so their absence proves cleanliness.
+    p = path
+    if p[:2] == "./":
+        p = p[2:]
+        if p[:1] == "/":  # ".//x" -> "x": the slow path knows
+            p = ""
+    if len(p) > 1 and p[-1] == "/":
+        p = p[:-1]
+    if p and p[0] != "." and p[-1] != "/" and "//" not in p and "/." not in p:
+        return p
     if path == "":
         return "."
     rooted = path[0] == "/"
@@ -50,7 +63,7 @@ def split(path: str):
 def dirname(path: str) -> str:
     """``filepath.Dir``: everything but the last element, cleaned (``"a"`` -> ``"."``)."""
     i = path.rfind("/")
-    return clean(path[: i + 1])
+    return clean(path[: i + 1]) if i >= 0 else "."
 
 
 def basename(path: str) -> str:

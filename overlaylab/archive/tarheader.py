@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import sys
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from . import gopath
 
@@ -174,6 +175,47 @@ def _split_ustar_long_name(name: bytes):
     return name[:i], name[i + 1:]
 
 
+# The USTAR block of the fast path: name, mode+uid+gid, size, mtime, chksum, typeflag,
+# linkname, magic+version, (uname, gname: empty), devmajor+devminor, (prefix, pad: empty).
+_pack_ustar = struct.Struct("100s24s12s12s8sB100s8s64x16s167x").pack
+
+_Piece = Tuple[Optional[bytes], int]
+_PIECE_CACHE_MAX = 4096
+_IDS_CACHE: Dict[object, _Piece] = {}
+_SIZE_CACHE: Dict[object, _Piece] = {}
+_MTIME_CACHE: Dict[object, _Piece] = {}
+
+
+def _piece(raw: bytes, width: int) -> _Piece:
+    """A formatted field and its byte sum; ``None`` if it does not fit its width."""
+    return (raw, sum(raw)) if len(raw) == width else (None, 0)
+
+
+def _fmt_ids(key) -> _Piece:
+    return _piece(b"%07o\x00%07o\x00%07o\x00" % key, 24)
+
+
+def _fmt_11(value: int) -> _Piece:
+    return _piece(b"%011o\x00" % value, 12)
+
+
+def _fmt_dev(key) -> _Piece:
+    return _piece(b"%07o\x00%07o\x00" % key, 16)
+
+
+_DEV_ZERO = _fmt_dev((0, 0))
+
+
+def _cached_piece(cache: Dict[object, _Piece], key, fmt: Callable[..., _Piece]) -> _Piece:
+    piece = cache.get(key)
+    if piece is None:
+        piece = fmt(key)
+        if len(cache) >= _PIECE_CACHE_MAX:
+            cache.clear()
+        cache[key] = piece
+    return piece
+
+
 class _Encoder:
     """Header encoding state of one stream (Go's ``usedBinary`` is sticky per writer)."""
 
@@ -203,22 +245,28 @@ class _Encoder:
         """The header block(s) for ``hdr``: an optional PAX header+body, then the entry block."""
         name = hdr.name.encode(_FS_ENC, _FS_ERR)
         link = hdr.linkname.encode(_FS_ENC, _FS_ERR)
-        mt = hdr.mtime_ns
-        # Fast path for the common entry: everything fits USTAR, nothing needs PAX. Octal
-        # text longer than its field shows up as a longer formatted string.
-        nums = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00%07o\x00%07o\x00" % (
-            hdr.mode, hdr.uid, hdr.gid, hdr.size,
-            mt // 1000000000 if 0 <= mt <= _MAX_MTIME_NS else 0, hdr.devmajor, hdr.devminor)
-        if (len(nums) == 64 and len(name) <= 100 and len(link) <= 100 and not hdr.xattrs
-                and not self.used_binary and not hdr.uname and not hdr.gname
-                and name.isascii() and link.isascii()):
-            typeflag = hdr.typeflag & 0xFF
-            # Zero padding adds nothing to the checksum: sum only the non-zero parts.
-            chksum = sum(name) + sum(nums) + _CONST_SUM + typeflag + sum(link)
-            return b"".join((
-                name, _ZEROS[:100 - len(name)], nums[:48], b"%06o\x00 " % chksum,
-                _TYPEFLAGS[typeflag], link, _ZEROS[:100 - len(link)], _MAGIC_USTAR, _ZERO64,
-                nums[48:], _ZERO167))
+        # Fast path for the common entry: everything fits USTAR, nothing needs PAX. Each
+        # numeric field is formatted as "%0*o" (cached with its byte sum: modes, owners and
+        # times repeat); a value too big for its field formats longer than the field.
+        if (len(name) <= 100 and len(link) <= 100 and not hdr.xattrs and not self.used_binary
+                and not hdr.uname and not hdr.gname and name.isascii() and link.isascii()):
+            key = (hdr.mode, hdr.uid, hdr.gid)
+            ids = _IDS_CACHE.get(key) or _cached_piece(_IDS_CACHE, key, _fmt_ids)
+            size = _SIZE_CACHE.get(hdr.size) or _cached_piece(_SIZE_CACHE, hdr.size, _fmt_11)
+            mt = hdr.mtime_ns
+            mt = mt // 1000000000 if 0 <= mt <= _MAX_MTIME_NS else 0
+            mtime = _MTIME_CACHE.get(mt) or _cached_piece(_MTIME_CACHE, mt, _fmt_11)
+            if hdr.devmajor or hdr.devminor:
+                dev = _fmt_dev((hdr.devmajor, hdr.devminor))
+            else:
+                dev = _DEV_ZERO
+            if ids[0] is not None and size[0] is not None and mtime[0] is not None and dev[0] is not None:
+                typeflag = hdr.typeflag & 0xFF
+                # Zero padding adds nothing to the checksum: sum only the non-zero parts.
+                chksum = (sum(name) + ids[1] + size[1] + mtime[1] + dev[1] + _CONST_SUM + typeflag
+                          + (sum(link) if link else 0))
+                return _pack_ustar(name, ids[0], size[0], mtime[0], b"%06o\x00 " % chksum,
+                                   typeflag, link, _MAGIC_USTAR, dev[0])
         return self._encode_general(hdr, name, link, allow_pax)
 
     def _encode_general(self, hdr: Header, name: bytes, link: bytes, allow_pax: bool) -> bytes:

@@ -20,17 +20,34 @@ read; PAX (GNU 0.x/1.0) sparse files are refused instead of being expanded.
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
+import stat
+import struct
+import sys
 from typing import Dict, List, Optional, Tuple
 
 from .errors import INVALID_HEADER, UNEXPECTED_EOF, ArchiveError
 from .tarheader import (
     BLOCK, PAX_XATTR, TYPE_BLOCK, TYPE_CHAR, TYPE_GNU_LONGLINK, TYPE_GNU_LONGNAME,
-    TYPE_XHEADER, ZERO_BLOCK, Header,
+    TYPE_XHEADER, ZERO_BLOCK, ZERO_TIME_NS, Header,
 )
 
 _CHUNK = 64 * 1024
 _MAX_META = 16 * 1024 * 1024  # PAX/GNU long-name bodies are held in memory
+_FS_ENC = sys.getfilesystemencoding()
+_FS_ERR = sys.getfilesystemencodeerrors()
+
+# Bodies of at least this much still in the pipe are moved to the file by splice(2), when
+# the stream is an unbuffered pipe (the chrooted helper's stdin) and Python has os.splice.
+_SPLICE = getattr(os, "splice", None)
+_SPLICE_MIN = 64 * 1024
+
+# One pass over a header block: name, mode+uid+gid, size, mtime, chksum, typeflag (int),
+# linkname, magic+version, uname, gname, devmajor, devminor, prefix (+ star times), tail.
+_HEADER = struct.Struct("100s24s12s12s8sB100s8s32s32s8s8s155s12s")
+_unpack_header = _HEADER.unpack
 
 
 def _cstring(b: bytes) -> bytes:
@@ -61,6 +78,24 @@ def _octal(b: bytes) -> int:
 
 _HIGH = bytes(range(0x80, 0x100))
 
+# Numeric fields repeat a lot within a layer (modes, owners, often times and sizes), and
+# ``_octal`` is a pure function of the raw field bytes: remember its results (bounded).
+_OCTAL_CACHE: Dict[bytes, int] = {}
+_OCTAL_CACHE_MAX = 4096
+_IDS_CACHE: Dict[bytes, Tuple[int, int, int]] = {}  # raw mode+uid+gid fields -> values
+
+
+def _octal_cached(b: bytes) -> int:
+    try:
+        return _OCTAL_CACHE[b]
+    except KeyError:
+        pass
+    value = _octal(b)  # raises _FieldError, never cached
+    if len(_OCTAL_CACHE) >= _OCTAL_CACHE_MAX:
+        _OCTAL_CACHE.clear()
+    _OCTAL_CACHE[b] = value
+    return value
+
 
 def _checksums(block: bytes) -> Tuple[int, int]:
     """Unsigned and signed sums with the checksum field read as spaces."""
@@ -68,6 +103,15 @@ def _checksums(block: bytes) -> Tuple[int, int]:
     unsigned = sum(rest) + 8 * 0x20
     high = len(rest) - len(rest.translate(None, _HIGH))
     return unsigned, unsigned - 256 * high
+
+
+def _write_all(fd: int, data) -> None:
+    n = os.write(fd, data)
+    if n < len(data):
+        view = memoryview(data)[n:]
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
 
 
 def _pax_time(value: str) -> int:
@@ -156,6 +200,14 @@ class TarReader:
         self._remaining = 0  # unread body bytes of the current entry
         self._pad = 0
         self._eof = False
+        self._splice_fd = -1
+        if _SPLICE is not None and type(stream) is io.FileIO:  # nothing buffered behind our back
+            try:
+                fd = stream.fileno()
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    self._splice_fd = fd
+            except (OSError, ValueError):
+                pass
 
     # -- raw input ---------------------------------------------------------------------
 
@@ -197,6 +249,12 @@ class TarReader:
         return out
 
     def _skip(self, n: int) -> None:
+        avail = len(self._buf) - self._pos
+        if n <= avail:
+            self._pos += n
+            return
+        self._pos = len(self._buf)
+        n -= avail
         while n > 0:
             got = self._read_some(min(n, 1 << 20))
             if not got:
@@ -207,6 +265,9 @@ class TarReader:
 
     def read(self, n: int = -1) -> bytes:
         """Read from the current entry's body (all of it if ``n < 0``); ``b""`` at its end."""
+        remaining = self._remaining
+        if remaining <= 0 or n == 0:
+            return b""
         if n < 0:
             parts: List[bytes] = []
             while True:
@@ -214,25 +275,71 @@ class TarReader:
                 if not part:
                     return b"".join(parts)
                 parts.append(part)
-        if self._remaining <= 0 or n == 0:
-            return b""
-        got = self._read_some(min(n, self._remaining))
+        if n > remaining:
+            n = remaining
+        pos = self._pos
+        if len(self._buf) - pos >= n:  # already buffered: the common case for small bodies
+            self._pos = pos + n
+            self._remaining = remaining - n
+            return self._buf[pos:pos + n]
+        got = self._read_some(n)
         if not got:
             raise ArchiveError(UNEXPECTED_EOF)
-        self._remaining -= len(got)
+        self._remaining = remaining - len(got)
         return got
 
+    def copy_to_fd(self, fd: int) -> None:
+        """Write the rest of the current entry's body to ``fd``, as ``read`` + ``os.write``
+        would, minus copies: buffered bytes are written from a memoryview, and a large rest
+        is spliced from the pipe when possible. A short stream raises ``unexpected EOF``
+        after writing what there was; a failed write raises the ``OSError`` of the write."""
+        remaining = self._remaining
+        if remaining <= 0:
+            return
+        pos = self._pos
+        avail = len(self._buf) - pos
+        if avail > 0:
+            k = avail if avail < remaining else remaining
+            self._pos = pos + k
+            self._remaining = remaining = remaining - k
+            _write_all(fd, memoryview(self._buf)[pos:pos + k] if k < len(self._buf) else self._buf)
+        while remaining > 0:
+            if self._splice_fd >= 0 and remaining >= _SPLICE_MIN:
+                try:
+                    n = _SPLICE(self._splice_fd, fd, min(remaining, 1 << 30))  # type: ignore[misc]
+                except OSError as err:
+                    if err.errno == errno.EINVAL:  # not for this pair of files: copy instead
+                        self._splice_fd = -1
+                        continue
+                    raise
+                if n == 0:
+                    raise ArchiveError(UNEXPECTED_EOF)
+                self._remaining = remaining = remaining - n
+                continue
+            chunk = self._read_some(min(remaining, 1 << 20))
+            if not chunk:
+                raise ArchiveError(UNEXPECTED_EOF)
+            self._remaining = remaining = remaining - len(chunk)
+            _write_all(fd, chunk)
+
     def _finish_entry(self) -> None:
-        self._skip(self._remaining + self._pad)
-        self._remaining = 0
-        self._pad = 0
+        n = self._remaining + self._pad
+        if n:
+            self._skip(n)
+            self._remaining = 0
+            self._pad = 0
 
     # -- headers -----------------------------------------------------------------------
 
     def _read_block(self) -> Optional[bytes]:
-        block = self._read_exact(BLOCK)
-        if not block:
-            return None
+        pos = self._pos
+        if len(self._buf) - pos >= BLOCK:
+            block = self._buf[pos:pos + BLOCK]
+            self._pos = pos + BLOCK
+        else:
+            block = self._read_exact(BLOCK)
+            if not block:
+                return None
         if block == ZERO_BLOCK:
             block2 = self._read_exact(BLOCK)
             if not block2 or block2 == ZERO_BLOCK:
@@ -245,46 +352,71 @@ class TarReader:
         if block is None:
             self._eof = True
             return None
+        (name, ids, size_f, mtime_f, chksum, typeflag, linkname, magic, uname, gname,
+         devmajor, devminor, prefix, tail) = _unpack_header(block)
+        cache = _OCTAL_CACHE
         try:
-            given = _octal(block[148:156])
-            if given not in _checksums(block):
+            given = cache.get(chksum)
+            if given is None:
+                given = _octal_cached(chksum)
+            # Unsigned sum with the checksum field read as spaces (zero bytes add nothing: drop
+            # them in C first); the signed sum only if that does not match.
+            if (given != sum(block.translate(None, b"\x00")) - sum(chksum) + 8 * 0x20
+                    and given not in _checksums(block)):
                 raise ArchiveError(INVALID_HEADER)
-            hdr = Header()
-            hdr.name = os.fsdecode(_cstring(block[0:100]))
-            hdr.mode = _octal(block[100:108])
-            hdr.uid = _octal(block[108:116])
-            hdr.gid = _octal(block[116:124])
-            hdr.size = _octal(block[124:136])
-            hdr.mtime_ns = _octal(block[136:148]) * 10 ** 9
-            hdr.typeflag = block[156]
-            hdr.linkname = os.fsdecode(_cstring(block[157:257]))
-            magic = block[257:265]
+            # mode, uid and gid together: one lookup for the usual few combinations
+            mode_uid_gid = _IDS_CACHE.get(ids)
+            if mode_uid_gid is None:
+                mode_uid_gid = (_octal_cached(ids[0:8]), _octal_cached(ids[8:16]),
+                                _octal_cached(ids[16:24]))
+                if len(_IDS_CACHE) >= _OCTAL_CACHE_MAX:
+                    _IDS_CACHE.clear()
+                _IDS_CACHE[ids] = mode_uid_gid
+            size = cache.get(size_f)
+            if size is None:
+                size = _octal_cached(size_f)
+            mtime = cache.get(mtime_f)
+            if mtime is None:
+                mtime = _octal_cached(mtime_f)
+            i = name.find(b"\x00")
+            if i >= 0:
+                name = name[:i]
+            i = linkname.find(b"\x00")
+            if i >= 0:
+                linkname = linkname[:i]
             fmt = ""
             if magic[:6] == b"ustar\x00":
-                fmt = "star" if block[508:512] == b"tar\x00" else "posix"
+                fmt = "star" if tail[8:12] == b"tar\x00" else "posix"
             elif magic == b"ustar  \x00":
                 fmt = "gnu"
-            hdr.format = fmt or "v7"
+            hdr = Header(name.decode(_FS_ENC, _FS_ERR), mode_uid_gid[0], mode_uid_gid[1],
+                         mode_uid_gid[2], size, mtime * 1000000000, typeflag,
+                         linkname.decode(_FS_ENC, _FS_ERR) if linkname else "", "", "", 0, 0,
+                         ZERO_TIME_NS, ZERO_TIME_NS, None, fmt or "v7")
             if fmt:
-                hdr.uname = os.fsdecode(_cstring(block[265:297]))
-                hdr.gname = os.fsdecode(_cstring(block[297:329]))
-                if hdr.typeflag in (TYPE_CHAR, TYPE_BLOCK):
-                    hdr.devmajor = _octal(block[329:337])
-                    hdr.devminor = _octal(block[337:345])
+                if uname[0]:
+                    hdr.uname = _cstring(uname).decode(_FS_ENC, _FS_ERR)
+                if gname[0]:
+                    hdr.gname = _cstring(gname).decode(_FS_ENC, _FS_ERR)
+                if typeflag == TYPE_CHAR or typeflag == TYPE_BLOCK:
+                    hdr.devmajor = _octal_cached(devmajor)
+                    hdr.devminor = _octal_cached(devminor)
                 if fmt == "star":
-                    prefix = _cstring(block[345:476])
-                    hdr.atime_ns = _octal(block[476:488]) * 10 ** 9
-                    hdr.ctime_ns = _octal(block[488:500]) * 10 ** 9
+                    prefix_b = _cstring(block[345:476])
+                    hdr.atime_ns = _octal_cached(block[476:488]) * 10 ** 9
+                    hdr.ctime_ns = _octal_cached(block[488:500]) * 10 ** 9
+                elif prefix[0]:
+                    prefix_b = _cstring(prefix)
                 else:
-                    prefix = _cstring(block[345:500])
-                if prefix:
-                    hdr.name = os.fsdecode(prefix) + "/" + hdr.name
+                    prefix_b = b""
+                if prefix_b:
+                    hdr.name = prefix_b.decode(_FS_ENC, _FS_ERR) + "/" + hdr.name
         except _FieldError:
             raise ArchiveError(INVALID_HEADER) from None
-        if hdr.size < 0:
+        if size < 0:
             raise ArchiveError(INVALID_HEADER)
-        self._remaining = hdr.size
-        self._pad = -hdr.size % BLOCK
+        self._remaining = size
+        self._pad = -size % BLOCK
         return hdr
 
     def _read_meta_body(self, hdr: Header) -> bytes:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Union
 
@@ -33,9 +33,22 @@ from .tarheader import (
 from .tarreader import TarReader
 from .whiteouts import WHITEOUT_LINK_DIR, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE_DIR, WHITEOUT_PREFIX
 
-log = logging.getLogger("overlaylab.archive")
+_LOGGER = "overlaylab.archive"
+
+
+def _debug(msg: str) -> None:
+    """``log.debug`` without importing :mod:`logging` into the chrooted apply helper: if
+    nothing imported logging, nothing configured a handler either, and a debug record would
+    go nowhere (the last-resort handler prints warnings and up only)."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger(_LOGGER).debug(msg)
 
 _COPY_CHUNK = 1 << 20
+# The fast path creates a regular file exclusively: success proves nothing was in the way.
+_REG_EXCL_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FAST_TYPES = frozenset((TYPE_REG, TYPE_REGA, TYPE_DIR, TYPE_SYMLINK, TYPE_LINK))
+_MAX_CHTIMES_NS = gofs.MAX_CHTIMES_NS
 
 
 @dataclass
@@ -92,6 +105,7 @@ def mkdev(major: int, minor: int) -> int:
 class _Unpacker:
     def __init__(self, dest: str, options: Optional[TarOptions]):
         self.dest = gopath.clean(os.path.abspath(dest))
+        self._dest_slash = self.dest if self.dest.endswith("/") else self.dest + "/"
         self.options = options or TarOptions()
         try:
             self.root_uid, self.root_gid = get_root_uid_gid(
@@ -109,6 +123,11 @@ class _Unpacker:
     def _display(self, name: str) -> str:
         """The path the reference would use (``filepath.Join(dest, name)``), for messages."""
         return gopath.join(self.dest, name)
+
+    def _display_clean(self, name: str) -> str:
+        """``_display`` for a clean relative name that is not ``.`` and does not start with
+        ``..`` (what ``_entry`` has after its breakout check): plain concatenation."""
+        return self._dest_slash + name
 
     def _resolve_dir(self, rel: str, create: bool) -> str:
         """The real directory for ``rel`` (symlinks followed inside dest); with ``create``
@@ -154,8 +173,9 @@ class _Unpacker:
                     raise PathError("open", self._display(hdr.name.replace("\x00", "")),
                                     errno.EINVAL)
                 self._entry(hdr, reader)
+            cache = self._dir_cache
             for hdr in self.dirs:
-                real = self._resolve(hdr.name, follow_final=True)
+                real = cache.get(hdr.name) or self._resolve(hdr.name, follow_final=True)
                 gofs.chtimes(real, hdr.atime_ns, hdr.mtime_ns, display=self._display(hdr.name))
         except (ValueError, OverflowError) as err:  # a value no syscall accepts
             raise ArchiveError(str(err)) from None
@@ -173,8 +193,13 @@ class _Unpacker:
         if name.startswith("/") or name == ".." or name.startswith("../"):
             raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.dest)))
 
-        parent_rel = gopath.dirname(name)
-        parent_real = self._resolve_dir(parent_rel, create=True) if name != "." else ""
+        # gopath.dirname/basename of a clean relative name
+        i = name.rfind("/")
+        parent_rel = name[:i] if i > 0 else "."
+        if name == ".":
+            parent_real = ""
+        else:
+            parent_real = self._dir_cache.get(parent_rel) or self._resolve_dir(parent_rel, create=True)
 
         if name.startswith(WHITEOUT_META_PREFIX):
             if name.startswith(WHITEOUT_LINK_DIR) and hdr.typeflag == TYPE_REG:
@@ -187,10 +212,21 @@ class _Unpacker:
             if name != WHITEOUT_OPAQUE_DIR:
                 return
 
-        base = gopath.basename(name)
+        base = name[i + 1:]
         if name != "." and base.startswith(WHITEOUT_PREFIX):
             self._whiteout(name, base, parent_rel, parent_real)
             return
+
+        t = hdr.typeflag
+        if name != "." and t in _FAST_TYPES and not (
+                t == TYPE_LINK and gopath.clean(hdr.linkname).startswith(WHITEOUT_LINK_DIR)):
+            real = _pjoin(parent_real, base)
+            if self._fast_create(real, name, hdr, reader):
+                if t == TYPE_DIR:
+                    self.dirs.append(hdr)
+                    self._dir_cache[name] = real  # a directory we just made or verified
+                self.unpacked.add(real)
+                return
 
         if name == ".":
             if hdr.typeflag != TYPE_DIR:
@@ -349,11 +385,14 @@ class _Unpacker:
             except OSError as err:
                 raise LinkError("symlink", hdr.linkname, display, err.errno or errno.EIO) from None
         elif t == TYPE_XGLOBAL:
-            log.debug("PAX Global Extended Headers found and ignored")
+            _debug("PAX Global Extended Headers found and ignored")
             return
         else:
             raise ArchiveError("Unhandled tar header type %d\n" % t)
+        self._finish(real, display, hdr, t, perm)
 
+    def _finish(self, real: str, display: str, hdr: Header, t: int, perm: int) -> None:
+        """createTarFile after the inode exists: lchown, xattrs, chmod, times."""
         try:
             os.chown(real, hdr.uid, hdr.gid, follow_symlinks=False)
         except OSError as err:
@@ -385,6 +424,103 @@ class _Unpacker:
                               None if hdr.mtime_ns == ZERO_TIME_NS else hdr.mtime_ns)
         elif link_ok:
             gofs.chtimes(real, atime, hdr.mtime_ns, display=display)
+
+    # -- fast path ---------------------------------------------------------------------------
+
+    def _fast_create(self, real: str, name: str, hdr: Header, reader: TarReader) -> bool:
+        """The common case of ``_entry`` + ``createTarFile`` for a regular file, directory,
+        symlink or hard link whose path is free, in fewer syscalls: create first (exclusively)
+        instead of ``lstat`` + create. Returns False, having changed nothing (not even
+        ``hdr``), when anything before the inode exists fails: the caller then runs the
+        reference sequence (lstat, remove what is in the way, create), which reproduces the
+        reference's side effects and errors exactly. Once the inode exists, failures are the
+        reference's own and are raised."""
+        uid, gid = hdr.uid, hdr.gid
+        try:
+            if uid != self.root_uid:
+                uid = to_host(uid, self.options.uid_maps)
+            if gid != self.root_gid:
+                gid = to_host(gid, self.options.gid_maps)
+        except IDMapError:
+            return False
+        t = hdr.typeflag
+        perm = hdr.mode & 0o7777
+        if t == TYPE_REG or t == TYPE_REGA:
+            try:
+                fd = os.open(real, _REG_EXCL_FLAGS, perm)
+            except (OSError, ValueError):
+                return False
+            hdr.uid, hdr.gid = uid, gid
+            try:
+                self._fast_regular(fd, real, self._display_clean(name), hdr, reader, perm)
+            finally:
+                os.close(fd)
+            return True
+        if t == TYPE_DIR:
+            try:
+                os.mkdir(real, perm)
+            except (OSError, ValueError):
+                return False
+        elif t == TYPE_SYMLINK:
+            display = self._display_clean(name)
+            target = gopath.join(gopath.dirname(display), hdr.linkname)
+            if not gopath.is_within(self.dest, target):
+                return False
+            try:
+                os.symlink(hdr.linkname, real)
+            except (OSError, ValueError):
+                return False
+        else:  # TYPE_LINK
+            target = gopath.join(self.dest, hdr.linkname)
+            if not gopath.is_within(self.dest, target):
+                return False
+            rel = target[len(self.dest):].lstrip("/") or "."
+            try:
+                target_real = self._resolve(rel, follow_final=False)
+                os.link(target_real, real, follow_symlinks=False)
+            except (OSError, ValueError):
+                return False
+        hdr.uid, hdr.gid = uid, gid
+        self._finish(real, self._display_clean(name), hdr, t, perm)
+        return True
+
+    def _fast_regular(self, fd: int, real: str, display: str, hdr: Header, data: TarReader,
+                      perm: int) -> None:
+        """Body and metadata of a regular file just created exclusively at ``real``: the
+        same steps as createTarFile, on the open descriptor (the same inode as ``real``)."""
+        try:
+            data.copy_to_fd(fd)
+        except OSError as err:
+            raise PathError("write", display, err.errno or errno.EIO) from None
+        try:
+            os.fchown(fd, hdr.uid, hdr.gid)
+        except OSError as err:
+            raise PathError("lchown", display, err.errno or errno.EIO) from None
+        except OverflowError:
+            raise PathError("lchown", display, errno.EINVAL) from None
+        if hdr.xattrs:
+            for key in sorted(hdr.xattrs):
+                try:
+                    os.setxattr(real, key, hdr.xattrs[key], 0, follow_symlinks=False)
+                except OSError as err:
+                    raise SyscallError(err.errno or errno.EIO) from None
+                except ValueError:  # an embedded NUL in the name
+                    raise SyscallError(errno.EINVAL) from None
+        try:
+            os.fchmod(fd, perm)
+        except OSError as err:
+            raise PathError("chmod", display, err.errno or errno.EIO) from None
+        # system.Chtimes: atime raised to mtime, both clamped to [epoch, max] else the epoch
+        mtime = hdr.mtime_ns
+        atime = hdr.atime_ns if hdr.atime_ns >= mtime else mtime
+        if not 0 <= atime <= _MAX_CHTIMES_NS:
+            atime = 0
+        if not 0 <= mtime <= _MAX_CHTIMES_NS:
+            mtime = 0
+        try:
+            os.utime(fd, ns=(atime, mtime))
+        except OSError as err:
+            raise PathError("chtimes", display, err.errno or errno.EIO) from None
 
 
 def unpack_layer(dest: str, stream, options: Optional[TarOptions] = None) -> int:

@@ -16,11 +16,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import List
+from typing import List, Optional, Tuple
 
 from ..goerrors import LinkError, PathError, SyscallError
 
 COPY_HARDLINK = 1
+
+#: (entry name, source directory fd, destination directory fd), for the *at() syscalls
+_At = Optional[Tuple[str, int, int]]
+#: directory fds are held for the directories being walked, up to this depth
+_MAX_FD_DEPTH = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _COPIED_XATTRS = ("security.capability", "trusted.overlay.opaque")
 _COPY_CHUNK = 1 << 20
@@ -29,6 +35,26 @@ _COPY_CHUNK = 1 << 20
 def _sorted_names(path: str) -> List[str]:
     # Go's filepath.Walk sorts names bytewise.
     return sorted(os.listdir(path), key=os.fsencode)
+
+
+def _entry_name(entry: "os.DirEntry[str]") -> str:
+    return entry.name
+
+
+def _entry_bytes(entry: "os.DirEntry[str]") -> bytes:
+    return os.fsencode(entry.name)
+
+
+def _sorted_entries(path: str) -> "List[os.DirEntry[str]]":
+    """The directory's entries sorted bytewise by name (as ``_sorted_names``), with the
+    ``d_type`` that ``readdir`` gave (``DirEntry``). For ASCII names str order is byte order."""
+    with os.scandir(path) as it:
+        entries = list(it)
+    if "".join([e.name for e in entries]).isascii():
+        entries.sort(key=_entry_name)
+    else:
+        entries.sort(key=_entry_bytes)
+    return entries
 
 
 def _copy_regular(src: str, dst: str, mode: int) -> None:
@@ -66,6 +92,63 @@ def _copy_bytes(fin: int, fout: int, src: str, dst: str) -> None:
             return
 
 
+def _copy_regular_new(src: str, dst: str, st: os.stat_result, at: _At = None) -> bool:
+    """Content copy of a regular file to a ``dst`` that does not exist yet, with all the
+    metadata steps of ``_copy_entry`` done on the two open descriptors (the same inodes as
+    ``src`` and the new ``dst``, so the same results, in fewer path lookups). Returns False
+    if ``dst`` already exists, having done nothing: the caller then takes the path-based
+    route, whose quirks (no O_TRUNC, following a symlink at ``dst``) only matter there.
+    With ``at`` = (name, src dir fd, dst dir fd) the files are opened relative to their
+    directories (``openat``); errors still name the full paths."""
+    mode = st.st_mode
+    if at is None:
+        src_rel, dst_rel, sfd, dfd = src, dst, None, None
+    else:
+        src_rel = dst_rel = at[0]
+        sfd, dfd = at[1], at[2]
+    try:
+        fin = os.open(src_rel, os.O_RDONLY, dir_fd=sfd)
+    except OSError as err:
+        raise PathError("open", src, err.errno) from None
+    try:
+        try:
+            fout = os.open(dst_rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=dfd)
+        except FileExistsError:
+            return False
+        except OSError as err:
+            raise PathError("open", dst, err.errno) from None
+        try:
+            _copy_bytes(fin, fout, src, dst)
+            try:
+                os.fchown(fout, st.st_uid, st.st_gid)
+            except OSError as err:
+                raise PathError("lchown", dst, err.errno) from None
+            for name in _COPIED_XATTRS:
+                try:
+                    value = os.getxattr(fin, name)
+                except OSError as err:
+                    if err.errno == errno.ENODATA:
+                        continue
+                    raise SyscallError(err.errno) from None
+                try:
+                    os.setxattr(fout, name, value)
+                except OSError as err:
+                    raise SyscallError(err.errno) from None
+            try:
+                os.fchmod(fout, mode & 0o7777)
+            except OSError as err:
+                raise PathError("chmod", dst, err.errno) from None
+            try:
+                os.utime(fout, ns=(max(st.st_atime_ns, 0), max(st.st_mtime_ns, 0)))
+            except OSError as err:
+                raise SyscallError(err.errno) from None
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+    return True
+
+
 def _copy_xattr(src: str, dst: str, name: str) -> None:
     try:
         value = os.getxattr(src, name, follow_symlinks=False)
@@ -79,7 +162,7 @@ def _copy_xattr(src: str, dst: str, name: str) -> None:
         raise SyscallError(err.errno) from None
 
 
-def _copy_entry(src: str, dst: str, st: os.stat_result, flags: int) -> None:
+def _copy_entry(src: str, dst: str, st: os.stat_result, flags: int, at: _At = None) -> None:
     mode = st.st_mode
     fmt = stat.S_IFMT(mode)
     is_symlink = False
@@ -89,6 +172,8 @@ def _copy_entry(src: str, dst: str, st: os.stat_result, flags: int) -> None:
                 os.link(src, dst)
             except OSError as err:
                 raise LinkError("link", src, dst, err.errno) from None
+            return
+        if _copy_regular_new(src, dst, st, at):
             return
         _copy_regular(src, dst, mode)
     elif fmt == stat.S_IFDIR:
@@ -149,23 +234,95 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
     With ``COPY_HARDLINK`` regular files are hard-linked (no metadata steps); everything else
     is a new inode with owner, the two xattrs, mode and times copied. The first error aborts
     and is raised; the partial copy is left for the caller (spec §2.10).
+
+    Each directory is read once with ``scandir``; entries are visited in sorted order, each
+    ``lstat``-ed when visited, as Go's ``filepath.Walk`` does, except that in hard-link mode
+    an entry that ``readdir`` already reports as a regular file (``d_type``) is linked
+    without the ``lstat`` (which would only have told the same; ``DT_UNKNOWN`` still gets it).
+    The hot syscalls (lstat, link, opening regular files) go through descriptors of the
+    source and destination directories (``*at``) instead of resolving full paths each time;
+    where such a descriptor cannot be had (permissions, a symlink, depth) full paths are used.
     """
-    stack = [(src_dir, dst_dir)]
-    while stack:
-        src, dst = stack.pop()
+    try:
+        st = os.lstat(src_dir)
+    except OSError as err:
+        raise PathError("lstat", src_dir, err.errno) from None
+    _copy_entry(src_dir, dst_dir, st, flags)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    hardlink = bool(flags & COPY_HARDLINK)
+    link = os.link
+    lstat = os.lstat
+    stack: list = []
+    try:
+        stack.append(_frame(src_dir, dst_dir, 0))
+        while stack:
+            dst, it, sfd, dfd = stack[-1]
+            dst_slash = dst if dst.endswith("/") else dst + "/"
+            use_fds = sfd is not None and dfd is not None
+            for entry in it:
+                name = entry.name
+                src = entry.path
+                child = dst_slash + name
+                if hardlink:
+                    try:
+                        is_reg = entry.is_file(follow_symlinks=False)
+                    except OSError:
+                        is_reg = False  # lstat below reports it
+                    if is_reg:
+                        try:
+                            if use_fds:
+                                link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                            else:
+                                link(src, child)
+                        except OSError as err:
+                            raise LinkError("link", src, child, err.errno) from None
+                        continue
+                try:
+                    st = lstat(name, dir_fd=sfd) if use_fds else lstat(src)
+                except OSError as err:
+                    raise PathError("lstat", src, err.errno) from None
+                _copy_entry(src, child, st, flags, (name, sfd, dfd) if use_fds else None)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(_frame(src, child, len(stack)))
+                    break
+            else:
+                stack.pop()
+                _close_fds(sfd, dfd)
+    finally:
+        for frame in stack:
+            _close_fds(frame[2], frame[3])
+
+
+def _frame(src: str, dst: str, depth: int):
+    """A walk frame: (dst, iterator over the sorted entries of src, src dir fd, dst dir fd).
+    The listing is taken now, right after the directory itself was copied, like Walk."""
+    sfd = dfd = None
+    if depth < _MAX_FD_DEPTH:
         try:
-            st = os.lstat(src)
-        except OSError as err:
-            raise PathError("lstat", src, err.errno) from None
-        _copy_entry(src, dst, st, flags)
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                names = _sorted_names(src)
-            except OSError as err:
-                raise PathError("open", src, err.errno) from None
-            # Reversed onto the stack so they are visited in sorted order.
-            for name in reversed(names):
-                stack.append((os.path.join(src, name), os.path.join(dst, name)))
+            sfd = os.open(src, _DIR_FLAGS)
+            dfd = os.open(dst, _DIR_FLAGS)
+        except OSError:
+            pass
+    try:
+        entries = _list_dir(src)
+    except BaseException:
+        _close_fds(sfd, dfd)
+        raise
+    return (dst, iter(entries), sfd, dfd)
+
+
+def _close_fds(*fds) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
+def _list_dir(path: str) -> "List[os.DirEntry[str]]":
+    try:
+        return _sorted_entries(path)
+    except OSError as err:
+        raise PathError("open", path, err.errno) from None
 
 
 def remove_all(path: str) -> None:
