@@ -29,10 +29,16 @@ except (ImportError, OSError):  # pragma: no cover
 _PR_SET_PDEATHSIG = 1
 
 
-def _fatal(err: object) -> NoReturn:
-    sys.stderr.write(str(err))
-    sys.stderr.flush()
-    os._exit(1)
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _fatal(err: object, stderr_fd: int = 2) -> NoReturn:
+    try:
+        _write_all(stderr_fd, str(err).encode("utf-8", "replace"))
+    finally:
+        os._exit(1)
 
 
 def _prewarm() -> None:
@@ -47,8 +53,22 @@ def _prewarm() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> NoReturn:
+    """The re-exec'd child: ``$OPT``, tar on stdin, answer on stdout/stderr."""
     args = sys.argv[1:] if argv is None else argv
-    dest = args[0] if args else ""
+    run_child(args[0] if args else "", os.environ.get("OPT", ""), 0, 1, 2)
+
+
+def run_child(dest: str, raw_options: str, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> NoReturn:
+    """Chroot into ``dest``, unpack the tar read from ``stdin_fd``, answer, ``_exit``. Never returns:
+    in a forked child nothing may unwind back into the parent's code."""
+    try:
+        _run_child(dest, raw_options, stdin_fd, stdout_fd, stderr_fd)
+    except BaseException as err:  # noqa: BLE001 - even KeyboardInterrupt ends here
+        _fatal(err or type(err).__name__, stderr_fd)
+    os._exit(0)
+
+
+def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     _prewarm()
     if _libc is not None:
         try:
@@ -56,27 +76,26 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
         except (AttributeError, OSError):  # pragma: no cover
             pass
     # Unbuffered: the tar reader buffers itself, and can splice bodies straight from the pipe.
-    stdin = sys.stdin.buffer.raw
+    stdin = os.fdopen(stdin_fd, "rb", buffering=0, closefd=False)
 
     try:
         os.chroot(dest)
         os.chdir("/")
     except OSError as err:
-        _fatal(errno_text(err.errno or 5))
+        _fatal(errno_text(err.errno or 5), stderr_fd)
     os.umask(0)
 
-    raw = os.environ.get("OPT", "")
     if not raw:
-        _fatal("unexpected end of JSON input")
+        _fatal("unexpected end of JSON input", stderr_fd)
     try:
         options = TarOptions.from_json(raw)
     except (ValueError, TypeError, KeyError) as err:
-        _fatal(err)
+        _fatal(err, stderr_fd)
 
     try:
         tmp = gofs.temp_dir("/", "temp-docker-extract")
     except OSError as err:
-        _fatal(err)
+        _fatal(err, stderr_fd)
     os.environ["TMPDIR"] = tmp
 
     failure: Optional[BaseException] = None
@@ -90,13 +109,11 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
     except OSError:
         pass
     if failure is not None:
-        _fatal(failure)
+        _fatal(failure, stderr_fd)
 
-    sys.stdout.write(json.dumps({"layerSize": size}, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    _write_all(stdout_fd, (json.dumps({"layerSize": size}, separators=(",", ":")) + "\n").encode())
     while stdin.read(1 << 16):
         pass
-    os._exit(0)
 
 
 if __name__ == "__main__":

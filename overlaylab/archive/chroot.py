@@ -1,7 +1,12 @@
 """``chrootarchive.ApplyUncompressedLayer``: apply a layer in a chrooted child process
 (spec §4.6).
 
-The reference re-execs itself as ``docker-applyLayer``; here the child is
+By default the child is a ``fork()`` of this process that chroots and runs the same code as
+the re-exec'd helper (spec §7 names this way): in a TCG guest reading Python over 9p an
+interpreter start-up costs seconds per layer, a fork milliseconds. The protocol and every
+error text are the same. ``OVERLAYLAB_APPLY_REEXEC=1`` selects the re-exec instead.
+
+The reference re-execs itself as ``docker-applyLayer``; the re-exec'd child is
 ``python -S -c "...; from overlaylab.archive.applylayer import main; main()" <dest>`` (see
 :mod:`.applylayer`; ``python -m overlaylab.archive.applylayer <dest>`` is the same), with only
 ``OPT`` (and ``PYTHONPATH`` so the child finds this package) in its environment. The tar is
@@ -61,6 +66,57 @@ def _go_json_error(out: bytes) -> Optional[str]:
     return None
 
 
+class _ForkedChild:
+    """A forked, chrooting child with the pipes and ``wait()`` of a ``subprocess.Popen``."""
+
+    def __init__(self, dest: str, raw_options: str):
+        from .applylayer import run_child  # imported before the fork: the child cannot import
+        r_in, w_in = os.pipe()
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _close_other_fds({r_in, w_out, w_err})
+            finally:
+                run_child(dest, raw_options, r_in, w_out, w_err)
+        for fd in (r_in, w_out, w_err):
+            os.close(fd)
+        self.stdin = os.fdopen(w_in, "wb", buffering=0)
+        self.stdout = os.fdopen(r_out, "rb")
+        self.stderr = os.fdopen(r_err, "rb")
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (
+            os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status))
+
+
+def _close_other_fds(keep) -> None:
+    """Like ``close_fds``: an inherited write end of some other pipe (a Diff stream being fed
+    to us, say) would keep that pipe open and its reader waiting for EOF forever."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _start_child(dest: str, options: TarOptions):
+    if os.environ.get("OVERLAYLAB_APPLY_REEXEC") == "1":
+        env = {"OPT": options.to_json(), "PYTHONPATH": _PKG_PARENT}
+        return subprocess.Popen([sys.executable] + _CHILD_ARGS + [dest], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return _ForkedChild(dest, options.to_json())
+
+
 def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = None) -> int:
     """Apply the uncompressed layer tar read from ``stream`` to ``dest`` inside a chroot;
     the layer size. Failures raise :class:`ArchiveError` with the reference's texts:
@@ -68,11 +124,7 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
     ``unable to decode ApplyLayer JSON response: <err>``."""
     dest = gopath.clean(dest)
     options = options or TarOptions()
-    env = {"OPT": options.to_json(), "PYTHONPATH": _PKG_PARENT}
-    proc = subprocess.Popen(
-        [sys.executable] + _CHILD_ARGS + [dest],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
+    proc = _start_child(dest, options)
     try:  # fewer wake-ups of the child while the layer streams in
         fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)  # type: ignore[union-attr]
     except OSError:
