@@ -7,6 +7,7 @@ from . import __version__
 from .driver_cli import driver
 from .lab_cli import COMMANDS as LAB_COMMANDS
 from .reports_cli import COMMANDS as REPORT_COMMANDS
+from .vagrant_cli import COMMANDS as VAGRANT_COMMANDS
 from .vm_cli import COMMANDS as VM_COMMANDS
 
 
@@ -18,7 +19,7 @@ def main() -> None:
 
 
 main.add_command(driver)
-for _command in LAB_COMMANDS + REPORT_COMMANDS + VM_COMMANDS:
+for _command in LAB_COMMANDS + REPORT_COMMANDS + VM_COMMANDS + VAGRANT_COMMANDS:
     main.add_command(_command)
 
 
