@@ -17,12 +17,12 @@ import logging
 import os
 import stat
 import subprocess
-import random
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 from .. import archive
+from ..archive.gofs import temp_dir
 from ..goerrors import LinkError, PathError, go_quote
 from ..idtools import IDMaps, get_root_uid_gid, mkdir_all_as, mkdir_as
 from ..mountutil import mount, umount
@@ -313,7 +313,7 @@ class OverlayDriver:
         except OSError:
             raise ErrApplyDiffFallback() from None
         d = self.dir(layer_id)
-        tmp_root = _temp_dir(d, "tmproot")
+        tmp_root = temp_dir(d, "tmproot")
         try:
             copy_dir(parent_root, tmp_root, COPY_HARDLINK)
             size = archive.apply_uncompressed_layer(
@@ -346,20 +346,6 @@ class MountError(OSError):
 
     def __str__(self) -> str:
         return self.text
-
-
-def _temp_dir(parent: str, prefix: str) -> str:
-    """Go's ``ioutil.TempDir``: ``<prefix><random decimal>``, mode 0700."""
-    for _ in range(10000):
-        path = os.path.join(parent, "%s%d" % (prefix, random.randrange(1 << 31)))
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise PathError("mkdir", path, err.errno) from None
-    raise PathError("mkdir", os.path.join(parent, prefix), 17)
 
 
 def _perm_bits(mode: int) -> int:

@@ -148,7 +148,9 @@ def all_scenarios() -> Dict[str, Scenario]:
     return dict(REGISTRY)
 
 
-class _LogCapture(logging.Handler):
+class LogCapture(logging.Handler):
+    """Collects log records as ``LEVEL logger: message`` lines (evidence for a cell)."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.lines: List[str] = []
@@ -284,7 +286,7 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
     expected = sc.expect(facts)
     scratch = tempfile.mkdtemp(prefix="scenario-%s." % sc.id, dir=scratch_root)
     ctx = ScenarioContext(backing_dir, facts, scratch)
-    capture = _LogCapture()
+    capture = LogCapture()
     root_logger = logging.getLogger("overlaylab")
     root_logger.addHandler(capture)
     old_level = root_logger.level

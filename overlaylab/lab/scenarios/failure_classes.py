@@ -10,11 +10,11 @@ import logging
 import os
 import stat
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from ...archive import ArchiveError
 from ...graphdriver.errors import ErrIncompatibleFS, ErrNotSupported
-from ..scenario import Expectation, Outcome, ScenarioContext, ScenarioFailure, default_expect, scenario
+from ..scenario import LogCapture, Expectation, Outcome, ScenarioContext, ScenarioFailure, default_expect, scenario
 from ._layers import (
     TAR_MTIME,
     GeneratedTarStream,
@@ -42,13 +42,6 @@ from ._layers import (
 MiB = 1 << 20
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append("%s %s: %s" % (record.levelname, record.name, record.getMessage()))
 
 
 def _other_than_pass(sc, facts):
@@ -63,7 +56,7 @@ def _other_than_pass(sc, facts):
           "spec §2.2 Init, §1.5 GetFSMagic of the home's parent, §9.2", "failure-class", needs_mount=False, timeout=30)
 def driver_init(ctx: ScenarioContext) -> None:
     logger = logging.getLogger("overlaylab.graphdriver")
-    cap = _Capture()
+    cap = LogCapture()
     old = logger.level
     logger.addHandler(cap)
     logger.setLevel(logging.DEBUG)

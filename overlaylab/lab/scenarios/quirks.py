@@ -8,10 +8,9 @@ import io
 import logging
 import os
 import socket
-from typing import List
 
 from ...graphdriver.errors import ErrApplyDiffFallback
-from ..scenario import ScenarioContext, scenario
+from ..scenario import LogCapture, ScenarioContext, scenario
 from ._layers import (
     LayerTar,
     image_layer,
@@ -128,13 +127,6 @@ def applydiff_fallback(ctx: ScenarioContext) -> None:
                   "the container view does not show both the image and the applied files")
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @scenario("put-unknown-id", "Put of a never-created id, an extra Put, and Put of a never-mounted overlay layer all return no error",
@@ -142,7 +134,7 @@ class _Capture(logging.Handler):
 def put_unknown_id(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     logger = logging.getLogger("overlaylab.graphdriver")
-    cap = _Capture()
+    cap = LogCapture()
     old = logger.level
     logger.addHandler(cap)
     logger.setLevel(logging.DEBUG)
