@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .lab import probes as probe_mod
 from .lab.backingfs import BackingFsUnavailable, make_backing_fs
@@ -42,6 +42,24 @@ def _probe_dicts(probes) -> Dict[str, Any]:
 
 def _facts(probes) -> Facts:
     return Facts({p.name: p.value for p in probes})
+
+
+def probe_profile(profile, mountpoint: str, target_probes) -> Tuple[List[Any], Facts]:
+    """Probe a mounted backing fs and ask the driver's Init for its verdict: the probes, and
+    the facts that scenarios' expectations read."""
+    fs_probes = probe_mod.run_backing_probes(mountpoint)
+    verdict = probe_mod.driver_verdict(mountpoint)
+    fs_probes.append(verdict.to_probe())
+    facts = _facts(list(target_probes) + fs_probes)
+    # Expectations speak the lab's words: ACCEPTED / REFUSED / ERROR.
+    facts["driver_init"] = verdict.outcome
+    facts["driver_verdict"] = verdict.verdict
+    # What expectations scale by: which profile, how many inodes, SELinux or not.
+    facts["profile"] = profile.name
+    facts["profile_tags"] = list(profile.tags)
+    facts["fs_inodes"] = os.statvfs(mountpoint).f_files
+    facts["selinux"] = os.path.isdir("/sys/fs/selinux")
+    return fs_probes, facts
 
 
 def cmd_probe_target(args: argparse.Namespace) -> int:
@@ -100,18 +118,7 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     try:
         try:
             with make_backing_fs(profile, workdir, device=device) as bfs:
-                fs_probes = probe_mod.run_backing_probes(bfs.mountpoint)
-                verdict = probe_mod.driver_verdict(bfs.mountpoint)
-                fs_probes.append(verdict.to_probe())
-                facts = _facts(target_probes + fs_probes)
-                # Expectations speak the lab's words: ACCEPTED / REFUSED / ERROR.
-                facts["driver_init"] = verdict.outcome
-                facts["driver_verdict"] = verdict.verdict
-                # What expectations scale by: which profile, how many inodes, SELinux or not.
-                facts["profile"] = profile.name
-                facts["profile_tags"] = list(profile.tags)
-                facts["fs_inodes"] = os.statvfs(bfs.mountpoint).f_files
-                facts["selinux"] = os.path.isdir("/sys/fs/selinux")
+                fs_probes, facts = probe_profile(profile, bfs.mountpoint, target_probes)
                 emit({"record": "profile", "profile": profile.name, "fs": bfs.to_dict(),
                       "probes": _probe_dicts(fs_probes), "facts": dict(facts),
                       "setup_seconds": round(time.monotonic() - started, 3), "dmesg": klog.read_new()})

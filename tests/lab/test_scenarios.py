@@ -8,7 +8,6 @@ their evidence.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
@@ -164,16 +163,8 @@ def test_inode_starved_filesystems(catalogue):
 def profile_facts(bfs, profile) -> Facts:
     """What the agent gives run_scenario: probe values, the driver's Init verdict, and the
     profile and inode count (which the inode expectations use)."""
-    probes = probe_mod.run_all_probes(bfs.mountpoint)
-    verdict = probe_mod.driver_verdict(bfs.mountpoint)
-    facts = Facts({p.name: p.value for p in probes})
-    facts["driver_init"] = verdict.outcome
-    facts["driver_verdict"] = verdict.verdict
-    facts["profile"] = profile.name
-    facts["profile_tags"] = list(profile.tags)
-    facts["fs_inodes"] = os.statvfs(bfs.mountpoint).f_files
-    facts["selinux"] = os.path.isdir("/sys/fs/selinux")
-    return facts
+    from overlaylab.agent import probe_profile
+    return probe_profile(profile, bfs.mountpoint, probe_mod.run_target_probes())[1]
 
 
 def run_cells(backing_fs, profiles, name, ids=None, scratch=None):
