@@ -59,7 +59,20 @@ def probe_profile(profile, mountpoint: str, target_probes) -> Tuple[List[Any], F
     facts["profile_tags"] = list(profile.tags)
     facts["fs_inodes"] = os.statvfs(mountpoint).f_files
     facts["selinux"] = os.path.isdir("/sys/fs/selinux")
+    facts["overlay_xattr_read"] = _overlay_xattr_read(mountpoint)
     return fs_probes, facts
+
+
+def _overlay_xattr_read(path: str) -> str:
+    """How lgetxattr("trusted.overlay.opaque") answers here, as copyDir asks it: ``ENODATA``
+    (absent, fine) or the errno name that makes every child layer's copy fail (overlayfs
+    before 6.7 says EOPNOTSUPP)."""
+    import errno as errno_mod
+    try:
+        os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False)
+        return "present"
+    except OSError as err:
+        return errno_mod.errorcode.get(err.errno or 0, str(err.errno))
 
 
 def cmd_probe_target(args: argparse.Namespace) -> int:

@@ -241,3 +241,16 @@ def test_too_many_links_on_ext4_fails_with_emlink(backing_fs, profiles, tmp_path
     assert cell.outcome is Outcome.FAIL and cell.met, unmet_table("ext4", cells)
     assert "too many links" in cell.error
     assert cell.evidence["base_nlink"] == 65000 and cell.evidence["errno"] == 31
+
+
+def test_child_layers_are_expected_to_fail_where_overlayfs_hides_trusted_overlay_xattrs():
+    """Found by the lab: on 5.10/6.1 a driver home on overlayfs cannot apply any child layer
+    (copyDir's lgetxattr of trusted.overlay.opaque -> EOPNOTSUPP); 6.7+ answers ENODATA."""
+    catalogue = all_scenarios()
+    facts = Facts({"driver_init": "ACCEPTED", "upperdir": False, "d_type": True, "fs_magic": {"name": "overlayfs"}})
+    old = Facts(facts, overlay_xattr_read="EOPNOTSUPP")
+    new = Facts(facts, overlay_xattr_read="ENODATA")
+    for sid in ("hardlinks-in-layer", "opaque-dir-through-apply", "status-and-metadata"):
+        assert catalogue[sid].expect(old).outcome is Outcome.FAIL
+        assert catalogue[sid].expect(new).outcome is Outcome.PASS
+    assert catalogue["create-empty"].expect(old).outcome is Outcome.PASS

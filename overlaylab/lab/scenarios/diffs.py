@@ -172,7 +172,7 @@ def whiteouts_through_diff(ctx: ScenarioContext) -> None:
 
 
 @scenario("opaque-dir-through-apply", "A layer tar with d/.wh..wh..opq hides every child the parent layer had in d; entries after the marker stay",
-          "spec §4.5 step 6 (opaque marker), §5.3 TestApplyLayerWhiteouts", "diff", needs_mount=False, timeout=30)
+          "spec §4.5 step 6 (opaque marker), §5.3 TestApplyLayerWhiteouts", "diff", needs_mount=False, timeout=30, tags=("child-layer",))
 def opaque_dir_through_apply(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().dir("d").file("d/a", b"a").file("d/b", b"b").dir("d/sub")
@@ -189,7 +189,8 @@ def opaque_dir_through_apply(ctx: ScenarioContext) -> None:
 
 
 @scenario("hardlinks-in-layer", "Tar hard links share one inode after apply (also across layers); the full-tree Diff re-exports them as TypeLink",
-          "spec §4.5.1 TypeLink, §2.10 copyHardlink, §4.4 step 5", "diff", needs_mount=False, timeout=30)
+          "spec §4.5.1 TypeLink, §2.10 copyHardlink, §4.4 step 5", "diff", needs_mount=False, timeout=30,
+          tags=("child-layer",))
 def hardlinks_in_layer(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     data = b"#!busybox\n" * 10

@@ -348,7 +348,7 @@ def concurrent_get_put(ctx: ScenarioContext) -> None:
 
 
 @scenario("status-and-metadata", "Status is exactly one 'Backing Filesystem' row; GetMetadata has RootDir for image layers and exactly 4 dirs for overlay layers",
-          "spec §2.8 Status/GetMetadata/Cleanup/String", "lifecycle", needs_mount=False, timeout=30)
+          "spec §2.8 Status/GetMetadata/Cleanup/String", "lifecycle", needs_mount=False, timeout=30, tags=("child-layer",))
 def status_and_metadata(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     h = d.home
