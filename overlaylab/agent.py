@@ -72,6 +72,8 @@ def _overlay_xattr_read(path: str) -> str:
         os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False)
         return "present"
     except OSError as err:
+        if err.errno == errno_mod.EOPNOTSUPP:
+            return "EOPNOTSUPP"  # errorcode[95] says ENOTSUP; the kernel's name is EOPNOTSUPP
         return errno_mod.errorcode.get(err.errno or 0, str(err.errno))
 
 
