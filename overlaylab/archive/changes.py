@@ -292,15 +292,8 @@ def aufs_changes(layers: Sequence[str], rw: str) -> List[Change]:
         if not is_dir:
             continue
         full = rw if path == "/" else rw + path
-        try:
-            names = os.listdir(full)
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            raise PathError("open", full, err.errno or errno.EIO) from None
-        names.sort(key=os.fsencode)
         kids = []
-        for n in names:
+        for n in gofs.read_dir_names(full, missing_ok=True):
             child = ("" if path == "/" else path) + "/" + n
             try:
                 kids.append((child, os.lstat(rw + child)))

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..goerrors import PathError
 from ..idtools import IDMaps, to_container
-from . import gopath
+from . import gofs, gopath
 from .changes import Change, ChangeKind
 from .errors import ArchiveError
 from .tarheader import (
@@ -163,14 +163,6 @@ def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
             writer.copy_from_fd(fd)
     finally:
         os.close(fd)
-
-
-def sort_names(names: List[str]) -> None:
-    """Sort file names bytewise, as Go does (str order differs only for undecodable bytes)."""
-    if "".join(names).isascii():
-        names.sort()
-    else:
-        names.sort(key=os.fsencode)
 
 
 class TarStream(io.RawIOBase):
@@ -320,7 +312,7 @@ def tar_tree(
             except OSError as err:
                 log.debug("Tar: Can't stat file %s to tar: %s", dir, err)
                 return []
-            sort_names(names)
+            gofs.sort_names(names)
             return names
 
         # Pre-order, sorted, iterative: (directory path, its relative name, remaining names)

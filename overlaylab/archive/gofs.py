@@ -19,6 +19,29 @@ MAX_CHTIMES_NS = (1 << 63) - 1
 MAX_SYMLINKS = 255
 
 
+def sort_names(names: List[str]) -> None:
+    """Sort file names bytewise, as Go does (str order differs only for undecodable bytes)."""
+    if "".join(names).isascii():
+        names.sort()
+    else:
+        names.sort(key=os.fsencode)
+
+
+def read_dir_names(path: str, missing_ok: bool = False) -> List[str]:
+    """Go's ``readDirNames``: the entries of ``path`` sorted bytewise; errors as
+    ``open <path>: …``. With ``missing_ok`` a directory that vanished has no entries."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise PathError("open", path, errno.ENOENT) from None
+    except OSError as err:
+        raise PathError("open", path, err.errno or errno.EIO) from None
+    sort_names(names)
+    return names
+
+
 def _remove(path: str) -> Optional[int]:
     """Go's ``os.Remove`` minus the error wrapping: unlink, else rmdir; the errno to report."""
     try:

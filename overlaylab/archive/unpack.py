@@ -301,15 +301,8 @@ class _Unpacker:
         stack = [top]
         while stack:
             d = stack.pop()
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise PathError("open", d, err.errno or errno.EIO) from None
-            names.sort(key=os.fsencode)
             subdirs = []
-            for n in names:
+            for n in gofs.read_dir_names(d, missing_ok=True):
                 p = _pjoin(d, n)
                 try:
                     st = os.lstat(p)
@@ -400,13 +393,7 @@ class _Unpacker:
         except OverflowError:
             raise PathError("lchown", display, errno.EINVAL) from None
 
-        for key in sorted(hdr.xattrs):
-            try:
-                os.setxattr(real, key, hdr.xattrs[key], 0, follow_symlinks=False)
-            except OSError as err:
-                raise SyscallError(err.errno or errno.EIO) from None
-            except ValueError:  # an embedded NUL in the name
-                raise SyscallError(errno.EINVAL) from None
+        _set_xattrs(real, hdr.xattrs)
 
         link_ok = True
         if t == TYPE_LINK:
@@ -498,14 +485,7 @@ class _Unpacker:
             raise PathError("lchown", display, err.errno or errno.EIO) from None
         except OverflowError:
             raise PathError("lchown", display, errno.EINVAL) from None
-        if hdr.xattrs:
-            for key in sorted(hdr.xattrs):
-                try:
-                    os.setxattr(real, key, hdr.xattrs[key], 0, follow_symlinks=False)
-                except OSError as err:
-                    raise SyscallError(err.errno or errno.EIO) from None
-                except ValueError:  # an embedded NUL in the name
-                    raise SyscallError(errno.EINVAL) from None
+        _set_xattrs(real, hdr.xattrs)
         try:
             os.fchmod(fd, perm)
         except OSError as err:
@@ -541,3 +521,14 @@ def apply_layer_in_process(dest: str, stream, options: Optional[TarOptions] = No
         return unpack_layer(dest, stream, options)
     finally:
         os.umask(old)
+
+
+def _set_xattrs(path: str, xattrs) -> None:
+    """Every ``SCHILY.xattr.*`` of the header, in name order; any failure is fatal (§4.5.1)."""
+    for key in sorted(xattrs or ()):
+        try:
+            os.setxattr(path, key, xattrs[key], 0, follow_symlinks=False)
+        except OSError as err:
+            raise SyscallError(err.errno or errno.EIO) from None
+        except ValueError:  # an embedded NUL in the name
+            raise SyscallError(errno.EINVAL) from None

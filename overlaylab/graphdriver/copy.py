@@ -32,11 +32,6 @@ _COPIED_XATTRS = ("security.capability", "trusted.overlay.opaque")
 _COPY_CHUNK = 1 << 20
 
 
-def _sorted_names(path: str) -> List[str]:
-    # Go's filepath.Walk sorts names bytewise.
-    return sorted(os.listdir(path), key=os.fsencode)
-
-
 def _entry_name(entry: "os.DirEntry[str]") -> str:
     return entry.name
 
@@ -46,7 +41,7 @@ def _entry_bytes(entry: "os.DirEntry[str]") -> bytes:
 
 
 def _sorted_entries(path: str) -> "List[os.DirEntry[str]]":
-    """The directory's entries sorted bytewise by name (as ``_sorted_names``), with the
+    """The directory's entries sorted bytewise by name (Go's filepath.Walk order), with the
     ``d_type`` that ``readdir`` gave (``DirEntry``). For ASCII names str order is byte order."""
     with os.scandir(path) as it:
         entries = list(it)
