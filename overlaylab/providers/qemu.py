@@ -39,11 +39,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..kernels.cache import KernelImage
 from ..kernels.catalogue import KernelEntry
-from ..kernels.fetch import KernelUnavailable, fetch_kernel  # noqa: F401 (re-exported)
+from ..kernels.fetch import fetch_kernel
 from ..vm import qemu as qemu_mod
 from ..vm.initramfs import InitramfsInfo, build_initramfs
 from ..vm.qemu import READY_MARKER, QemuVM, VMBootError
-from .transport import CommandTimeout, run_with_timeout  # noqa: F401 (re-exported)
+from .transport import run_with_timeout
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 GUEST_RUN_DIR = "/run/overlaylab"
