@@ -82,11 +82,16 @@ def test_local_run_stores_cells_and_prints_tables(tmp_path, lab_tmp):
     assert mounts_under(lab_tmp) == [] and _loops_under(lab_tmp, settle=10) == []
 
 
-def test_interrupt_tears_everything_down(tmp_path, lab_tmp):
-    reports = tmp_path / "reports"
-    proc = subprocess.Popen(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(reports), "-p", "=ext4"],
+def _start_run(reports, lab_tmp, profiles):
+    """``overlaylab run`` in its own session (so a test can signal its whole group)."""
+    return subprocess.Popen(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(reports), "-p", profiles],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, TMPDIR=lab_tmp), start_new_session=True)
+
+
+def test_interrupt_tears_everything_down(tmp_path, lab_tmp):
+    reports = tmp_path / "reports"
+    proc = _start_run(reports, lab_tmp, "=ext4")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _loops_under(lab_tmp):
@@ -107,9 +112,7 @@ def test_interrupt_tears_everything_down(tmp_path, lab_tmp):
 
 def test_sigterm_to_the_runner_alone_stops_the_agent_cleanly(tmp_path, lab_tmp):
     reports = tmp_path / "reports"
-    proc = subprocess.Popen(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(reports), "-p", "=xfs"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TMPDIR=lab_tmp), start_new_session=True)
+    proc = _start_run(reports, lab_tmp, "=xfs")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not mounts_under(lab_tmp):
