@@ -55,35 +55,11 @@ def make_provider(name: str):
     return provider
 
 
-def _progress_printer(total: int):
-    """A rich progress bar on a terminal; plain lines otherwise (CI logs)."""
-    state = {"done": 0}
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), transient=True)
-        task = progress.add_task("starting", total=total)
-        progress.start()
-
-        def on_event(event: str, info: Dict[str, Any]) -> None:
-            if event == "cell":
-                progress.advance(task)
-            elif event in ("profile-start", "target-start"):
-                progress.update(task, description="%s %s" % (info.get("kernel"), info.get("profile", "")))
-        on_event.stop = progress.stop  # type: ignore[attr-defined]
-        return on_event
-
-    def on_line(event: str, info: Dict[str, Any]) -> None:
-        if event == "cell":
-            state["done"] += 1
-        elif event == "profile-end":
-            click.echo("[%d/%d] %s %s done in %.1fs" % (state["done"], total, info["kernel"], info["profile"],
-                                                        info["seconds"]), err=True)
-        elif event == "target-up":
-            click.echo("target %s up: kernel %s (%s)" % (info.get("target"), info.get("kernel_release"),
-                                                         info.get("provider")), err=True)
-    on_line.stop = lambda: None  # type: ignore[attr-defined]
-    return on_line
+def _progress_printer(total: int, run_dir: Optional[str] = None, per_target: Optional[Dict[str, int]] = None):
+    """A live bar per target on a terminal, plain lines otherwise; lasting lines per finished
+    profile and target on both, and all of it timestamped in ``run.log`` (lab/progress.py)."""
+    from .lab.progress import ProgressDisplay
+    return ProgressDisplay(total, run_dir, per_target)
 
 
 @click.command("run")
@@ -154,12 +130,14 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs, repeat=repeat)
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
+    on_event = _progress_printer(matrix.cell_count * repeat, store.path, {
+        k: len(profiles) * len(matrix.scenarios_for(k)) * repeat for k in kernel_list})
     if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in kernel_list):
         from .vm_cli import prefetch
-        prefetch(kernel_list)  # cached kernels are instant; a missing one turns into ERROR cells
+        # cached kernels are instant; a missing one turns into ERROR cells
+        prefetch(kernel_list, echo=on_event.echo, progress=on_event, run_dir=store.path)
     from .procutil import become_subreaper
     become_subreaper()
-    on_event = _progress_printer(matrix.cell_count * repeat)
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
                     profiles_text=profiles_text if provider == "vagrant" else None, repeat=repeat)
     status = "finished"

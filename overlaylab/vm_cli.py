@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import click
 
@@ -16,18 +16,26 @@ def catalogue_kernels() -> List[str]:
     return (["host"] if "host" in names else []) + [n for n in names if n != "host"]
 
 
-def prefetch(kernels: Sequence[str], echo=click.echo, refresh: bool = False) -> List[str]:
+def prefetch(kernels: Sequence[str], echo=click.echo, refresh: bool = False, progress=None,
+             run_dir: Optional[str] = None) -> List[str]:
     """Fetch (or find in the cache) every VM kernel of ``kernels``, one at a time so the apt
     state is never shared between threads; returns the ones that cannot be had (their cells
-    become ERROR with the reason when the run reaches them)."""
+    become ERROR with the reason when the run reaches them). ``progress`` gets the fetch's
+    phase events (lab/progress.py), with the kernel as the target."""
+    import contextlib
+
     from .kernels.fetch import KernelUnavailable, fetch_kernel
+    from .lab.progress import phase, target_scope
     missing = []
     for name in kernels:
         if name in ("host", "local"):
             continue
         start = time.monotonic()
+        scope = target_scope(name, progress, run_dir) if progress else contextlib.nullcontext()
         try:
-            image = fetch_kernel(name, refresh=refresh)
+            with scope, phase("fetch", "kernel %s" % name) as state:
+                image = fetch_kernel(name, refresh=refresh)
+                state["detail"] = "%s, %s" % (image.release, image.package)
             echo("kernel %s: %s (%s) ready in %.1fs" % (name, image.release, image.package,
                                                         time.monotonic() - start), err=True)
         except KernelUnavailable as err:
