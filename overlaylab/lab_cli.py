@@ -134,8 +134,11 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         k: len(profiles) * len(matrix.scenarios_for(k)) * repeat for k in kernel_list})
     if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in kernel_list):
         from .vm_cli import prefetch
-        # cached kernels are instant; a missing one turns into ERROR cells
-        prefetch(kernel_list, echo=on_event.echo, progress=on_event, run_dir=store.path)
+        try:  # cached kernels are instant; a missing one turns into ERROR cells
+            prefetch(kernel_list, echo=on_event.echo, progress=on_event, run_dir=store.path)
+        except BaseException:
+            on_event.stop()  # give the terminal back (cursor, live rows) before going
+            raise
     from .procutil import become_subreaper
     become_subreaper()
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,

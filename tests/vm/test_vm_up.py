@@ -111,6 +111,15 @@ def test_vm_list_shows_it_and_vm_up_again_finds_it(lab_vm):
     assert lab_vm["state"]["spec"] in again.stdout
 
 
+def test_vm_shell_uses_the_vm_that_is_up_and_leaves_it_up(lab_vm):
+    r = subprocess.run(OVERLAYLAB + ["vm", "shell", KERNEL], input="uname -r; readlink /dev/disk/by-profile/xfs\n",
+                       capture_output=True, text=True, timeout=120, env=lab_vm["env"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [lab_vm["kernel"].release, "../../" + lab_vm["state"]["disks"]["xfs"][5:]]
+    assert "booting" not in r.stderr and "left running" in r.stderr
+    assert _qemu_pids_with(lab_vm["state"]["workdir"]) == [lab_vm["state"]["qemu_pid"]]
+
+
 def test_vm_down_stops_it_from_another_process(lab_vm):
     state = lab_vm["state"]
     assert _qemu_pids_with(state["workdir"]) == [state["qemu_pid"]]
