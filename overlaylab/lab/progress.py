@@ -136,6 +136,7 @@ class ProgressDisplay:
         self.target_done: Counter = Counter()
         self.profile_counts: Dict[tuple, Counter] = {}
         self.target_counts: Dict[str, Counter] = {}
+        self.target_errors: Dict[str, str] = {}
         self.log: Optional[TextIO] = None
         if run_dir:
             self.log = open(os.path.join(run_dir, RUN_LOG), "a", encoding="utf-8", buffering=1)
@@ -242,6 +243,9 @@ class ProgressDisplay:
                 counts[str(info.get("outcome"))] += 1
                 if info.get("met") is False:
                     counts["unmet"] += 1
+            error = str(info.get("error") or "")
+            if info.get("outcome") == "ERROR" and "did not come up" in error:
+                self.target_errors.setdefault(kernel, error.splitlines()[0])
             if self.progress is not None:
                 self.progress.advance(self.overall)
                 self.progress.advance(self._task(kernel))
@@ -255,7 +259,8 @@ class ProgressDisplay:
             want = self.per_target.get(kernel)
             self.line("target %s done in %.1fs: %d%s cells, %s" % (
                 kernel, info.get("seconds", 0.0), n, "/%d" % want if want else "",
-                _counts_text(self.target_counts.get(kernel, Counter()))))
+                _counts_text(self.target_counts.get(kernel, Counter()))) + (
+                "; %s" % self.target_errors[kernel] if kernel in self.target_errors else ""))
             task = self.tasks.pop(kernel, None)
             if task is not None:
                 self.progress.remove_task(task)

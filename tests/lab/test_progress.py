@@ -165,8 +165,13 @@ def test_display_without_terminal_shows_phases_and_bytes(tmp_path):
     display("cell", {"kernel": "k1", "profile": "ext4", "outcome": "FAIL", "met": False})
     display("profile-end", {"kernel": "k1", "profile": "ext4", "seconds": 2.5})
     display("target-end", {"kernel": "k1", "seconds": 9.0})
+    display("cell", {"kernel": "k2", "profile": "ext4", "outcome": "ERROR", "met": False,
+                     "error": "target k2 did not come up: guest kernel panicked\n--- console tail ---"})
+    display("target-end", {"kernel": "k2", "seconds": 3.0})
     display.stop()
     text = out.getvalue()
+    assert "target k2 done in 3.0s: 1 cells, 1 ERROR, 1 not as expected; " \
+           "target k2 did not come up: guest kernel panicked\n" in text
     assert "k1: fetch (kernel k1) ..." in text
     assert re.search(r"k1: fetch done in \d+\.\ds \(cached\)", text)
     assert re.search(r"k1: boot FAILED in \d+\.\ds \(tcg\)", text)
