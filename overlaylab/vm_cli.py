@@ -1,4 +1,4 @@
-"""``overlaylab kernels fetch|list`` and ``overlaylab vm shell``: kernels and VMs by hand."""
+"""``overlaylab kernels fetch|list`` and ``overlaylab vm up|list|down|shell``: kernels and VMs by hand."""
 from __future__ import annotations
 
 import contextlib
