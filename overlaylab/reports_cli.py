@@ -15,6 +15,9 @@ class BadInput(click.ClickException):
 
     exit_code = 2
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause's text holds
+
 
 def _run_path(run_ref: str, reports_dir: Optional[str]) -> str:
     try:

@@ -371,10 +371,14 @@ def _check_member(path: str, member: tarfile.TarInfo) -> None:
 
 
 def _read_tar(path: str) -> Tuple[Dict[str, Any], Optional[str]]:
+    if os.path.getsize(path) == 0:
+        raise BundleError("%s is not an overlaylab bundle (an empty file)" % path)
     try:
         tar = tarfile.open(path, "r:*")
+    except tarfile.ReadError:
+        raise BundleError("%s is not an overlaylab bundle (not a .tar.gz, nor any tar file)" % path) from None
     except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as err:
-        raise BundleError("%s is not an overlaylab bundle (not a readable .tar.gz: %s)" % (path, str(err) or type(err).__name__)) from None
+        raise BundleError("%s is not an overlaylab bundle (cannot open it: %s)" % (path, str(err) or type(err).__name__)) from None
     with tar:
         found: Dict[str, tarfile.TarInfo] = {}
         try:
