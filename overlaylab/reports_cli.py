@@ -96,7 +96,8 @@ def compare_cmd(base: str, new: str, reports_dir: Optional[str], fmt: str, show_
     except BadInput as err:
         raise BadInput("base %s: %s" % (base, err.message)) from None
     except (BaselineError, OSError, ValueError, TypeError) as err:
-        raise BadInput("base %s: %s" % (base, getattr(err, "strerror", None) or err)) from None
+        text = str(getattr(err, "strerror", None) or err)
+        raise BadInput(text if text.startswith(base) else "base %s: %s" % (base, text)) from None
     rep = RunReport.from_run(load_run_checked(_run_path(new, reports_dir)))
     result = compare(baseline, rep)
     if fmt == "json":
