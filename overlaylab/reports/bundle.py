@@ -423,7 +423,11 @@ def _read_file_nofollow(path: str, where: str) -> bytes:
 
 def _read_dir(path: str) -> Tuple[Dict[str, Any], Optional[str]]:
     found: Dict[str, str] = {}
+    seen = 0
     for root, dirs, names in os.walk(path):
+        seen += len(dirs) + len(names)
+        if seen > MAX_MEMBERS:
+            raise BundleError("%s is not an overlaylab bundle (more than %d entries)" % (path, MAX_MEMBERS))
         for n in dirs + names:
             if os.path.islink(os.path.join(root, n)):
                 raise BundleError("%s is not a safe bundle: %r is a symlink" % (
