@@ -57,7 +57,11 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
     path = _run_path(run_ref, reports_dir)
     run = load_run_checked(path)
     if fmt == "all":
-        for written in write_all(path, out_dir=output, run=run):
+        try:
+            written_files = write_all(path, out_dir=output, run=run)
+        except OSError as err:
+            raise BadInput("cannot write the reports to %s: %s" % (err.filename or output or path, err.strerror or err)) from None
+        for written in written_files:
             click.echo(written)
         return
     rep = RunReport.from_run(run)
@@ -69,8 +73,11 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
         return
     if os.path.isdir(output):
         output = os.path.join(output, FILES.get(fmt, "baseline.toml"))
-    with open(output, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        raise BadInput("cannot write %s: %s" % (output, err.strerror or err)) from None
     click.echo(output)
 
 
@@ -144,6 +151,8 @@ def bundle_cmd(run_ref: str, cell: str, output: Optional[str], reports_dir: Opti
         click.echo(write_bundle(path, cell, output, run=run))
     except (BundleError, ValueError) as err:
         raise BadInput(str(err)) from None
+    except OSError as err:
+        raise BadInput("cannot write the bundle to %s: %s" % (err.filename or output, err.strerror or err)) from None
 
 
 @click.command("repro")

@@ -133,3 +133,12 @@ def test_a_missing_run_or_base_is_a_usage_error_not_a_regression(lab, tmp_path):
         assert_usage_error(cli(args + ["--reports-dir", reports]), "no run 'no-such-run'")
     # a directory that is not a run: usage error, not "not reproduced" / "regression"
     assert_usage_error(cli(["repro", str(tmp_path)]), "not an overlaylab bundle")
+
+
+def test_an_output_that_cannot_be_written_is_one_line(lab, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args in (["report", lab.plain, "-o", str(blocker / "sub")], ["report", lab.plain, "-f", "json", "-o", str(blocker / "x.json")],
+                 ["bundle", lab.plain, CELL, "-o", str(blocker / "b.tar.gz")]):
+        assert_usage_error(cli(args), "cannot write", str(blocker))
+
