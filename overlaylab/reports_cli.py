@@ -127,7 +127,7 @@ def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str]) 
     from .reports import history
     reports = reports_dir or default_reports_dir()
     if reindex:
-        n = history.reindex(reports)
+        n = history.reindex(reports, warn=lambda text: click.echo("warning: " + text, err=True))
         click.echo("indexed %d runs into %s" % (n, history.index_path(reports)), err=True)
     if cell:
         click.echo(history.render_cell_history(history.cell_history(reports, cell)))

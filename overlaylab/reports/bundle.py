@@ -564,6 +564,8 @@ def read_bundle(path: str, profiles_file: Optional[str] = None, trust_bundle_pro
         profiles = load_profiles()
     _known(path, "profile", spec["profile"], list(profiles), where)
     from .model import ALL_OUTCOMES
+    if spec.get("run_id") is not None and not _SAFE_NAME.match(spec["run_id"]):
+        raise BundleError("%s: run_id %r is not a run id" % (path, spec["run_id"]))
     if spec["outcome"] not in ALL_OUTCOMES:
         raise BundleError("%s: outcome %r is not one of %s" % (path, spec["outcome"], ", ".join(ALL_OUTCOMES)))
     args = cell_run_args(spec["kernel"], spec["profile"], spec["scenario"], provider, spec.get("repeat", 1), used_profiles)

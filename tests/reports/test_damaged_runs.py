@@ -116,6 +116,9 @@ def test_a_broken_run_json_is_named_in_one_line_with_exit_2(lab, tmp_path, kind)
     for args in (every if kind == "not-json" else every[:1]):   # each command once; each kind once
         assert_usage_error(cli(args), meta_path, words)
     assert not os.path.exists(str(tmp_path / "b.tar.gz"))
+    if kind == "not-json":   # the index leaves the run out and says which file
+        res = cli(["history", "--reindex", "--reports-dir", reports])
+        assert res.returncode == 0 and "warning: left out %s: %s %s" % (run, meta_path, words) in res.stderr, res.stderr
 
 
 def test_a_missing_run_or_base_is_a_usage_error_not_a_regression(lab, tmp_path):

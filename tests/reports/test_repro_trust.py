@@ -126,6 +126,7 @@ MALFORMED = {
     "expression-as-profile": (lambda p: bundle(p, spec(profile="tmpfs or btrfs")), ["profile 'tmpfs or btrfs' is not a name"]),
     "unknown-scenario": (lambda p: bundle(p, spec(scenario="rm-rf")), ["unknown scenario 'rm-rf'"]),
     "unknown-provider": (lambda p: bundle(p, spec(provider="docker")), ["unknown provider 'docker'"]),
+    "escapes-in-run-id": (lambda p: bundle(p, spec(run_id="x\x1b]0;owned\x07\nREPRODUCED")), ["run_id 'x\\x1b]0;owned"]),
     "unknown-outcome": (lambda p: bundle(p, spec(outcome="MAYBE")), ["outcome 'MAYBE'"]),
     "no-repro-json": (lambda p: write_tar(p, [member(TOP + "/README.txt", b"hi")]), ["no repro.json"]),
     "empty-tar": (lambda p: write_tar(p, []), ["no repro.json"]),
