@@ -56,6 +56,8 @@ def test_a_damaged_line_is_skipped_counted_and_named(lab, tmp_path, kind):
     rep = RunReport.from_run(loaded)
     for fmt in ("markdown", "html", "junit", "json"):
         assert render(rep, fmt)
+    assert "Damaged run directory: skipped 1 damaged line of" in render(rep, "markdown")
+    assert 'id="damaged">Damaged run directory: skipped 1 damaged line of' in render(rep, "html")
 
 
 def test_show_report_compare_bundle_work_on_a_damaged_run_and_say_so(lab, tmp_path):
