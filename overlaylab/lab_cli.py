@@ -219,17 +219,14 @@ def list_cmd(what: str) -> None:
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
 def show_cmd(run_ref: str, reports_dir: Optional[str]) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
-    try:
-        path = resolve_run_dir(run_ref, reports_dir)
-    except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
-    run = load_run(path)
+    from .reports_cli import _run_path, load_run_checked
+    run = load_run_checked(_run_path(run_ref, reports_dir), warn=False)  # exit 2 naming a broken file
     click.echo(render_run(run))
     unmet = render_unmet(run)
     if unmet:
         click.echo("\nNot as expected:\n" + unmet)
     if run.skipped_lines:
-        click.echo("\n(%d damaged result lines skipped)" % run.skipped_lines)
+        click.echo("\n(%s)" % run.damage_note())
 
 
 COMMANDS = [run_cmd, list_cmd, show_cmd]

@@ -249,6 +249,8 @@ def render(rep: RunReport) -> str:
     parts.append("<title>overlaylab run %s</title><style>%s</style></head><body>" % (_e(rep.run_id), CSS))
     parts.append("<header><h1>overlaylab run %s</h1>" % _e(rep.run_id))
     parts.append('<div class="summary" id="summary">%s</div>' % _e(rep.summary_line()))
+    if rep.run.skipped_lines:
+        parts.append('<div class="summary" id="damaged">Damaged run directory: %s.</div>' % _e(rep.run.damage_note()))
     parts.append('<div class="muted">status %s · provider %s · started %s · ended %s · host %s · overlaylab %s%s</div>' % (
         _e(meta.get("status", "?")), _e(meta.get("provider", "?")), _e(meta.get("started", "?")),
         _e(meta.get("ended", "?")), _e(host.get("hostname", "?")), _e(host.get("overlaylab", "?")),
