@@ -64,7 +64,8 @@ def test_other_text_pairs_meet_wcag_aa():
     pairs = [(VARS["fg"], VARS["bg"]), (VARS["muted"], VARS["bg"]), (VARS["muted"], "#ffffff"),
              ("#5b6570", "#f2f4f6"),                      # td.none
              ("#1d232a", VARS["flaky"]), ("#1d232a", "#c9a400"),   # both FLAKY stripes
-             ("#0a58ca", "#ffffff")]                      # links
+             ("#0a58ca", "#ffffff"), ("#0a58ca", VARS["bg"]),   # links
+             (VARS["muted"], "#dfe5eb"), (VARS["fg"], "#eef1f4")]   # release in th.kernel, headers
     for fg, bg in pairs:
         assert contrast(fg, bg) >= AA, (fg, bg, contrast(fg, bg))
     assert rule("td.none") == {"background": "#f2f4f6", "color": "#5b6570"}
