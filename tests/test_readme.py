@@ -221,3 +221,24 @@ def test_readme_kernel_line_boots_a_debian_kernel(scratch):
     res = _sh("overlaylab run -K debian-6.1 " + ONE_CELL.replace("--provider local ", ""), ROOT, env, timeout=1200)
     assert res.returncode == 0, res.stdout[-4000:]
     assert "debian-6.1" in res.stdout and "PASS" in res.stdout, res.stdout[-2000:]
+
+
+def test_readme_bundle_block_names_what_a_bundle_holds(scratch):
+    """The bug-report block (marked: its output is abridged): its command on a fresh one-cell
+    run prints the bundle's path, and the archive holds exactly the files the README lists."""
+    block = [b for b in BLOCKS if b.first.startswith("$ overlaylab bundle latest ")][0]
+    assert block.not_run
+    cell = block.first.split()[-1]
+    target, profile, scenario = cell.split("/")
+    listed = [line.split()[1] for line in block.lines[3:] if len(line.split()) > 1 and line.split()[0].isdigit()]
+    assert "README.txt" in listed and "filesystem/recipe.sh" in listed
+    tmp, work, env = scratch
+    res = _sh("overlaylab run --provider local -p =%s -k =%s && %s" % (profile, scenario, block.first[2:]),
+              work, env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:]
+    path = res.stdout.strip().splitlines()[-1]
+    assert re.search(r"/bundles/overlaylab-bundle-\S+-%s-%s-%s\.tar\.gz$" % (target, profile, scenario), path), path
+    import tarfile
+    with tarfile.open(os.path.join(work, path)) as t:
+        names = sorted(m.name.split("/", 1)[1] for m in t.getmembers() if m.isfile())
+    assert names == sorted(listed)
