@@ -125,6 +125,17 @@ def ssh_client_config_text(port: int, identity: str, control_path: str) -> str:
     ])
 
 
+#: sun_path holds 108 bytes; ssh appends a random suffix to the ControlPath while it binds
+_CONTROL_PATH_MAX = 80
+
+
+def control_path_for(workdir: str) -> str:
+    """The ssh ControlPath in *workdir*: ``cm-%p`` (one VM per port), or ``none`` (no
+    multiplexing, slower but working) when a long TMPDIR would overflow the socket path."""
+    path = os.path.join(workdir, "cm-%p")
+    return path if len(path) + 5 <= _CONTROL_PATH_MAX else "none"
+
+
 #: directories of the host root that the guest covers with a tmpfs
 GUEST_TMPFS_DIRS = ("/tmp", "/var/tmp", "/root", "/mnt")
 
@@ -281,7 +292,7 @@ class QemuProvider:
             }))
         ssh_config = os.path.join(workdir, "ssh_config")
         with open(ssh_config, "w") as f:
-            f.write(ssh_client_config_text(port, identity, os.path.join(workdir, "cm-%C")))
+            f.write(ssh_client_config_text(port, identity, control_path_for(workdir)))
         os.makedirs(os.path.join(workdir, "disks"), exist_ok=True)
         for name, size_mb in disks:
             qemu_mod.make_sparse_image(os.path.join(workdir, "disks", name + ".img"), size_mb)
