@@ -177,4 +177,7 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
         raise ArchiveError("unable to decode ApplyLayer JSON response: %s" % problem)
     value, _ = json.JSONDecoder().raw_decode(out.decode("utf-8", "replace").lstrip(" \t\r\n"))
     size = value.get("layerSize", 0)
+    warnings = value.get("warnings")
+    if options.warnings is not None and isinstance(warnings, list):
+        options.warnings.extend(str(w) for w in warnings)
     return int(size) if isinstance(size, (int, float)) else 0

@@ -23,7 +23,7 @@ from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 from .. import archive
 from ..archive.gofs import temp_dir
-from ..goerrors import LinkError, PathError, go_quote
+from ..goerrors import GoError, LinkError, PathError, go_quote
 from ..idtools import IDMaps, get_root_uid_gid, mkdir_all_as, mkdir_as
 from ..mountutil import mount, umount
 from . import register
@@ -252,7 +252,7 @@ class OverlayDriver:
             try:
                 mount("overlay", merged_dir, "overlay", 0, opts)
             except OSError as err:
-                raise MountError("error creating overlay mount to %s: %s" % (merged_dir, err), err.errno) from None
+                raise MountError("error creating overlay mount to %s: %s" % (merged_dir, err), err) from None
             # The kernel made work/work as root; user namespaces need it owned by remapped root.
             root_uid, root_gid = 0, 0
             try:
@@ -337,15 +337,10 @@ class OverlayDriver:
         return size
 
 
-class MountError(OSError):
-    """``error creating overlay mount to <merged>: <errno text>``, keeping the errno."""
-
-    def __init__(self, text: str, code: Optional[int]):
-        super().__init__(code, text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
+class MountError(GoError):
+    """``error creating overlay mount to <merged>: <errno text>``: a ``fmt.Errorf`` in Get, so a
+    plain Go error with no errno (``os.IsNotExist`` is false even for a missing lowerdir). The
+    mount's :class:`SyscallError` is kept as ``wrapped`` for evidence."""
 
 
 def _perm_bits(mode: int) -> int:

@@ -264,6 +264,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 def classify(err: BaseException) -> Outcome:
     """Which outcome an exception out of a scenario means."""
+    from ..goerrors import GoError
     from ..graphdriver.errors import GraphDriverError, is_sentinel
     if isinstance(err, ScenarioTimeout):
         return Outcome.ERROR
@@ -271,7 +272,7 @@ def classify(err: BaseException) -> Outcome:
         return Outcome.UNSUPPORTED
     if is_sentinel(err):
         return Outcome.REFUSED
-    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError)):
+    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError, GoError)):
         return Outcome.FAIL  # the driver (or the kernel under it) did not do what it should
     try:
         from ..archive import ArchiveError
@@ -308,8 +309,9 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         error = str(err).rstrip("\n") or type(err).__name__
         if outcome is Outcome.ERROR:
             ctx.evidence["traceback"] = traceback.format_exc(limit=8)
-        if isinstance(err, OSError) and err.errno:
-            ctx.evidence["errno"] = err.errno
+        code = err.errno if isinstance(err, OSError) else getattr(err, "wrapped_errno", None)
+        if code:  # a Go error string keeps the errno it formatted in, as evidence
+            ctx.evidence["errno"] = code
     finally:
         duration = time.monotonic() - start
         os.umask(old_umask)

@@ -286,8 +286,8 @@ def errno_name(code: Optional[int]) -> str:
 
 
 def describe_error(err: BaseException) -> Dict[str, Any]:
-    return {"error": str(err), "type": type(err).__name__,
-            "errno": getattr(err, "errno", None), "errno_name": errno_name(getattr(err, "errno", None))}
+    code = getattr(err, "errno", None) or getattr(err, "wrapped_errno", None)
+    return {"error": str(err), "type": type(err).__name__, "errno": code, "errno_name": errno_name(code)}
 
 
 class GeneratedTarStream(io.RawIOBase):
