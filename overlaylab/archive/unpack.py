@@ -374,7 +374,11 @@ class _Unpacker:
             "hard link %s -> %s changes the parent layer's file too: the link's mode, owner, "
             "xattrs and times are set on the inode the parent shares (as moby v1.10.3's overlay "
             "ApplyDiff does; the option overlay.safe_apply=true copies the file first)"
-            % (go_quote(self._show(display)), go_quote(linkname)))
+            % (go_quote(self._in_layer(display)), go_quote(linkname)))
+
+    def _in_layer(self, display: str) -> str:
+        """``/usr/bin/x`` for an entry, whatever directory the layer is unpacked in."""
+        return "/" + display[len(self._dest_slash):] if display.startswith(self._dest_slash) else display
 
     def _break_link(self, target_real: str, st: os.stat_result, display: str) -> None:
         """Replace ``target_real`` by a copy of itself (content, owner, xattrs, mode, times);

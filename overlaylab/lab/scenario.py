@@ -175,14 +175,14 @@ class ScenarioContext:
         self._roots: List[str] = []
 
     # making drivers -------------------------------------------------------------------------
-    def driver(self, uid_maps=None, gid_maps=None, root: Optional[str] = None):
-        """``GetDriver("overlay", root)`` on a fresh root on the backing fs (home = root/overlay)."""
+    def driver(self, uid_maps=None, gid_maps=None, root: Optional[str] = None, options: Sequence[str] = ()):
+        """``GetDriver("overlay", root, options)`` on a fresh root on the backing fs (home = root/overlay)."""
         from ..graphdriver import get_driver
         if root is None:
             root = tempfile.mkdtemp(prefix="docker-root-", dir=self.backing_dir)
             os.chmod(root, 0o755)
             self._roots.append(root)
-        driver = get_driver("overlay", root, (), uid_maps, gid_maps)
+        driver = get_driver("overlay", root, tuple(options), uid_maps, gid_maps)
         self._drivers.append(driver)
         return driver
 

@@ -81,9 +81,13 @@ class LayerTar:
         self.entries.append(_Entry(info))
         return self
 
-    def hardlink(self, name: str, target: str) -> "LayerTar":
-        info = self._info(name, tarfile.LNKTYPE, 0o644, 0, 0, None)
+    def hardlink(self, name: str, target: str, mode: int = 0o644, uid: int = 0, gid: int = 0,
+                 xattrs: Optional[Dict[str, bytes]] = None) -> "LayerTar":
+        info = self._info(name, tarfile.LNKTYPE, mode, uid, gid, None)
         info.linkname = target
+        if xattrs:
+            info.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
+                                for k, v in xattrs.items()}
         self.entries.append(_Entry(info))
         return self
 
