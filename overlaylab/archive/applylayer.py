@@ -70,8 +70,21 @@ def run_child(dest: str, raw_options: str, stdin_fd: int, stdout_fd: int, stderr
     os._exit(0)
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
 def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     _prewarm()
+    # SIGTERM (the parent stopping us, or its death via PDEATHSIG) and SIGINT unwind through
+    # the clean-up below instead of killing the child with its temp dir left in the layer.
+    # Held back until the unpack starts, so one arriving earlier unwinds there too.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     if _libc is not None:
         try:
             _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -106,13 +119,18 @@ def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: in
     warnings: List[str] = []
     options.warnings = warnings
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         size = unpack_layer("/", stdin, options, display_root=shown)
     except Exception as err:  # noqa: BLE001 - every failure goes to stderr as text
         failure = _outside_paths(err, shown)
-    try:
-        gofs.remove_all(tmp)
-    except OSError:
-        pass
+    except KeyboardInterrupt as err:
+        failure = err
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            gofs.remove_all(tmp)
+        except OSError:
+            pass
     if failure is not None:
         _fatal(failure, stderr_fd)
 

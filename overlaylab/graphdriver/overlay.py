@@ -13,8 +13,10 @@ driver behaves on a kernel and filesystem. The one deliberate difference: layer 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -363,10 +365,11 @@ class OverlayDriver:
             except OSError as err:
                 raise LinkError("rename", tmp_root, root, err.errno) from None
         except BaseException:
-            try:
-                remove_all(tmp_root)
-            except OSError:
-                pass
+            with _signals_deferred():  # a second Ctrl-C/SIGTERM must not cut the clean-up short
+                try:
+                    remove_all(tmp_root)
+                except OSError:
+                    pass
             raise
         for name in ("upper", "work", "merged", "lower-id"):
             try:
@@ -380,6 +383,20 @@ class MountError(GoError):
     """``error creating overlay mount to <merged>: <errno text>``: a ``fmt.Errorf`` in Get, so a
     plain Go error with no errno (``os.IsNotExist`` is false even for a missing lowerdir). The
     mount's :class:`SyscallError` is kept as ``wrapped`` for evidence."""
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM held back (delivered after) while a clean-up runs."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):  # pragma: no cover
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _perm_bits(mode: int) -> int:
