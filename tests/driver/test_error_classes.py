@@ -152,3 +152,30 @@ def test_is_exist_follows_go_for_wrapped_errors():
     assert is_exist(SyscallError(errno.EEXIST))
     assert not is_exist(GoError("mkdir /a: file exists"))  # a text that only says so
     assert not is_not_exist(GoError("no such file or directory"))
+
+
+# Names in human output (the driver CLI's quoting) -----------------------------------------------
+
+@pytest.mark.parametrize("name,quoted", [
+    ("/etc/hostname", "/etc/hostname"),                         # plain names stay as they are
+    ("/a b/c-d_e.f", "/a b/c-d_e.f"),
+    ("/café/日本", "/café/日本"),                                  # printable UTF-8 is kept, as %q does
+    ("/innocent\nD /etc/shadow", '"/innocent\\nD /etc/shadow"'),
+    ("/t\x1b]0;owned\x07", '"/t\\x1b]0;owned\\a"'),
+    ("/csi\x1b[2J", '"/csi\\x1b[2J"'),
+    ("/c1\x9b", '"/c1\\u009b"'),
+    ("/bad" + b"\xff".decode("utf-8", "surrogateescape"), '"/bad\\xff"'),
+    ('/q"uote', '"/q\\"uote"'),                                 # a quote would make it ambiguous
+    ("/back\\slash", '"/back\\\\slash"'),
+    ("/zw\u200b", '"/zw\\u200b"'),
+])
+def test_quote_name_only_when_needed(name, quoted):
+    from overlaylab.goerrors import quote_name
+    assert quote_name(name) == quoted
+
+
+def test_safe_text_escapes_controls_without_quoting():
+    from overlaylab.goerrors import safe_text
+    assert safe_text("stat /h/nope: no such file or directory") == "stat /h/nope: no such file or directory"
+    assert safe_text("open /a\nb\x1b[31m: x") == "open /a\\nb\\x1b[31m: x"
+    assert safe_text('say "hi" \\ ok') == 'say "hi" \\ ok'
