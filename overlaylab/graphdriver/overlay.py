@@ -21,11 +21,11 @@ import stat
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, List, Sequence, Tuple
 
 from .. import archive
 from ..archive.gofs import temp_dir
-from ..goerrors import GoError, LinkError, PathError, go_quote
+from ..goerrors import LinkError, PathError, go_quote
 from ..idtools import IDMaps, get_root_uid_gid, mkdir_all_as, mkdir_as
 from ..mountutil import mount, umount
 from . import register
@@ -33,6 +33,7 @@ from .copy import COPY_HARDLINK, copy_dir, remove_all
 from .errors import ErrApplyDiffFallback, ErrIncompatibleFS, ErrNotSupported
 from .fsmagic import FS_MAGIC_AUFS, FS_MAGIC_BTRFS, FS_MAGIC_ZFS, FS_NAMES, get_fs_magic
 from .naivediff import NaiveDiffDriverWithApply
+from ..goerrors import GoError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import os
 import stat
 
 from ..scenario import Expectation, Outcome, ScenarioContext, default_expect, scenario
-from ._layers import CAP_NET_RAW_XATTR, LayerTar, image_layer, new_id
+from ._layers import CAP_NET_RAW_XATTR, LayerTar, image_layer
 
 # What the child's hard-link entry carries: setuid+setgid+rwx for all, another owner, a capability.
 _HAZARD_MODE = 0o6777
