@@ -209,17 +209,22 @@ def test_sigterm_mid_apply_of_a_base_layer_leaves_no_temp_dir_in_the_layer(backi
     assert len(os.listdir(os.path.join(root, "big"))) < 6000  # it really was mid-way
 
 
-def test_sigterm_mid_native_apply_removes_tmproot_and_keeps_the_layer(backing_fs, tmp_path):
+@pytest.mark.parametrize("phase", ["copy", "extract"])
+def test_sigterm_mid_native_apply_removes_tmproot_and_keeps_the_layer(backing_fs, tmp_path, phase):
+    """SIGTERM while the parent's files are hard-linked into tmproot* (copy) or while the
+    chrooted helper extracts into it (extract): tmproot* goes, the layer stays as it was."""
     fs = backing_fs("tmpfs")
     home = os.path.join(fs.mountpoint, "overlay")
     assert _ol(home, "create", "parent").returncode == 0
-    assert _ol(home, "apply", "parent", "-", stdin=_tar_bytes(3000, "lib")).returncode == 0
+    assert _ol(home, "apply", "parent", "-", stdin=_tar_bytes(8000, "lib")).returncode == 0
     assert _ol(home, "create", "child", "--parent", "parent").returncode == 0
     before = sorted(os.listdir(os.path.join(home, "child")))
     assert before == ["lower-id", "merged", "upper", "work"]
 
     def started():
         tmp = [n for n in os.listdir(os.path.join(home, "child")) if n.startswith("tmproot")]
+        if phase == "copy":
+            return bool(tmp)
         return bool(tmp) and any(n.startswith("temp-docker-extract")
                                  for n in os.listdir(os.path.join(home, "child", tmp[0])))
 
@@ -227,7 +232,7 @@ def test_sigterm_mid_native_apply_removes_tmproot_and_keeps_the_layer(backing_fs
     assert rc == 143 and err == b"overlaylab: terminated\n", err
     assert _temp_left(home) == []
     assert sorted(os.listdir(os.path.join(home, "child"))) == before  # the layer is as it was
-    assert len(os.listdir(os.path.join(home, "parent", "root", "lib"))) == 3000
+    assert len(os.listdir(os.path.join(home, "parent", "root", "lib"))) == 8000
 
 
 def test_lab_cli_error_lines_escape_terminal_sequences(tmp_path):
