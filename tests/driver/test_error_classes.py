@@ -179,3 +179,25 @@ def test_safe_text_escapes_controls_without_quoting():
     assert safe_text("stat /h/nope: no such file or directory") == "stat /h/nope: no such file or directory"
     assert safe_text("open /a\nb\x1b[31m: x") == "open /a\\nb\\x1b[31m: x"
     assert safe_text('say "hi" \\ ok') == 'say "hi" \\ ok'
+
+
+@pytest.mark.parametrize("raised,expect_type,code", [
+    (PathError("lstat", "/l/gone", errno.ENOENT), PathError, errno.ENOENT),
+    (RuntimeError("boom"), ArchiveError, None),
+])
+def test_a_tar_producer_error_reaches_the_reader_with_its_class(raised, expect_type, code):
+    """``io.Pipe``'s ``CloseWithError`` hands the same error to the reader: errno included."""
+    from overlaylab.archive import TarStream
+
+    def produce(writer, stop):
+        raise raised
+
+    stream = TarStream(produce, "test-producer")
+    try:
+        with pytest.raises(Exception) as info:
+            while stream.read(1 << 16):
+                pass
+    finally:
+        stream.close()
+    assert isinstance(info.value, expect_type) and getattr(info.value, "errno", None) == code
+    assert is_not_exist(info.value) is (code == errno.ENOENT)
