@@ -201,3 +201,17 @@ def test_a_tar_producer_error_reaches_the_reader_with_its_class(raised, expect_t
         stream.close()
     assert isinstance(info.value, expect_type) and getattr(info.value, "errno", None) == code
     assert is_not_exist(info.value) is (code == errno.ENOENT)
+
+
+def test_a_failing_layer_stream_passes_its_go_error_through_the_tar_reader(tmp_path):
+    """``tar.Reader`` returns its reader's error as it is (here an export pipe's PathError)."""
+    class Failing(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            raise PathError("read", "/l/upper/f", errno.EIO)
+
+    with pytest.raises(PathError) as info:
+        apply_layer_in_process(str(tmp_path), Failing(), TarOptions())
+    assert str(info.value) == "read /l/upper/f: input/output error" and info.value.errno == errno.EIO
