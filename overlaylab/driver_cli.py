@@ -118,7 +118,7 @@ def _log_to_stderr(ctx: click.Context, verbose: bool) -> None:
 @click.option("--storage-opt", "options", multiple=True, metavar="KEY=VALUE",
               help="Driver option (repeatable). The reference ignores all; the port knows "
                    "overlay.safe_apply=true (copy a file the parent shares before a hard-link "
-                   "entry changes it; see README 'Deviations').")
+                   "entry changes it; README: 'Where the port differs').")
 @click.option("-v", "--verbose", is_flag=True, help="Show the driver's debug log lines.")
 @click.pass_context
 def driver(ctx: click.Context, home: str, uid_maps, gid_maps, options, verbose: bool) -> None:

@@ -81,7 +81,7 @@ def applydiff_hardlink_hazard(ctx: ScenarioContext) -> None:
 
 
 @scenario("applydiff-safe-apply", "With overlay.safe_apply=true, a child layer's hard link to an inherited file gets the entry's metadata and the parent layer's file stays intact",
-          "port option overlay.safe_apply (README 'Deviations'); the hazard of moby v1.10.3 overlay.go ApplyDiff",
+          "port option overlay.safe_apply (README 'Where the port differs from the reference'); the hazard of moby v1.10.3 overlay.go ApplyDiff",
           "quirks", needs_mount=False, timeout=30, tags=("child-layer",))
 def applydiff_safe_apply(ctx: ScenarioContext) -> None:
     _d, root, before, after, child, warnings = _apply_hazard(ctx, ("overlay.safe_apply=true",))
