@@ -5,6 +5,7 @@ import click
 
 from . import __version__
 from .driver_cli import driver
+from .goerrors import safe_text
 from .lab_cli import COMMANDS as LAB_COMMANDS
 from .reports_cli import COMMANDS as REPORT_COMMANDS
 from .vagrant_cli import COMMANDS as VAGRANT_COMMANDS
@@ -21,6 +22,23 @@ def main() -> None:
 main.add_command(driver)
 for _command in LAB_COMMANDS + REPORT_COMMANDS + VM_COMMANDS + VAGRANT_COMMANDS:
     main.add_command(_command)
+
+
+def _escape_error_lines(group: click.Group) -> None:
+    """Error lines (``Error: …``) with control characters escaped: a file name or a bundle's
+    text must not fake lines or send escape sequences to the terminal."""
+    invoke = group.invoke
+
+    def guarded(ctx: click.Context):
+        try:
+            return invoke(ctx)
+        except click.ClickException as err:
+            err.message = safe_text(str(err.message))
+            raise
+    group.invoke = guarded  # type: ignore[method-assign]
+
+
+_escape_error_lines(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

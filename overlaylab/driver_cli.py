@@ -3,17 +3,25 @@
 Each subcommand is one driver call on a home directory. Reference counts live in memory, so a
 ``mount`` in one process and an ``unmount`` in the next take the reference's "Put on a
 non-mounted device" path, which unmounts the merged dir anyway — the same as a restarted daemon.
+
+Human output quotes file names that hold control characters, undecodable bytes or quotes the
+way Go's ``%q`` does (plain names stay as they are), and error and log lines escape such
+characters, so no name can fake an output line or send escape sequences to the terminal;
+``--json`` output keeps names exact. SIGTERM is handled like SIGINT (Ctrl-C): the running
+call cleans up what it made and the command exits 130 (SIGINT) or 143 (SIGTERM).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import sys
 from typing import List, Optional
 
 import click
 
+from .goerrors import quote_name, safe_text
 from .idtools import IDMap
 
 
@@ -26,10 +34,12 @@ def _parse_map(spec: str) -> IDMap:
 
 
 class DriverContext:
-    def __init__(self, home: str, uid_maps: Optional[List[IDMap]], gid_maps: Optional[List[IDMap]]):
+    def __init__(self, home: str, uid_maps: Optional[List[IDMap]], gid_maps: Optional[List[IDMap]],
+                 options: Optional[List[str]] = None):
         self.home = home
         self.uid_maps = uid_maps
         self.gid_maps = gid_maps
+        self.options = list(options or ())
         self._driver = None
 
     @property
@@ -39,15 +49,24 @@ class DriverContext:
             # The daemon makes its root (the home's parent) before graphdriver.New; so do we.
             os.makedirs(os.path.dirname(self.home), 0o701, exist_ok=True)
             try:
-                self._driver = overlay.init(self.home, (), self.uid_maps, self.gid_maps)
+                self._driver = overlay.init(self.home, self.options, self.uid_maps, self.gid_maps)
             except Exception as err:
                 raise RuntimeError("init %s: %s" % (self.home, err)) from None
         return self._driver
 
 
 def _fail(err: BaseException) -> "click.exceptions.Exit":
-    click.echo("overlaylab: error: %s" % str(err).rstrip("\n"), err=True)
+    # One line, and no raw control character of a file name reaches the terminal.
+    click.echo("overlaylab: error: %s" % safe_text(str(err).rstrip("\n")), err=True)
     return click.exceptions.Exit(1)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so the same clean-ups run."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _run(fn):
@@ -55,8 +74,40 @@ def _run(fn):
         return fn()
     except click.exceptions.Exit:
         raise
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM: the call has cleaned up on its way out
+        term = isinstance(err, Terminated)
+        click.echo("overlaylab: %s" % ("terminated" if term else "interrupted"), err=True)
+        raise click.exceptions.Exit(143 if term else 130) from None
     except (OSError, ValueError, RuntimeError, Exception) as err:  # one line, never a traceback
         raise _fail(err) from None
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines with control characters escaped; warnings as ``overlaylab: warning: …``."""
+
+    def __init__(self, verbose: bool):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.verbose and record.levelno >= logging.WARNING:
+            return "overlaylab: %s: %s" % (record.levelname.lower(), safe_text(record.getMessage()))
+        return safe_text(super().format(record))
+
+
+def _log_to_stderr(ctx: click.Context, verbose: bool) -> None:
+    """The driver's log lines on stderr for this command (undone when it ends)."""
+    logger = logging.getLogger("overlaylab")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter(verbose))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    ctx.call_on_close(undo)
 
 
 @click.group("driver")
@@ -64,16 +115,26 @@ def _run(fn):
               help="Driver home (the reference's <root>/overlay). Env: OVERLAYLAB_HOME.")
 @click.option("--uid-map", "uid_maps", multiple=True, help="CONTAINER_ID:HOST_ID:SIZE (repeatable).")
 @click.option("--gid-map", "gid_maps", multiple=True, help="CONTAINER_ID:HOST_ID:SIZE (repeatable).")
+@click.option("--storage-opt", "options", multiple=True, metavar="KEY=VALUE",
+              help="Driver option (repeatable). The reference ignores all; the port knows "
+                   "overlay.safe_apply=true (copy a file the parent shares before a hard-link "
+                   "entry changes it; README: 'Where the port differs').")
 @click.option("-v", "--verbose", is_flag=True, help="Show the driver's debug log lines.")
 @click.pass_context
-def driver(ctx: click.Context, home: str, uid_maps, gid_maps, verbose: bool) -> None:
+def driver(ctx: click.Context, home: str, uid_maps, gid_maps, options, verbose: bool) -> None:
     """Drive the overlay graph driver on HOME by hand."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _log_to_stderr(ctx, verbose)
+    try:
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    else:
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, old))
     ctx.obj = DriverContext(
         os.path.abspath(home),
         [_parse_map(m) for m in uid_maps] or None,
         [_parse_map(m) for m in gid_maps] or None,
+        list(options),
     )
 
 
@@ -85,7 +146,7 @@ def driver(ctx: click.Context, home: str, uid_maps, gid_maps, verbose: bool) -> 
 def create_cmd(dc: DriverContext, layer_id: str, parent: str, mount_label: str) -> None:
     """Create an empty layer LAYER_ID on top of --parent."""
     _run(lambda: dc.driver.create(layer_id, parent, mount_label))
-    click.echo(layer_id)
+    click.echo(quote_name(layer_id))
 
 
 @driver.command("mount")
@@ -94,7 +155,7 @@ def create_cmd(dc: DriverContext, layer_id: str, parent: str, mount_label: str) 
 @click.pass_obj
 def mount_cmd(dc: DriverContext, layer_id: str, mount_label: str) -> None:
     """Get: mount the layer (Shape O) or resolve its root (Shape R); print the path."""
-    click.echo(_run(lambda: dc.driver.get(layer_id, mount_label)))
+    click.echo(quote_name(_run(lambda: dc.driver.get(layer_id, mount_label))))
 
 
 @driver.command("unmount")
@@ -149,7 +210,8 @@ def list_cmd(dc: DriverContext, as_json: bool) -> None:
         click.echo(json.dumps([dict(zip(("id", "shape", "lower_id", "state"), r)) for r in rows], indent=2))
         return
     from tabulate import tabulate
-    click.echo(tabulate(rows, headers=["layer", "shape", "lower-id", "state"]))
+    shown = [(quote_name(name), shape, quote_name(lower), state) for name, shape, lower, state in rows]
+    click.echo(tabulate(shown, headers=["layer", "shape", "lower-id", "state"], disable_numparse=True))
 
 
 @driver.command("metadata")
@@ -165,18 +227,25 @@ def metadata_cmd(dc: DriverContext, layer_id: str) -> None:
 def status_cmd(dc: DriverContext) -> None:
     """Status rows, as `docker info` prints them."""
     for key, value in _run(lambda: dc.driver.status()):
-        click.echo("%s: %s" % (key, value))
+        click.echo("%s: %s" % (key, safe_text(str(value))))
 
 
 @driver.command("changes")
 @click.argument("layer_id")
 @click.option("--parent", default="")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, kind}: paths exact, unquoted.")
 @click.pass_obj
-def changes_cmd(dc: DriverContext, layer_id: str, parent: str) -> None:
-    """List changes (as `docker diff`: C/A/D and the path), sorted by path."""
-    changes = _run(lambda: dc.driver.changes(layer_id, parent))
-    for change in sorted(changes, key=lambda c: (c.path, int(c.kind))):
-        click.echo(str(change))
+def changes_cmd(dc: DriverContext, layer_id: str, parent: str, as_json: bool) -> None:
+    """List changes (as `docker diff`: C/A/D and the path), sorted by path.
+
+    A path with a newline, a control character, an undecodable byte or a quote is printed
+    quoted and escaped as Go's %q does ("a\\nb"), so every line is one change."""
+    changes = sorted(_run(lambda: dc.driver.changes(layer_id, parent)), key=lambda c: (c.path, int(c.kind)))
+    if as_json:
+        click.echo(json.dumps([{"path": c.path, "kind": c.kind.letter} for c in changes], indent=2))
+        return
+    for change in changes:
+        click.echo("%s %s" % (change.kind.letter, quote_name(change.path)))
 
 
 @driver.command("diff-size")
@@ -219,10 +288,21 @@ def export_cmd(dc: DriverContext, layer_id: str, parent: str, output: str) -> No
 @click.option("--parent", default="")
 @click.pass_obj
 def apply_cmd(dc: DriverContext, layer_id: str, tar_file: str, parent: str) -> None:
-    """ApplyDiff: extract an uncompressed layer tar into LAYER_ID; print its size."""
+    """ApplyDiff: extract an uncompressed layer tar into LAYER_ID; print its size.
+
+    Warns (on stderr) about entries the reference applies unsafely: a hard link to a file the
+    parent layer shares (it changes the parent's file too; --storage-opt overlay.safe_apply=true
+    avoids it) and a symlink that points above the layer root."""
     def go():
         if tar_file == "-":
-            return dc.driver.apply_diff(layer_id, parent, sys.stdin.buffer)
+            # Unbuffered: after an interruption the feeding thread may stay blocked in a read
+            # of stdin, and a buffered reader's lock would then abort the interpreter's exit.
+            try:
+                fd = sys.stdin.fileno()
+            except (OSError, ValueError):  # a replaced stdin (tests): use it as it is
+                return dc.driver.apply_diff(layer_id, parent, sys.stdin.buffer)
+            with open(fd, "rb", buffering=0, closefd=False) as f:
+                return dc.driver.apply_diff(layer_id, parent, f)
         with open(tar_file, "rb") as f:
             return dc.driver.apply_diff(layer_id, parent, f)
     click.echo(_run(go))

@@ -56,6 +56,57 @@ def go_quote(value: str) -> str:
     return "".join(out)
 
 
+def _needs_escape(ch: str) -> bool:
+    code = ord(ch)
+    return (code < 0x20 or code == 0x7F or 0xDC80 <= code <= 0xDCFF
+            or (code >= 0x80 and not ch.isprintable()))
+
+
+def quote_name(name: str) -> str:
+    """A file name for human output: as it is when it is plain, else Go's ``%q`` of it.
+
+    Plain means no control character, no undecodable byte, nothing unprintable and no ``"``
+    or ``\\`` (which would make a quoted name ambiguous). So ``innocent\\nD /etc/shadow`` prints
+    as ``"innocent\\nD /etc/shadow"`` on one line, and no ESC/OSC sequence reaches a terminal,
+    the way ``ls --quoting-style=c`` shows such names. JSON output keeps names exact instead.
+    """
+    if any(ch in '"\\' or _needs_escape(ch) for ch in name):
+        return go_quote(name)
+    return name
+
+
+def safe_text(text: str) -> str:
+    """A message for a terminal line: control characters, undecodable bytes and unprintable
+    characters escaped as Go's ``%q`` would (``\\n``, ``\\x1b``, ``\\u200b``), the rest kept, no
+    quotes added. One line, and no terminal escape sequence, whatever a file name held."""
+    if not any(_needs_escape(ch) for ch in text):
+        return text
+    return "".join(go_quote(ch)[1:-1] if _needs_escape(ch) else ch for ch in text)
+
+
+class GoError(Exception):
+    """A Go error made by ``errors.New`` or ``fmt.Errorf``: a text and nothing else.
+
+    No errno, so :func:`is_not_exist` and :func:`is_exist` are false for it, as Go's
+    ``os.IsNotExist`` is for an ``*errors.errorString`` even when a ``%v`` formatted an
+    ENOENT into its text (``error creating overlay mount to …: no such file or directory``).
+    ``wrapped`` keeps the error that was formatted in, as evidence only (Go drops it).
+    """
+
+    def __init__(self, text: str, wrapped: Optional[BaseException] = None):
+        super().__init__(text)
+        self.text = text
+        self.wrapped = wrapped
+
+    @property
+    def wrapped_errno(self) -> Optional[int]:
+        """The errno of the formatted-in error, for the lab's evidence (not Go's class)."""
+        return getattr(self.wrapped, "errno", None)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class PathError(OSError):
     """Go's ``*os.PathError``: ``<op> <path>: <errno text>``."""
 

@@ -15,7 +15,7 @@ import tarfile
 import time
 from typing import Any, Dict, List, Optional
 
-from overlaylab.goerrors import PathError, LinkError
+from overlaylab.goerrors import LinkError, PathError, is_exist, is_not_exist
 from overlaylab.graphdriver import overlay
 from overlaylab.lab.probes import getdents64
 from overlaylab.mountutil import mounts_under
@@ -168,6 +168,11 @@ class Replayer:
             if isinstance(err, OSError) and err.errno:
                 rec["errno"] = err.errno
                 rec["errno_name"] = errno.errorcode.get(err.errno, "")
+            # as the Go harness writes them: present only when true
+            if is_not_exist(err):
+                rec["is_not_exist"] = True
+            if is_exist(err):
+                rec["is_exist"] = True
         return self.normalise(rec)
 
     # driver ops

@@ -3,7 +3,9 @@ project's ``docker-applyLayer`` re-exec (spec §4.6).
 
 Protocol: options as JSON in ``$OPT``, the layer tar on stdin; on success
 ``{"layerSize":N}`` and a newline on stdout, stdin drained, exit 0; on failure the error text
-(no newline) on stderr, exit 1. Everything that runs after ``chroot`` must already be
+(no newline) on stderr, exit 1. Port additions: the success answer carries
+``"warnings":[...]`` when the apply has any, and error texts name the layer's real path
+(``open /var/lib/…/tmproot…/etc/x: …``), not the chroot's ``/``. Everything that runs after ``chroot`` must already be
 imported, since the destination has no Python library in it.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import sys
 from typing import List, NoReturn, Optional
 
-from ..goerrors import errno_text
+from ..goerrors import LinkError, PathError, errno_text
 from . import gofs
 from .unpack import TarOptions, unpack_layer
 
@@ -68,8 +70,21 @@ def run_child(dest: str, raw_options: str, stdin_fd: int, stdout_fd: int, stderr
     os._exit(0)
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
 def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     _prewarm()
+    # SIGTERM (the parent stopping us, or its death via PDEATHSIG) and SIGINT unwind through
+    # the clean-up below instead of killing the child with its temp dir left in the layer.
+    # Held back until the unpack starts, so one arriving earlier unwinds there too.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     if _libc is not None:
         try:
             _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -78,6 +93,7 @@ def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: in
     # Unbuffered: the tar reader buffers itself, and can splice bodies straight from the pipe.
     stdin = os.fdopen(stdin_fd, "rb", buffering=0, closefd=False)
 
+    shown = os.path.abspath(dest) if dest else dest  # the layer's path for texts, before chroot
     try:
         os.chroot(dest)
         os.chdir("/")
@@ -100,20 +116,46 @@ def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: in
 
     failure: Optional[BaseException] = None
     size = 0
+    warnings: List[str] = []
+    options.warnings = warnings
     try:
-        size = unpack_layer("/", stdin, options)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        size = unpack_layer("/", stdin, options, display_root=shown)
     except Exception as err:  # noqa: BLE001 - every failure goes to stderr as text
+        failure = _outside_paths(err, shown)
+    except KeyboardInterrupt as err:
         failure = err
-    try:
-        gofs.remove_all(tmp)
-    except OSError:
-        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            gofs.remove_all(tmp)
+        except OSError:
+            pass
     if failure is not None:
         _fatal(failure, stderr_fd)
 
-    _write_all(stdout_fd, (json.dumps({"layerSize": size}, separators=(",", ":")) + "\n").encode())
+    answer = {"layerSize": size}
+    if warnings:
+        answer["warnings"] = warnings  # type: ignore[assignment]
+    _write_all(stdout_fd, (json.dumps(answer, separators=(",", ":")) + "\n").encode())
     while stdin.read(1 << 16):
         pass
+
+
+def _outside_paths(err: BaseException, dest: str) -> BaseException:
+    """An OS error's chroot paths (``/etc/x``) as the layer's real paths (``<dest>/etc/x``)."""
+    def real(path):
+        if not isinstance(path, str) or not path.startswith("/") or dest in ("", "/"):
+            return path
+        return dest.rstrip("/") + path if path != "/" else dest
+    if isinstance(err, LinkError):
+        old = err.filename if err.op == "symlink" else real(err.filename)  # symlink: the target text
+        return LinkError(err.op, old, real(err.filename2), err.errno)
+    if isinstance(err, PathError):
+        return PathError(err.op, real(err.filename), err.errno)
+    if isinstance(err, OSError) and isinstance(getattr(err, "filename", None), str):
+        err.filename = real(err.filename)  # XattrError
+    return err
 
 
 if __name__ == "__main__":

@@ -117,6 +117,28 @@ def _start_child(dest: str, options: TarOptions):
     return _ForkedChild(dest, options.to_json())
 
 
+def _stop_child(proc) -> None:
+    """SIGTERM the apply child and reap it (signals deferred meanwhile, so a second Ctrl-C
+    cannot leave it running)."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover
+        old = None
+    try:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+        try:
+            proc.wait()
+        except (OSError, ChildProcessError):
+            pass
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = None) -> int:
     """Apply the uncompressed layer tar read from ``stream`` to ``dest`` inside a chroot;
     the layer size. Failures raise :class:`ArchiveError` with the reference's texts:
@@ -156,12 +178,21 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
                threading.Thread(target=drain_stderr, name="applylayer-stderr", daemon=True)]
     for t in threads:
         t.start()
+    interrupted = False
     try:
-        out = proc.stdout.read()  # type: ignore[union-attr]
-        returncode = proc.wait()
+        try:
+            out = proc.stdout.read()  # type: ignore[union-attr]
+            returncode = proc.wait()
+        except BaseException:
+            # Interrupted (SIGINT/SIGTERM): stop the child; it removes its temp-docker-extract*
+            # on SIGTERM (the reference's would stay in the layer) before it exits.
+            interrupted = True
+            _stop_child(proc)
+            raise
     finally:
         for t in threads:
-            t.join()
+            # After an interruption the feeder may wait on a stalled producer: do not wait for it.
+            t.join(timeout=2 if interrupted else None)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     err_text = b"".join(errbuf).decode("utf-8", "replace")
@@ -177,4 +208,7 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
         raise ArchiveError("unable to decode ApplyLayer JSON response: %s" % problem)
     value, _ = json.JSONDecoder().raw_decode(out.decode("utf-8", "replace").lstrip(" \t\r\n"))
     size = value.get("layerSize", 0)
+    warnings = value.get("warnings")
+    if options.warnings is not None and isinstance(warnings, list):
+        options.warnings.extend(str(w) for w in warnings)
     return int(size) if isinstance(size, (int, float)) else 0

@@ -5,9 +5,13 @@ Filesystem failures keep their Go texts as ``goerrors.PathError``/``LinkError``/
 """
 from __future__ import annotations
 
+from ..goerrors import GoError
 
-class ArchiveError(Exception):
-    """A malformed or unusable layer stream, or a failed apply; ``str()`` is the Go text."""
+
+class ArchiveError(GoError):
+    """A malformed or unusable layer stream, or a failed apply; ``str()`` is the Go text.
+
+    Every one is a ``fmt.Errorf``/``errors.New`` string in Go, so it carries no errno."""
 
 
 class BreakoutError(ArchiveError):

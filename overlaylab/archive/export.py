@@ -165,12 +165,23 @@ def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
         os.close(fd)
 
 
+def _reader_error(err: BaseException) -> BaseException:
+    """What the reader of the pipe gets: the producer's error itself when it is a Go error
+    (``io.Pipe``'s ``CloseWithError`` hands the same value over, class and errno included),
+    else its text as an :class:`ArchiveError`."""
+    from ..goerrors import GoError
+    if isinstance(err, (OSError, GoError)):
+        return err
+    return ArchiveError(str(err))
+
+
 class TarStream(io.RawIOBase):
     """The read end of a pipe filled by a tar-producing thread.
 
     ``close()`` closes the read end (so a blocked writer fails with EPIPE), tells the
-    producer to stop and joins it. An unexpected producer failure is raised as
-    :class:`ArchiveError` from the read that reaches the end of the data.
+    producer to stop and joins it. An unexpected producer failure is raised from the read
+    that reaches the end of the data: a Go error as it is (as ``io.Pipe.CloseWithError``
+    hands it over), anything else as an :class:`ArchiveError`.
     """
 
     def __init__(self, produce: Callable[[TarWriter, threading.Event], None], name: str):
@@ -212,7 +223,7 @@ class TarStream(io.RawIOBase):
         n = os.readv(self._r, [buf])
         if n == 0 and self._error is not None:
             err, self._error = self._error, None
-            raise ArchiveError(str(err))
+            raise _reader_error(err)
         return n
 
     def read(self, size: int = -1) -> bytes:
@@ -224,7 +235,7 @@ class TarStream(io.RawIOBase):
         data = os.read(self._r, size)
         if not data and self._error is not None:
             err, self._error = self._error, None
-            raise ArchiveError(str(err))
+            raise _reader_error(err)
         return data
 
     def close(self) -> None:

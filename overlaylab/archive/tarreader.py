@@ -55,6 +55,16 @@ def _cstring(b: bytes) -> bytes:
     return b if i < 0 else b[:i]
 
 
+def _read_error(err: OSError) -> BaseException:
+    """A failed read of the layer stream: Go's ``tar.Reader`` returns the reader's error as it
+    is, so a Go-typed error (a ``PathError`` from an export pipe, say) passes through with its
+    class; a raw Python ``OSError`` keeps its text as an :class:`ArchiveError`."""
+    from ..goerrors import LinkError, PathError, SyscallError
+    if isinstance(err, (PathError, LinkError, SyscallError)):
+        return err
+    return ArchiveError("read: %s" % (err.strerror or err))
+
+
 class _FieldError(Exception):
     pass
 
@@ -215,7 +225,7 @@ class TarReader:
         try:
             chunk = self._stream.read(_CHUNK)
         except OSError as err:
-            raise ArchiveError("read: %s" % (err.strerror or err)) from None
+            raise _read_error(err) from None
         if not chunk:
             return False
         self._buf = self._buf[self._pos:] + bytes(chunk) if self._pos < len(self._buf) else bytes(chunk)
@@ -240,7 +250,7 @@ class TarReader:
                 try:
                     chunk = self._stream.read(min(n, 1 << 20))
                 except OSError as err:
-                    raise ArchiveError("read: %s" % (err.strerror or err)) from None
+                    raise _read_error(err) from None
                 return bytes(chunk) if chunk else b""
             if not self._fill():
                 return b""

@@ -57,6 +57,14 @@ class TarOptions:
 
     uid_maps: Optional[List[IDMap]] = None
     gid_maps: Optional[List[IDMap]] = None
+    #: Port additions (not Go fields; written to the JSON only when set, and a Go decoder
+    #: ignores them): ``shared_inodes`` says dest's files are hard links into another layer
+    #: (overlay's ApplyDiff), so a hard-link entry to one of them is reported in
+    #: ``warnings``; ``safe_apply`` copies such a file first so the other layer stays intact.
+    shared_inodes: bool = False
+    safe_apply: bool = False
+    #: Where the warnings of the apply go (the caller's list; never serialized).
+    warnings: Optional[List[str]] = None
 
     def to_json(self) -> str:
         # Every exported field of the Go struct, in declaration order, as json.Marshal writes
@@ -73,6 +81,10 @@ class TarOptions:
             "NoOverwriteDirNonDir": False,
             "RebaseNames": None,
         }
+        if self.shared_inodes:
+            doc["OverlaylabSharedInodes"] = True
+        if self.safe_apply:
+            doc["OverlaylabSafeApply"] = True
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
@@ -83,7 +95,8 @@ class TarOptions:
         if not isinstance(doc, dict):
             raise ValueError("json: cannot unmarshal %s into Go value of type archive.TarOptions"
                              % type(doc).__name__)
-        return cls(maps_from_json(doc.get("UIDMaps")), maps_from_json(doc.get("GIDMaps")))
+        return cls(maps_from_json(doc.get("UIDMaps")), maps_from_json(doc.get("GIDMaps")),
+                   doc.get("OverlaylabSharedInodes") is True, doc.get("OverlaylabSafeApply") is True)
 
 
 def _pjoin(parent: str, name: str) -> str:
@@ -103,10 +116,15 @@ def mkdev(major: int, minor: int) -> int:
 
 
 class _Unpacker:
-    def __init__(self, dest: str, options: Optional[TarOptions]):
+    def __init__(self, dest: str, options: Optional[TarOptions], display_root: str = ""):
         self.dest = gopath.clean(os.path.abspath(dest))
         self._dest_slash = self.dest if self.dest.endswith("/") else self.dest + "/"
+        # The layer's real path, for texts: inside the chroot dest is "/" (port addition).
+        self.shown_root = gopath.clean(display_root) if display_root else self.dest
         self.options = options or TarOptions()
+        self.warnings: List[str] = self.options.warnings if self.options.warnings is not None else []
+        self._own_inodes: Set[Any] = set()    # regular files this apply made (shared_inodes only)
+        self._warned_inodes: Set[Any] = set()
         try:
             self.root_uid, self.root_gid = get_root_uid_gid(
                 self.options.uid_maps, self.options.gid_maps)
@@ -119,6 +137,15 @@ class _Unpacker:
         self._dir_cache: Dict[str, str] = {}
 
     # -- paths ---------------------------------------------------------------------------
+
+    def _show(self, path: str) -> str:
+        """A path below dest as the user knows it: under the layer's real path, not the
+        chroot's ``/`` (the breakout texts; OS errors are mapped by the chrooted helper)."""
+        if self.shown_root == self.dest:
+            return path
+        if path == self.dest:
+            return self.shown_root
+        return gopath.join(self.shown_root, path[len(self.dest):])
 
     def _display(self, name: str) -> str:
         """The path the reference would use (``filepath.Join(dest, name)``), for messages."""
@@ -191,7 +218,7 @@ class _Unpacker:
         name = gopath.clean(hdr.name)
         hdr.name = name
         if name.startswith("/") or name == ".." or name.startswith("../"):
-            raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.dest)))
+            raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.shown_root)))
 
         # gopath.dirname/basename of a clean relative name
         i = name.rfind("/")
@@ -231,7 +258,7 @@ class _Unpacker:
         if name == ".":
             if hdr.typeflag != TYPE_DIR:
                 raise ArchiveError("%s: refusing to replace the extraction root %s with a non-directory"
-                                   % (go_quote(name), go_quote(self.dest)))
+                                   % (go_quote(name), go_quote(self.shown_root)))
             real = self.dest
         else:
             real = _pjoin(parent_real, base)
@@ -293,7 +320,7 @@ class _Unpacker:
         original = base[len(WHITEOUT_PREFIX):]
         target = gopath.join(parent_real, original) if original else parent_real
         if target == self.dest or not gopath.is_within(self.dest, target):
-            raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.dest)))
+            raise BreakoutError("%s is outside of %s" % (go_quote(name), go_quote(self.shown_root)))
         self._remove_all(target)
 
     def _wipe_opaque(self, top: str) -> None:
@@ -315,6 +342,107 @@ class _Unpacker:
                 elif stat.S_ISDIR(st.st_mode):
                     subdirs.append(p)
             stack.extend(reversed(subdirs))
+
+    # -- hazards the reference has (warned about; safe_apply avoids the first) ---------------
+
+    def _own_fd(self, fd: int) -> None:
+        if self.options.shared_inodes:
+            st = os.fstat(fd)
+            self._own_inodes.add((st.st_dev, st.st_ino))
+
+    def _before_link(self, target_real: str, display: str, linkname: str) -> None:
+        """A hard-link entry to a file dest inherited from another layer (shared inode): the
+        entry's mode, owner, xattrs and times land on that layer's file too, as in the
+        reference (moby v1.10.3 overlay ApplyDiff: copyDir with hard links, then
+        createTarFile's Lchown/Chmod/Chtimes on the link). Warn; with ``safe_apply`` copy the
+        file to a new inode first, so only this layer changes."""
+        if not self.options.shared_inodes:
+            return
+        st = _lstat(target_real)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self._own_inodes:
+            return
+        if self.options.safe_apply:
+            self._break_link(target_real, st, display)
+            return
+        if key in self._warned_inodes:
+            return
+        self._warned_inodes.add(key)
+        self.warnings.append(
+            "hard link %s -> %s changes the parent layer's file too: the link's mode, owner, "
+            "xattrs and times are set on the inode the parent shares (as moby v1.10.3's overlay "
+            "ApplyDiff does; the option overlay.safe_apply=true copies the file first)"
+            % (go_quote(self._in_layer(display)), go_quote(linkname)))
+
+    def _in_layer(self, display: str) -> str:
+        """``/usr/bin/x`` for an entry, whatever directory the layer is unpacked in."""
+        return "/" + display[len(self._dest_slash):] if display.startswith(self._dest_slash) else display
+
+    def _break_link(self, target_real: str, st: os.stat_result, display: str) -> None:
+        """Replace ``target_real`` by a copy of itself (content, owner, xattrs, mode, times);
+        its directory keeps its times."""
+        parent = os.path.dirname(target_real) or "/"
+        shown = self._show(display)
+        try:
+            pst = os.lstat(parent)
+            src = os.open(target_real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            raise PathError("open", shown, err.errno or errno.EIO) from None
+        copy = ""
+        try:
+            for attempt in range(10000):
+                copy = os.path.join(parent, ".safe-apply-%d-%d" % (os.getpid(), attempt))
+                try:
+                    dst = os.open(copy, _REG_EXCL_FLAGS, 0o600)
+                    break
+                except FileExistsError:
+                    continue
+            try:
+                while True:
+                    chunk = os.read(src, _COPY_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(dst, view):]
+                os.fchown(dst, st.st_uid, st.st_gid)  # before xattrs: chown drops capabilities
+                for name in os.listxattr(src):
+                    os.setxattr(dst, name, os.getxattr(src, name))
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                own = os.fstat(dst)
+            finally:
+                os.close(dst)
+            os.rename(copy, target_real)
+            copy = ""
+            os.utime(parent, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
+        except OSError as err:
+            raise PathError("copy", shown, err.errno or errno.EIO) from None
+        finally:
+            os.close(src)
+            if copy:
+                try:
+                    os.unlink(copy)
+                except OSError:
+                    pass
+        self._own_inodes.add((own.st_dev, own.st_ino))
+        self._changed()
+
+    def _check_symlink(self, display: str, linkname: str) -> None:
+        """Inside the chroot dest is ``/``, so the reference's symlink check (the target must
+        stay below dest) cannot fire and a link above the layer root is stored. Kept, but
+        warned about: the same entry applied anywhere else is an ``invalid symlink``."""
+        if self.dest != "/" or linkname.startswith("/"):
+            return
+        probe_root = "/\x00layer"  # a root with room above it
+        target = gopath.join(gopath.dirname(probe_root + display), linkname)
+        if not gopath.is_within(probe_root, target):
+            self.warnings.append(
+                "symlink %s -> %s points above the layer root; stored as the reference does (in "
+                "its chroot the layer is \"/\", where moby v1.10.3's createTarFile check cannot fire)"
+                % (go_quote(self._show(display)), go_quote(linkname)))
 
     # -- createTarFile -----------------------------------------------------------------------
 
@@ -339,6 +467,7 @@ class _Unpacker:
                 fd = os.open(real, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
             except OSError as err:
                 raise PathError("open", display, err.errno or errno.EIO) from None
+            self._own_fd(fd)
             try:
                 while True:
                     chunk = data.read(_COPY_CHUNK)
@@ -362,9 +491,10 @@ class _Unpacker:
         elif t == TYPE_LINK:
             target = gopath.join(self.dest, hdr.linkname)
             if not gopath.is_within(self.dest, target):
-                raise BreakoutError("invalid hardlink %s -> %s" % (go_quote(target), go_quote(hdr.linkname)))
+                raise BreakoutError("invalid hardlink %s -> %s" % (go_quote(self._show(target)), go_quote(hdr.linkname)))
             rel = target[len(self.dest):].lstrip("/") or "."
             target_real = self._resolve(rel, follow_final=False)
+            self._before_link(target_real, display, hdr.linkname)
             try:
                 os.link(target_real, real, follow_symlinks=False)
             except OSError as err:
@@ -372,7 +502,8 @@ class _Unpacker:
         elif t == TYPE_SYMLINK:
             target = gopath.join(gopath.dirname(display), hdr.linkname)
             if not gopath.is_within(self.dest, target):
-                raise BreakoutError("invalid symlink %s -> %s" % (go_quote(display), go_quote(hdr.linkname)))
+                raise BreakoutError("invalid symlink %s -> %s" % (go_quote(self._show(display)), go_quote(hdr.linkname)))
+            self._check_symlink(display, hdr.linkname)
             try:
                 os.symlink(hdr.linkname, real)
             except OSError as err:
@@ -393,7 +524,7 @@ class _Unpacker:
         except OverflowError:
             raise PathError("lchown", display, errno.EINVAL) from None
 
-        _set_xattrs(real, hdr.xattrs)
+        _set_xattrs(real, hdr.xattrs, display)
 
         link_ok = True
         if t == TYPE_LINK:
@@ -438,6 +569,7 @@ class _Unpacker:
             except (OSError, ValueError):
                 return False
             hdr.uid, hdr.gid = uid, gid
+            self._own_fd(fd)
             try:
                 self._fast_regular(fd, real, self._display_clean(name), hdr, reader, perm)
             finally:
@@ -455,6 +587,7 @@ class _Unpacker:
                 return False
             try:
                 os.symlink(hdr.linkname, real)
+                self._check_symlink(display, hdr.linkname)
             except (OSError, ValueError):
                 return False
         else:  # TYPE_LINK
@@ -464,6 +597,7 @@ class _Unpacker:
             rel = target[len(self.dest):].lstrip("/") or "."
             try:
                 target_real = self._resolve(rel, follow_final=False)
+                self._before_link(target_real, self._display_clean(name), hdr.linkname)
                 os.link(target_real, real, follow_symlinks=False)
             except (OSError, ValueError):
                 return False
@@ -485,7 +619,7 @@ class _Unpacker:
             raise PathError("lchown", display, err.errno or errno.EIO) from None
         except OverflowError:
             raise PathError("lchown", display, errno.EINVAL) from None
-        _set_xattrs(real, hdr.xattrs)
+        _set_xattrs(real, hdr.xattrs, display)
         try:
             os.fchmod(fd, perm)
         except OSError as err:
@@ -503,11 +637,12 @@ class _Unpacker:
             raise PathError("chtimes", display, err.errno or errno.EIO) from None
 
 
-def unpack_layer(dest: str, stream, options: Optional[TarOptions] = None) -> int:
+def unpack_layer(dest: str, stream, options: Optional[TarOptions] = None, display_root: str = "") -> int:
     """``archive.UnpackLayer``: apply the layer tar read from ``stream`` to ``dest`` and return
     the sum of the entries' sizes (§4.5). Raises :class:`ArchiveError` (incl.
-    :class:`BreakoutError`) or an ``OSError`` subclass carrying the Go error text."""
-    return _Unpacker(dest, options).run(stream)
+    :class:`BreakoutError`) or an ``OSError`` subclass carrying the Go error text.
+    ``display_root`` is the layer's path for the texts when ``dest`` is a chroot's ``/``."""
+    return _Unpacker(dest, options, display_root).run(stream)
 
 
 def apply_layer_in_process(dest: str, stream, options: Optional[TarOptions] = None) -> int:
@@ -523,12 +658,31 @@ def apply_layer_in_process(dest: str, stream, options: Optional[TarOptions] = No
         os.umask(old)
 
 
-def _set_xattrs(path: str, xattrs) -> None:
+class XattrError(SyscallError):
+    """A failed ``lsetxattr`` of a header's ``SCHILY.xattr.*``. Go returns the bare
+    ``syscall.Errno`` (``numerical result out of range``); the port keeps that class and
+    errno but names the entry and the xattr: ``lsetxattr <path> xattr <name> (<n>-byte
+    value): <errno text>`` (a deliberate, documented addition to the text)."""
+
+    def __init__(self, code: int, path: str, name: str, size: int):
+        super().__init__(code)
+        self.filename = path
+        self.xattr = name
+        self.size = size
+
+    def __str__(self) -> str:
+        name = self.xattr
+        shown = go_quote(name) if len(name) <= 80 else "%s... (%d characters)" % (go_quote(name[:64]), len(name))
+        return "lsetxattr %s xattr %s (%d-byte value): %s" % (self.filename, shown, self.size, self.strerror)
+
+
+def _set_xattrs(path: str, xattrs, display: str = "") -> None:
     """Every ``SCHILY.xattr.*`` of the header, in name order; any failure is fatal (§4.5.1)."""
     for key in sorted(xattrs or ()):
+        value = xattrs[key]
         try:
-            os.setxattr(path, key, xattrs[key], 0, follow_symlinks=False)
+            os.setxattr(path, key, value, 0, follow_symlinks=False)
         except OSError as err:
-            raise SyscallError(err.errno or errno.EIO) from None
+            raise XattrError(err.errno or errno.EIO, display or path, key, len(value)) from None
         except ValueError:  # an embedded NUL in the name
-            raise SyscallError(errno.EINVAL) from None
+            raise XattrError(errno.EINVAL, display or path, key, len(value)) from None

@@ -63,6 +63,8 @@ class NaiveDiffDriver:
         self.proto = proto
         self.uid_maps = uid_maps
         self.gid_maps = gid_maps
+        #: What the last ApplyDiff warned about (port addition; also logged as warnings).
+        self.last_apply_warnings: List[str] = []
 
     # ProtoDriver surface -------------------------------------------------------------------
     def __str__(self) -> str:
@@ -142,8 +144,13 @@ class NaiveDiffDriver:
         try:
             log.debug("Start untar layer")
             start = time.monotonic()
-            size = apply_uncompressed_layer(layer_fs, stream, TarOptions(self.uid_maps, self.gid_maps))
+            warnings: List[str] = []
+            self.last_apply_warnings = warnings
+            size = apply_uncompressed_layer(layer_fs, stream, TarOptions(self.uid_maps, self.gid_maps,
+                                                                         warnings=warnings))
             log.debug("Untar time: %ss", time.monotonic() - start)
+            for warning in warnings:
+                log.warning("ApplyDiff %s: %s", id, warning)
             return size
         finally:
             self.proto.put(id)
@@ -163,6 +170,8 @@ class NaiveDiffDriverWithApply(NaiveDiffDriver):
 
     def apply_diff(self, id: str, parent: str, stream: BinaryIO) -> int:
         try:
-            return self.proto.apply_diff(id, parent, stream)
+            size = self.proto.apply_diff(id, parent, stream)
+            self.last_apply_warnings = list(getattr(self.proto, "last_apply_warnings", ()))
+            return size
         except ErrApplyDiffFallback:
             return super().apply_diff(id, parent, stream)

@@ -13,13 +13,15 @@ driver behaves on a kernel and filesystem. The one deliberate difference: layer 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import stat
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, List, Sequence, Tuple
 
 from .. import archive
 from ..archive.gofs import temp_dir
@@ -31,6 +33,7 @@ from .copy import COPY_HARDLINK, copy_dir, remove_all
 from .errors import ErrApplyDiffFallback, ErrIncompatibleFS, ErrNotSupported
 from .fsmagic import FS_MAGIC_AUFS, FS_MAGIC_BTRFS, FS_MAGIC_ZFS, FS_NAMES, get_fs_magic
 from .naivediff import NaiveDiffDriverWithApply
+from ..goerrors import GoError
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +98,11 @@ def init(home: str, options: Sequence[str] = (), uid_maps: IDMaps = None,
          gid_maps: IDMaps = None) -> NaiveDiffDriverWithApply:
     """``Init`` (spec §2.2): check overlay support and the backing fs, make the home, wrap the driver.
 
-    Options are ignored entirely, as in the reference.
+    Options are ignored, as in the reference, except the port's own ``overlay.safe_apply``
+    (:func:`parse_options`).
     """
     global backing_fs
+    safe_apply = parse_options(options)
     if not supports_overlay():
         raise ErrNotSupported()
     magic = get_fs_magic(home)
@@ -108,8 +113,31 @@ def init(home: str, options: Sequence[str] = (), uid_maps: IDMaps = None,
         raise ErrIncompatibleFS()
     root_uid, root_gid = get_root_uid_gid(uid_maps, gid_maps)
     mkdir_all_as(home, 0o700, root_uid, root_gid)
-    driver = OverlayDriver(home, uid_maps, gid_maps)
+    driver = OverlayDriver(home, uid_maps, gid_maps, safe_apply=safe_apply)
     return NaiveDiffDriverWithApply(driver, uid_maps, gid_maps)
+
+
+SAFE_APPLY_OPTION = "overlay.safe_apply"
+_GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+             "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+
+
+def parse_options(options: Sequence[str]) -> bool:
+    """The value of ``overlay.safe_apply=<bool>`` (default false; Go's ``strconv.ParseBool``
+    spellings). A port addition: the reference ignores every option, and so is every other
+    option ignored here. With it, ApplyDiff copies a file the parent layer shares before a
+    hard-link entry of the new layer changes its metadata (see :meth:`OverlayDriver.apply_diff`)."""
+    safe = False
+    for opt in options or ():
+        key, sep, value = str(opt).partition("=")
+        if key.strip().lower() != SAFE_APPLY_OPTION:
+            continue
+        value = value.strip()
+        if not sep or value not in _GO_BOOLS:
+            raise ValueError("overlay: invalid value %s for %s (want true or false)"
+                             % (go_quote(value), SAFE_APPLY_OPTION))
+        safe = _GO_BOOLS[value]
+    return safe
 
 
 @dataclass
@@ -122,10 +150,14 @@ class ActiveMount:
 class OverlayDriver:
     """The ProtoDriver plus overlay's own ApplyDiff. Use it through :func:`init`."""
 
-    def __init__(self, home: str, uid_maps: IDMaps = None, gid_maps: IDMaps = None):
+    def __init__(self, home: str, uid_maps: IDMaps = None, gid_maps: IDMaps = None,
+                 safe_apply: bool = False):
         self.home = home
         self.uid_maps = uid_maps
         self.gid_maps = gid_maps
+        self.safe_apply = safe_apply
+        #: What the last ApplyDiff warned about (also logged as warnings).
+        self.last_apply_warnings: List[str] = []
         self._lock = threading.Lock()
         self.active: Dict[str, ActiveMount] = {}
 
@@ -252,7 +284,7 @@ class OverlayDriver:
             try:
                 mount("overlay", merged_dir, "overlay", 0, opts)
             except OSError as err:
-                raise MountError("error creating overlay mount to %s: %s" % (merged_dir, err), err.errno) from None
+                raise MountError("error creating overlay mount to %s: %s" % (merged_dir, err), err) from None
             # The kernel made work/work as root; user namespaces need it owned by remapped root.
             root_uid, root_gid = 0, 0
             try:
@@ -302,6 +334,11 @@ class OverlayDriver:
 
         Raises :class:`ErrApplyDiffFallback` when there is no parent or the parent has no
         ``root/``; the wrapper then applies through the naive path instead.
+
+        Hazard kept from the reference: the new root's files are hard links to the parent's, so
+        a hard-link entry to an inherited file sets its mode, owner, xattrs and times on the
+        **parent's** inode too. Each such entry is logged as a warning (and listed in
+        ``last_apply_warnings``); with ``overlay.safe_apply`` the file is copied first instead.
         """
         check_layer_id(layer_id)
         if not parent:
@@ -316,18 +353,24 @@ class OverlayDriver:
         tmp_root = temp_dir(d, "tmproot")
         try:
             copy_dir(parent_root, tmp_root, COPY_HARDLINK)
+            warnings: List[str] = []
+            self.last_apply_warnings = warnings
             size = archive.apply_uncompressed_layer(
-                tmp_root, stream, archive.TarOptions(self.uid_maps, self.gid_maps))
+                tmp_root, stream, archive.TarOptions(self.uid_maps, self.gid_maps, shared_inodes=True,
+                                                     safe_apply=self.safe_apply, warnings=warnings))
+            for warning in warnings:
+                log.warning("ApplyDiff %s: %s", layer_id, warning)
             root = os.path.join(d, "root")
             try:
                 os.rename(tmp_root, root)
             except OSError as err:
                 raise LinkError("rename", tmp_root, root, err.errno) from None
         except BaseException:
-            try:
-                remove_all(tmp_root)
-            except OSError:
-                pass
+            with _signals_deferred():  # a second Ctrl-C/SIGTERM must not cut the clean-up short
+                try:
+                    remove_all(tmp_root)
+                except OSError:
+                    pass
             raise
         for name in ("upper", "work", "merged", "lower-id"):
             try:
@@ -337,15 +380,24 @@ class OverlayDriver:
         return size
 
 
-class MountError(OSError):
-    """``error creating overlay mount to <merged>: <errno text>``, keeping the errno."""
+class MountError(GoError):
+    """``error creating overlay mount to <merged>: <errno text>``: a ``fmt.Errorf`` in Get, so a
+    plain Go error with no errno (``os.IsNotExist`` is false even for a missing lowerdir). The
+    mount's :class:`SyscallError` is kept as ``wrapped`` for evidence."""
 
-    def __init__(self, text: str, code: Optional[int]):
-        super().__init__(code, text)
-        self.text = text
 
-    def __str__(self) -> str:
-        return self.text
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM held back (delivered after) while a clean-up runs."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):  # pragma: no cover
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _perm_bits(mode: int) -> int:

@@ -175,14 +175,14 @@ class ScenarioContext:
         self._roots: List[str] = []
 
     # making drivers -------------------------------------------------------------------------
-    def driver(self, uid_maps=None, gid_maps=None, root: Optional[str] = None):
-        """``GetDriver("overlay", root)`` on a fresh root on the backing fs (home = root/overlay)."""
+    def driver(self, uid_maps=None, gid_maps=None, root: Optional[str] = None, options: Sequence[str] = ()):
+        """``GetDriver("overlay", root, options)`` on a fresh root on the backing fs (home = root/overlay)."""
         from ..graphdriver import get_driver
         if root is None:
             root = tempfile.mkdtemp(prefix="docker-root-", dir=self.backing_dir)
             os.chmod(root, 0o755)
             self._roots.append(root)
-        driver = get_driver("overlay", root, (), uid_maps, gid_maps)
+        driver = get_driver("overlay", root, tuple(options), uid_maps, gid_maps)
         self._drivers.append(driver)
         return driver
 
@@ -264,6 +264,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 def classify(err: BaseException) -> Outcome:
     """Which outcome an exception out of a scenario means."""
+    from ..goerrors import GoError
     from ..graphdriver.errors import GraphDriverError, is_sentinel
     if isinstance(err, ScenarioTimeout):
         return Outcome.ERROR
@@ -271,7 +272,7 @@ def classify(err: BaseException) -> Outcome:
         return Outcome.UNSUPPORTED
     if is_sentinel(err):
         return Outcome.REFUSED
-    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError)):
+    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError, GoError)):
         return Outcome.FAIL  # the driver (or the kernel under it) did not do what it should
     try:
         from ..archive import ArchiveError
@@ -308,8 +309,9 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         error = str(err).rstrip("\n") or type(err).__name__
         if outcome is Outcome.ERROR:
             ctx.evidence["traceback"] = traceback.format_exc(limit=8)
-        if isinstance(err, OSError) and err.errno:
-            ctx.evidence["errno"] = err.errno
+        code = err.errno if isinstance(err, OSError) else getattr(err, "wrapped_errno", None)
+        if code:  # a Go error string keeps the errno it formatted in, as evidence
+            ctx.evidence["errno"] = code
     finally:
         duration = time.monotonic() - start
         os.umask(old_umask)

@@ -66,8 +66,9 @@ def test_chroot_breakout_text(tmp_path):
     dest.mkdir()
     with pytest.raises(ArchiveError) as exc:
         apply_uncompressed_layer(str(dest), io.BytesIO(make_tar([reg("../escape", b"x")])))
+    # The reference says "outside of "/"" (its chroot's root); the port names the layer.
     assert str(exc.value) == ('ApplyLayer exit status 1 stdout:  stderr: '
-                              '"../escape" is outside of "/"')
+                              '"../escape" is outside of "%s"' % dest)
     assert not (tmp_path / "escape").exists()
     assert no_temp_dirs(dest) == []
 
@@ -79,7 +80,7 @@ def test_chroot_go_error_text_from_filesystem(tmp_path):
     with pytest.raises(ArchiveError) as exc:
         apply_uncompressed_layer(str(dest), io.BytesIO(make_tar([reg("file/sub/x", b"1")])))
     assert str(exc.value) == ("ApplyLayer exit status 1 stdout:  stderr: "
-                              "open /file/sub/x: not a directory")
+                              "open %s/file/sub/x: not a directory" % dest)
 
 
 def test_chroot_missing_dest(tmp_path):
@@ -121,3 +122,30 @@ def test_json_and_exit_helpers():
     assert _go_json_error(b"[1]").startswith("json: cannot unmarshal array")
     assert _exit_text(1) == "exit status 1"
     assert _exit_text(-9) == "signal: killed"
+
+
+def test_chroot_error_texts_name_the_layer_not_the_chroot_root(tmp_path):
+    """Inside the chroot every path starts at "/"; the texts carry the layer's real path."""
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    with pytest.raises(ArchiveError) as exc:  # a LinkError: both paths are the layer's
+        apply_uncompressed_layer(str(dest), io.BytesIO(make_tar([hardlink("hl", "missing")])))
+    assert str(exc.value).endswith("stderr: link %s/missing %s/hl: no such file or directory" % (dest, dest))
+    with pytest.raises(ArchiveError) as exc:  # symlink: the target text stays as written
+        apply_uncompressed_layer(str(dest), io.BytesIO(make_tar([reg("d", b""), symlink("d/s", "t")])))
+    assert str(exc.value).endswith("stderr: symlink t %s/d/s: not a directory" % dest)
+
+
+def test_chroot_symlink_above_the_layer_root_is_stored_and_warned(tmp_path):
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    warnings = []
+    size = apply_uncompressed_layer(
+        str(dest), io.BytesIO(make_tar([dirent("a/"), symlink("a/up", "../../../etc/shadow"),
+                                        symlink("a/ok", "../b"), symlink("abs", "/etc/shadow")])),
+        TarOptions(warnings=warnings))
+    assert size == 0
+    assert os.readlink(dest / "a" / "up") == "../../../etc/shadow"  # kept: the reference stores it
+    assert warnings == ['symlink "%s/a/up" -> "../../../etc/shadow" points above the layer root; stored as '
+                        'the reference does (in its chroot the layer is "/", where moby v1.10.3\'s '
+                        'createTarFile check cannot fire)' % dest]

@@ -3,6 +3,7 @@ streams: every refusal is an ArchiveError/BreakoutError and nothing outside dest
 from __future__ import annotations
 
 import io
+import errno
 import os
 import stat
 import struct
@@ -428,7 +429,33 @@ def test_xattrs_applied_and_failures_fatal(tmp_path):
     bad.xattrs = {"bogus.namespace": b"x"}
     with pytest.raises(SyscallError) as exc:
         unpack(str(tmp_path), [(bad, body)])
-    assert str(exc.value) == "operation not supported"
+    # Go prints the bare errno; the port names the entry and the xattr (and keeps the errno)
+    assert str(exc.value) == ('lsetxattr %s/bad xattr "bogus.namespace" (1-byte value): '
+                              "operation not supported" % tmp_path)
+    assert exc.value.errno == errno.EOPNOTSUPP and exc.value.strerror == "operation not supported"
+
+
+@pytest.mark.parametrize("name,value,shown,size,text", [
+    ("user." + "n" * 300, b"v", '"user.%s"... (305 characters)' % ("n" * 59), 1, "numerical result out of range"),
+    ("user.big", b"v" * 70000, '"user.big"', 70000, "argument list too long"),
+    ("user.\x1b]0;owned\x07", b"v", '"user.\\x1b]0;owned\\a"', 1, None),
+])
+def test_odd_xattrs_name_the_entry_and_the_xattr(tmp_path, name, value, shown, size, text):
+    """Odd names or values (too long, too big, terminal escapes) say which entry and which
+    xattr failed, escaped, instead of a bare ``numerical result out of range``."""
+    hdr, body = reg("dir/odd", b"")
+    hdr.xattrs = {name: value}
+    try:
+        unpack(str(tmp_path), [(hdr, body)])
+    except SyscallError as err:
+        got = str(err)
+        assert got.startswith("lsetxattr %s/dir/odd xattr %s (%d-byte value): " % (tmp_path, shown, size)), got
+        if text is not None:
+            assert got.endswith(": " + text) and err.errno is not None
+        assert "\x1b" not in got
+    else:
+        assert text is None  # only the escape-laden (but valid) name may be set
+        assert os.getxattr(tmp_path / "dir" / "odd", name) == value
 
 
 def test_id_mapping(tmp_path):

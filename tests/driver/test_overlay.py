@@ -245,7 +245,7 @@ def test_overlay_on_overlay_passes_init_but_cannot_mount(backing_fs, umask022):
     try:
         assert _image(driver, "img", "", [("f", "file", "abc", 0o644, 0, 0)]) == 3  # pulls work
         driver.create("ctr-init", "img")
-        with pytest.raises(OSError) as err:
+        with pytest.raises(overlay.MountError) as err:
             driver.get("ctr-init")
         assert str(err.value) == "error creating overlay mount to %s/ctr-init/merged: invalid argument" % driver.home
         assert "ctr-init" not in driver.proto.active

@@ -77,6 +77,9 @@ def compare(ref, got):
             problems.append("error text: reference %r, port %r" % (ref["error"], got["error"]))
         if ref.get("errno") != got.get("errno"):
             problems.append("errno: reference %s, port %s" % (ref.get("errno"), got.get("errno")))
+        for key in ("is_not_exist", "is_exist"):  # os.IsNotExist / os.IsExist of the error
+            if bool(ref.get(key)) != bool(got.get(key)):
+                problems.append("%s: reference %s, port %s" % (key, bool(ref.get(key)), bool(got.get(key))))
         return problems
     op, r, g = ref["op"], ref.get("result"), got.get("result")
     if op == "mktar":
@@ -127,5 +130,8 @@ def test_replay_compare_catches_a_wrong_answer():
               "error": "unlinkat {backing}/overlay/ctr/merged: device or resource busy"}
     assert not compare(step49, dict(step49, error="unlinkat {backing}/overlay/ctr/merged/a: directory not empty", errno=39))
     assert compare(step49, dict(step49, error="unlinkat {backing}/overlay/ctr/upper: directory not empty", errno=39))
+    mount = {"i": 7, "op": "get", "ok": False, "error": "error creating overlay mount to x: no such file or directory"}
+    assert compare(mount, dict(mount, errno=2, is_not_exist=True))  # the class, not just the text
+    assert not compare(dict(ref, is_not_exist=True), dict(ref, is_not_exist=True))
     assert re.search("reference", compare({"op": "exists", "ok": True, "result": False},
                                           {"op": "exists", "ok": True, "result": True})[0])

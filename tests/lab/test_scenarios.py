@@ -26,6 +26,7 @@ EXPECTED_IDS = {
     "full-tree-export",
     # quirks
     "recreate-quirk", "socket-copy-quirk", "applydiff-fallback", "put-unknown-id",
+    "applydiff-hardlink-hazard", "applydiff-safe-apply",
     # failure classes
     "driver-init", "overlay-on-overlay", "dtype-whiteouts", "inode-exhaustion", "too-many-links",
     "dir-rename-exdev", "open-fd-copy-up", "mtime-diff-bug", "deep-layer-limit", "enospc",
@@ -97,17 +98,43 @@ def test_btrfs_facts_expect_refused_everywhere(catalogue):
         assert sc.expect(facts).outcome is Outcome.REFUSED, sc.id
 
 
+# Kept reference hazards: their healthy check fails wherever the driver works.
+KNOWN_FAIL_EVERYWHERE = {"applydiff-hardlink-hazard"}
+
+
 def test_refused_upperdir_fails_exactly_the_mounting_scenarios(catalogue):
     facts = _facts(fs_magic={"magic": "0x794c7630", "name": "overlayfs"}, upperdir=False)
     for sc in catalogue.values():
         got = sc.expect(facts).outcome
-        if sc.needs_mount:
+        if sc.needs_mount or sc.id in KNOWN_FAIL_EVERYWHERE:
             assert got is Outcome.FAIL, sc.id
         else:
             assert got is Outcome.PASS, sc.id
     assert _expect(catalogue, "overlay-on-overlay") is Outcome.PASS
     assert _expect(catalogue, "overlay-on-overlay", upperdir=False) is Outcome.FAIL
     assert _expect(catalogue, "driver-init", upperdir=False) is Outcome.PASS
+
+
+def test_hardlink_hazard_is_an_expected_fail_and_safe_apply_an_expected_pass(catalogue):
+    hazard = catalogue["applydiff-hardlink-hazard"].expect(_facts())
+    assert hazard.outcome is Outcome.FAIL
+    assert "parent layer's inode" in hazard.why and "overlay.safe_apply" in hazard.why and "v1.10.3" in hazard.why
+    assert _expect(catalogue, "applydiff-safe-apply") is Outcome.PASS
+    assert _expect(catalogue, "applydiff-hardlink-hazard", driver_init="REFUSED") is Outcome.REFUSED
+    assert not catalogue["applydiff-hardlink-hazard"].needs_mount
+
+
+def test_hardlink_hazard_cells_on_tmpfs(backing_fs, profiles, tmp_path):
+    """The hazard shows (parent changed, warned) and safe_apply keeps the parent intact."""
+    facts, cells = run_cells(backing_fs, profiles, "tmpfs", ["applydiff-hardlink-hazard", "applydiff-safe-apply"],
+                             str(tmp_path))
+    hazard, safe = cells["applydiff-hardlink-hazard"], cells["applydiff-safe-apply"]
+    assert hazard.outcome is Outcome.FAIL and hazard.met, unmet_table("tmpfs", cells)
+    assert "changed the PARENT layer's bin/ping: mode 0o755 -> 0o6777, uid 0 -> 4242" in hazard.error
+    assert hazard.evidence["parent_after"]["ino"] == hazard.evidence["child"]["ino"]
+    assert len(hazard.evidence["warnings"]) == 1
+    assert safe.outcome is Outcome.PASS and safe.met, unmet_table("tmpfs", cells)
+    assert safe.evidence["parent_after"] == safe.evidence["parent_before"]
 
 
 def test_no_d_type_fails_the_d_type_scenarios(catalogue):

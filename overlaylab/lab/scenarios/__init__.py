@@ -5,6 +5,7 @@ Groups (one module each):
 - ``lifecycle``     Create/Get/Put/Remove/Status as the daemon uses them (graphtest §5.1, init layer)
 - ``diff``          Diff/Changes/DiffSize/ApplyDiff and what layer tars carry through them
 - ``quirks``        reference oddities the port keeps; PASS = the quirk reproduces as specified
+                    (``hazards``: the native ApplyDiff's hard-link hazard and ``overlay.safe_apply``)
 - ``failure-class`` the known field failures (spec §9), each at a small scale; each checks the
                     healthy behaviour, so it FAILs where the kernel/fs breaks it, and its
                     expectation says so where that is the known behaviour
@@ -15,6 +16,6 @@ loop filesystem).
 """
 from __future__ import annotations
 
-from . import lifecycle, diffs, quirks, failure_classes  # noqa: F401  (registration order)
+from . import lifecycle, diffs, quirks, hazards, failure_classes  # noqa: F401  (registration order)
 
-__all__ = ["lifecycle", "diffs", "quirks", "failure_classes"]
+__all__ = ["lifecycle", "diffs", "quirks", "hazards", "failure_classes"]

@@ -81,9 +81,13 @@ class LayerTar:
         self.entries.append(_Entry(info))
         return self
 
-    def hardlink(self, name: str, target: str) -> "LayerTar":
-        info = self._info(name, tarfile.LNKTYPE, 0o644, 0, 0, None)
+    def hardlink(self, name: str, target: str, mode: int = 0o644, uid: int = 0, gid: int = 0,
+                 xattrs: Optional[Dict[str, bytes]] = None) -> "LayerTar":
+        info = self._info(name, tarfile.LNKTYPE, mode, uid, gid, None)
         info.linkname = target
+        if xattrs:
+            info.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
+                                for k, v in xattrs.items()}
         self.entries.append(_Entry(info))
         return self
 
@@ -286,8 +290,8 @@ def errno_name(code: Optional[int]) -> str:
 
 
 def describe_error(err: BaseException) -> Dict[str, Any]:
-    return {"error": str(err), "type": type(err).__name__,
-            "errno": getattr(err, "errno", None), "errno_name": errno_name(getattr(err, "errno", None))}
+    code = getattr(err, "errno", None) or getattr(err, "wrapped_errno", None)
+    return {"error": str(err), "type": type(err).__name__, "errno": code, "errno_name": errno_name(code)}
 
 
 class GeneratedTarStream(io.RawIOBase):

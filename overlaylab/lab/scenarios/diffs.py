@@ -430,7 +430,7 @@ def mount_label(ctx: ScenarioContext) -> None:
     try:
         try:
             merged = d.get(ctr, _LABEL)
-        except OSError as err:
+        except (OSError, ovl.MountError) as err:
             ctx.note("Get(ctr, label) failed: %s" % err, mount_data=seen, kernel_answer=describe_error(err),
                      selinux=os.path.isdir("/sys/fs/selinux"))
             ctx.check(seen and seen[0] == want, "the mount option string is not the reference's", got=seen, want=want)

@@ -14,6 +14,7 @@ from typing import Any, Dict
 
 from ...archive import ArchiveError
 from ...graphdriver.errors import ErrIncompatibleFS, ErrNotSupported
+from ...graphdriver.overlay import MountError
 from ..scenario import LogCapture, Expectation, Outcome, ScenarioContext, ScenarioFailure, default_expect, scenario
 from ._layers import (
     TAR_MTIME,
@@ -92,7 +93,7 @@ def overlay_on_overlay(ctx: ScenarioContext) -> None:
     d.create(init, child, "")
     try:
         merged = d.get(init, "")
-    except OSError as err:
+    except (OSError, MountError) as err:
         ctx.note("Get(-init) failed: %s" % err, mount_error=describe_error(err))
         raise
     try:
