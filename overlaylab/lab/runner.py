@@ -226,7 +226,7 @@ class Runner:
         if self.repeat > 1:
             extra["attempt"] = attempt
 
-        started_profiles: List[str] = []
+        finished_profiles: List[str] = []
 
         def on_line(line: str) -> None:
             records, bad = parse_records(line)
@@ -235,7 +235,6 @@ class Runner:
                 kind = rec.pop("record")
                 rec.update(extra)
                 if kind == "profile":
-                    started_profiles.append(rec.get("profile"))
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
                 elif kind == "cell":
@@ -243,6 +242,7 @@ class Runner:
                     self._append(dict(rec, record="cell"))
                     self.progress("cell", rec)
                 elif kind == "done" and rec.get("profile"):
+                    finished_profiles.append(rec["profile"])
                     self.progress("profile-end", {"kernel": kernel, "profile": rec["profile"],
                                                   "seconds": rec.get("seconds", 0.0)})
                 elif kind == "error":
@@ -279,8 +279,9 @@ class Runner:
             # A killed agent tore nothing down: remove what it left (its owner is gone), then
             # go on with the profiles it never reached, in a new agent.
             cleaned = self._cleanup_after_agent(session)
-            if started_profiles:
-                rerun = [p for p in profiles if p.name not in started_profiles]
+            # The agent works through the profiles in order: it died in the first unfinished one.
+            unfinished = [p for p in profiles if p.name not in finished_profiles]
+            rerun = unfinished[1:]
         missing = [(p.name, sid) for p in profiles for sid in scenarios
                    if (p.name, sid) not in done and p not in rerun]
         if missing:

@@ -92,3 +92,50 @@ def test_a_signal_during_losetup_d_does_not_leak_the_loop_device(lab_tmp, slow_l
     assert os.listdir(env[cleanup_mod.STATE_ENV]) == []  # its lease was released
     assert proc.returncode == 130 and '"interrupted"' in out  # the signal was delivered, after teardown
     assert '"cell"' in out
+
+
+def _start_run(reports, env, *args):
+    return subprocess.Popen(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(reports)] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **env), start_new_session=True)
+
+
+def _agents_of(pid):
+    from overlaylab.procutil import descendants, is_agent
+    return [p for p in descendants(pid) if is_agent(p)]
+
+
+def _only_run(reports):
+    from overlaylab.lab.results import load_run
+    (name,) = os.listdir(os.path.join(str(reports), "runs"))
+    return load_run(os.path.join(str(reports), "runs", name))
+
+
+def test_sigkill_of_the_agent_is_named_cleaned_up_and_the_next_profile_runs(tmp_path, lab_tmp):
+    tmp, env = lab_tmp
+    reports = tmp_path / "reports"
+    proc = _start_run(reports, env, "-p", "=ext4 or =tmpfs", "-k", "deep-layer-chain or driver-init")
+    try:
+        _wait_for(lambda: mounts_under(tmp) and _agents_of(proc.pid), 120, "the ext4 profile's mount")
+        (agent,) = _agents_of(proc.pid)
+        os.kill(agent, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, out + err  # ERROR cells, a finished run
+    cells = _only_run(reports).cell_map()
+    assert len(cells) == 4
+    killed = [c for (t, p, s), c in cells.items() if p == "ext4" and c["outcome"] == "ERROR"]
+    assert killed, cells
+    for cell in killed:
+        assert "the agent died: SIGKILL (signal 9)" in cell["error"] and "ran past" not in cell["error"]
+        assert any("mount " in i for i in cell["evidence"]["cleanup"]), cell["evidence"]["cleanup"]
+        assert any("loop device /dev/loop" in i for i in cell["evidence"]["cleanup"])
+    # the next profile ran, in a new agent
+    assert cells[("host", "tmpfs", "driver-init")]["outcome"] == "PASS"
+    assert cells[("host", "tmpfs", "deep-layer-chain")]["outcome"] == "PASS"
+    # the dead agent's mount, loop device and directory are gone
+    assert mounts_under(tmp) == [] and _loops_under(tmp, settle=10) == []
+    assert os.listdir(tmp) == []
+    assert os.listdir(env[cleanup_mod.STATE_ENV]) == []
