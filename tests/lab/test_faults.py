@@ -139,3 +139,95 @@ def test_sigkill_of_the_agent_is_named_cleaned_up_and_the_next_profile_runs(tmp_
     assert mounts_under(tmp) == [] and _loops_under(tmp, settle=10) == []
     assert os.listdir(tmp) == []
     assert os.listdir(env[cleanup_mod.STATE_ENV]) == []
+
+
+def _dead_owner():
+    """A pid that was a process a moment ago (and is gone now)."""
+    p = subprocess.Popen(["sleep", "60"])
+    return p
+
+
+def test_cleanup_lists_then_removes_what_dead_runs_left_and_spares_live_ones(tmp_path, lab_tmp):
+    tmp, env = lab_tmp
+    os.environ[cleanup_mod.STATE_ENV] = env[cleanup_mod.STATE_ENV]
+    qemu = None
+    try:
+        owner = _dead_owner()
+        # an agent directory with a mounted loop filesystem, as a SIGKILLed agent leaves it
+        agent_dir = os.path.join(tmp, "overlaylab-agent.dead")
+        os.makedirs(os.path.join(agent_dir, "ext4.x", "mnt"))
+        cleanup_mod.mark(agent_dir, "agent-dir", run="r-dead", owner_pid=owner.pid)
+        image = os.path.join(agent_dir, "ext4.x", "fs.img")
+        with open(image, "wb") as f:
+            f.truncate(32 << 20)
+        dev = subprocess.run([REAL_LOSETUP, "--find", "--show", image], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        subprocess.run(["mkfs.ext4", "-q", dev], check=True)
+        subprocess.run(["mount", dev, os.path.join(agent_dir, "ext4.x", "mnt")], check=True)
+        # a qemu VM's run directory with its (real) qemu still running
+        vm_dir = os.path.join(tmp, "overlaylab-qemu-dead")
+        os.makedirs(vm_dir)
+        lease = cleanup_mod.mark(vm_dir, "qemu", run="r-dead", owner_pid=owner.pid)
+        with open(os.path.join(vm_dir, "disk.img"), "wb") as f:
+            f.truncate(1 << 20)
+        qemu = subprocess.Popen(["qemu-system-x86_64", "-name", cleanup_mod.qemu_name(lease), "-machine", "none",
+                                 "-S", "-nodefaults", "-display", "none",
+                                 "-pidfile", os.path.join(vm_dir, "qemu.pid")],
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        _wait_for(lambda: os.path.exists(os.path.join(vm_dir, "qemu.pid")), 30, "qemu's pidfile")
+        # a live run's directory: its owner (this test) is alive, so it is not a leftover
+        live_dir = os.path.join(tmp, "overlaylab-agent.live")
+        os.makedirs(live_dir)
+        cleanup_mod.mark(live_dir, "agent-dir", run="r-live")
+        owner.kill()
+        owner.wait()
+
+        listed = subprocess.run(OVERLAYLAB + ["cleanup", "--dry-run"], capture_output=True, text=True,
+                                env=dict(os.environ, **env))
+        assert listed.returncode == 0, listed.stderr
+        out = listed.stdout
+        assert "would remove mount %s" % os.path.join(agent_dir, "ext4.x", "mnt") in out
+        assert "would remove loop device %s" % dev in out
+        assert "would remove qemu process %d" % qemu.pid in out
+        assert "directory %s" % agent_dir in out and "directory %s" % vm_dir in out
+        assert "owner pid %d gone" % owner.pid in out and "run r-dead" in out
+        assert "live" not in out
+        assert mounts_under(agent_dir) and qemu.poll() is None  # --dry-run touched nothing
+
+        done = subprocess.run(OVERLAYLAB + ["cleanup"], capture_output=True, text=True, env=dict(os.environ, **env))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "removed mount" in done.stdout and "removed qemu process %d" % qemu.pid in done.stdout
+        qemu.wait(timeout=30)
+        assert mounts_under(tmp) == [] and _loops_under(tmp, settle=10) == []
+        assert not os.path.exists(agent_dir) and not os.path.exists(vm_dir)
+        assert os.path.isdir(live_dir)
+        assert [le["run"] for le in cleanup_mod.leases()] == ["r-live"]
+        again = subprocess.run(OVERLAYLAB + ["cleanup"], capture_output=True, text=True, env=dict(os.environ, **env))
+        assert again.stdout.strip() == "nothing left behind by dead runs"
+    finally:
+        os.environ.pop(cleanup_mod.STATE_ENV, None)
+        if qemu is not None and qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+
+
+def test_a_marker_that_does_not_match_its_lease_protects_the_directory(tmp_path, lab_tmp):
+    """A lease pointing at a directory whose marker is another's (or missing) removes only
+    the stale lease: nothing is deleted on a path's say-so alone."""
+    tmp, env = lab_tmp
+    os.environ[cleanup_mod.STATE_ENV] = env[cleanup_mod.STATE_ENV]
+    try:
+        owner = _dead_owner()
+        d = os.path.join(tmp, "someone-elses")
+        os.makedirs(d)
+        cleanup_mod.mark(d, "agent-dir", run="r1", owner_pid=owner.pid)
+        os.unlink(os.path.join(d, cleanup_mod.MARKER))
+        with open(os.path.join(d, "precious"), "w") as f:
+            f.write("x")
+        owner.kill()
+        owner.wait()
+        found = cleanup_mod.cleanup()
+        assert [e["items"][0].split(" (")[0] for e in found] == ["stale lease %s" % found[0]["lease"]["id"]]
+        assert os.path.exists(os.path.join(d, "precious")) and cleanup_mod.leases() == []
+    finally:
+        os.environ.pop(cleanup_mod.STATE_ENV, None)
