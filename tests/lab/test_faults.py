@@ -231,3 +231,46 @@ def test_a_marker_that_does_not_match_its_lease_protects_the_directory(tmp_path,
         assert os.path.exists(os.path.join(d, "precious")) and cleanup_mod.leases() == []
     finally:
         os.environ.pop(cleanup_mod.STATE_ENV, None)
+
+
+def _cell(scenario):
+    return {"record": "cell", "target": "host", "profile": "tmpfs", "scenario": scenario, "group": "g",
+            "outcome": "PASS", "expected": "PASS", "met": True, "duration": 0.1, "error": "", "log": [],
+            "evidence": {}}
+
+
+def test_a_run_whose_runner_was_killed_reads_as_interrupted_and_incomplete(tmp_path):
+    from overlaylab.lab.results import load_run
+    script = ("import os, sys; from overlaylab.lab.results import RunStore\n"
+              "s = RunStore(sys.argv[1], run_id='dead-run'); s.start(cells_expected=6)\n"
+              "for sc in ('driver-init', 'create-empty'):\n"
+              "    s.append(%r | {'scenario': sc})\n"
+              "os.kill(os.getpid(), 9)\n" % _cell("x"))
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == -9, res.stderr
+    path = os.path.join(str(tmp_path), "runs", "dead-run")
+    with open(os.path.join(path, "run.json")) as f:
+        meta = json.load(f)
+    assert meta["status"] == "running" and meta["runner"]["pid"] > 0 and meta["runner"]["boot_id"]
+    shown = subprocess.run(OVERLAYLAB + ["show", "dead-run", "--reports-dir", str(tmp_path)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "interrupted: incomplete: 2 of 6 cells" in shown.stdout
+    with open(os.path.join(path, "run.json")) as f:
+        meta = json.load(f)
+    assert meta["status"] == "interrupted" and "is gone" in meta["interrupted_reason"]
+    assert load_run(path).meta["status"] == "interrupted"
+
+
+def test_a_run_from_an_earlier_boot_is_interrupted_even_if_its_pid_lives(tmp_path):
+    from overlaylab.lab.results import RunStore, load_run
+    store = RunStore(str(tmp_path), run_id="r-old-boot")
+    store.start(cells_expected=3)
+    store.append(_cell("driver-init"))
+    store.meta["runner"]["boot_id"] = "00000000-0000-0000-0000-000000000000"  # power loss, reboot
+    store._write_meta()
+    assert load_run(store.path).meta["status"] == "interrupted"
+    live = RunStore(str(tmp_path), run_id="r-live")
+    live.start(cells_expected=3)
+    assert load_run(live.path).meta["status"] == "running"  # its runner (this process) is alive
+    live.finish()
+    store.finish()
