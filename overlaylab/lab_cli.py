@@ -210,6 +210,8 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         click.echo("\nCompared with %s:\n%s" % (baseline.name, render_text(comparison)))
     click.echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
     if status != "finished":
+        click.echo(incomplete_note(run) or status, err=True)
+    if status != "finished":
         raise click.exceptions.Exit(130)
     if len(rep.cells) < matrix.cell_count:
         raise click.exceptions.Exit(1)
@@ -270,6 +272,7 @@ def _report_disk_full(store: RunStore) -> None:
     click.echo("\nrun %s failed: reports disk full (%s); %d cells ran, %d records could not be written "
                "(shown above, not stored)" % (store.run_id, store.path, len(run.cells), len(store.unwritten)),
                err=True)
+    click.echo(incomplete_note(run) or "failed", err=True)
     raise click.exceptions.Exit(3)
 
 

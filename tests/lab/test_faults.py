@@ -274,3 +274,70 @@ def test_a_run_from_an_earlier_boot_is_interrupted_even_if_its_pid_lives(tmp_pat
     assert load_run(live.path).meta["status"] == "running"  # its runner (this process) is alive
     live.finish()
     store.finish()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real tiny filesystem (tmpfs of a given size) for --reports-dir; unmounted at the end."""
+    made = []
+
+    def make(size_kib):
+        d = tmp_path / ("tiny%d" % len(made))
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % size_kib, "tiny", str(d)], check=True)
+        made.append(str(d))
+        return str(d)
+    yield make
+    for d in made:
+        subprocess.run(["umount", "-l", d])
+
+
+SIX = "-k", "driver-init or create-empty or create-base or create-snap or changes or diff-size"
+
+
+def test_a_reports_dir_without_room_is_refused_before_starting(lab_tmp, tiny_fs):
+    tmp, env = lab_tmp
+    reports = tiny_fs(256)
+    res = subprocess.run(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", reports, "-p", "=tmpfs", *SIX],
+                         capture_output=True, text=True, env=dict(os.environ, **env), timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "KiB free" in res.stderr and "a run of 6 cells needs" in res.stderr and "Traceback" not in res.stderr
+    assert os.listdir(reports) == []
+
+
+def test_a_full_reports_disk_stops_the_run_cleanly_and_keeps_every_cell(tmp_path, lab_tmp, tiny_fs):
+    tmp, env = lab_tmp
+    reports = tiny_fs(1400)
+    proc = _start_run(reports, env, "-p", "=tmpfs", *SIX)
+    try:
+        results = []
+        _wait_for(lambda: results or [results.extend([os.path.join(r, f) for r, _, fs in os.walk(reports)
+                                                       for f in fs if f == "results.jsonl"])] and results,
+                  60, "results.jsonl")
+        _wait_for(lambda: '"cell"' in open(results[0]).read(), 120, "the first stored cell")
+        fd = os.open(os.path.join(reports, "filler"), os.O_WRONLY | os.O_CREAT)  # the disk fills up mid-run
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 3, out + err
+    assert "Traceback" not in err and "reports disk full" in err
+    run_dir = os.path.dirname(results[0])
+    with open(os.path.join(run_dir, "run.json")) as f:
+        meta = json.load(f)
+    assert meta["status"] == "failed" and meta["reason"] == "reports disk full"
+    assert not os.path.exists(os.path.join(run_dir, "run.json.tmp"))
+    with open(results[0]) as f:
+        text = f.read()
+    assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())  # no torn line
+    stored = [json.loads(line) for line in text.splitlines() if '"cell"' in line]
+    ran = int(err.split(" cells ran")[0].rsplit(";", 1)[-1].strip().split()[-1])
+    assert ran >= len(stored) >= 1
+    # every cell that ran is in the table printed to the terminal
+    for cell in stored:
+        assert cell["scenario"] in out
+    assert mounts_under(tmp) == [] and _loops_under(tmp, settle=10) == []
