@@ -122,25 +122,46 @@ class Runner:
                 self.run_target(kernel)
             return
         pool = ThreadPoolExecutor(max_workers=self.jobs)
+        futures = [pool.submit(self.run_target, k) for k in self.matrix.kernels]
         try:
-            for future in [pool.submit(self.run_target, k) for k in self.matrix.kernels]:
+            for future in futures:
                 future.result()
         except BaseException:
             # Only the main thread sees a signal; the workers must stop too, or the pool's
             # shutdown would wait while they boot the next kernels.
-            self.stop()
+            self.stop(futures)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def stop(self) -> None:
-        """Wind the run down from any thread: agents get SIGTERM (and tear down), then what
-        the workers wait on (ssh sessions, VMs) is stopped so they return and tear down."""
-        self.stopping.set()
+    def stop(self, futures: Sequence[Any] = ()) -> None:
+        """Wind the run down: no new target or agent starts; agents get SIGTERM (and tear
+        down); then what the workers wait on (ssh sessions, VMs, also one a worker was just
+        starting) is stopped until every worker has returned, having torn its target down.
+        Further stop signals are ignored meanwhile: the teardown must finish."""
+        from concurrent.futures import wait as wait_futures
+
         from ..procutil import signal_descendants, stop_agents, wait_descendants_gone
-        stop_agents(timeout=120)
-        signal_descendants(signal_mod.SIGTERM)
-        wait_descendants_gone(30)
+        self.stopping.set()
+        for future in futures:
+            future.cancel()
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal_mod.SIGINT, signal_mod.SIGTERM):
+                old[sig] = signal_mod.signal(sig, signal_mod.SIG_IGN)
+        try:
+            stop_agents(timeout=120)
+            deadline = time.monotonic() + 120
+            while True:
+                signal_descendants(signal_mod.SIGTERM)
+                pending = [f for f in futures if not f.done()]
+                if not pending or time.monotonic() > deadline:
+                    break
+                wait_futures(pending, timeout=0.5)
+            wait_descendants_gone(30)
+        finally:
+            for sig, handler in old.items():
+                signal_mod.signal(sig, handler)
 
     def _should_stop(self) -> bool:
         if getattr(self.store, "disk_full", False):
