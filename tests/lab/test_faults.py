@@ -341,3 +341,45 @@ def test_a_full_reports_disk_stops_the_run_cleanly_and_keeps_every_cell(tmp_path
     for cell in stored:
         assert cell["scenario"] in out
     assert mounts_under(tmp) == [] and _loops_under(tmp, settle=10) == []
+
+
+def test_the_next_append_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
+    from overlaylab.lab.results import RunStore
+    store = RunStore(str(tmp_path), run_id="r-torn")
+    store.start(cells_expected=2)
+    store.append(_cell("driver-init"))
+    store.finish()
+    results = os.path.join(store.path, "results.jsonl")
+    with open(results, "a") as f:
+        f.write('{"record": "cell", "target": "host", "prof')  # a crash mid-write
+    again = RunStore(str(tmp_path), run_id="r-torn")
+    again.append(_cell("create-empty"))
+    again.finish()
+    with open(results) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 3 and lines[1].endswith('"prof')
+    assert json.loads(lines[2])["scenario"] == "create-empty"
+    assert not os.path.exists(os.path.join(store.path, "run.json.tmp"))
+
+
+def test_a_run_first_removes_what_dead_runs_left(tmp_path, lab_tmp):
+    tmp, env = lab_tmp
+    os.environ[cleanup_mod.STATE_ENV] = env[cleanup_mod.STATE_ENV]
+    try:
+        owner = _dead_owner()
+        stale = os.path.join(tmp, "overlaylab-agent.stale")
+        os.makedirs(os.path.join(stale, "tmpfs.x", "mnt"))
+        cleanup_mod.mark(stale, "agent-dir", run="r-earlier", owner_pid=owner.pid)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "stale", os.path.join(stale, "tmpfs.x", "mnt")],
+                       check=True)
+        owner.kill()
+        owner.wait()
+        res = subprocess.run(OVERLAYLAB + ["run", "--provider", "local", "--reports-dir", str(tmp_path / "reports"),
+                                           "-p", "=tmpfs", "-k", "driver-init"], capture_output=True, text=True,
+                             env=dict(os.environ, **env), timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "cleanup: removed mount %s" % os.path.join(stale, "tmpfs.x", "mnt") in res.stderr
+        assert not os.path.exists(stale) and mounts_under(tmp) == []
+        assert cleanup_mod.leases() == []
+    finally:
+        os.environ.pop(cleanup_mod.STATE_ENV, None)
