@@ -74,3 +74,39 @@ def test_a_stop_signal_to_the_runner_alone_stops_a_qemu_run(kernel_61, tmp_path,
     assert [d for d in os.listdir(str(tmp)) if d.startswith("overlaylab-")] == []  # no VM dir, no agent dir
     assert os.listdir(str(tmp_path / "state")) == []
     assert "incomplete:" in err
+
+
+def test_after_the_runner_is_killed_cleanup_removes_the_vm_and_show_says_interrupted(kernel_61, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    reports = tmp_path / "reports"
+    env = dict(os.environ, TMPDIR=str(tmp), OVERLAYLAB_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "overlaylab", "run", "--provider", "qemu", "-j", "1",
+                             "-K", "debian-6.1", "-p", "=ext4", "-k", "driver-init", "--reports-dir", str(reports)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not _qemus_under(str(tmp)) and proc.poll() is None:
+            time.sleep(0.05)
+        assert _qemus_under(str(tmp)), "no VM started"
+        os.kill(proc.pid, signal.SIGKILL)  # no teardown at all: power-loss-like for the runner
+        proc.communicate(timeout=60)
+        vm_dirs = [d for d in os.listdir(str(tmp)) if d.startswith("overlaylab-qemu-")]
+        assert len(vm_dirs) == 1  # what it left: the VM's directory (images, keys)
+        listed = subprocess.run([sys.executable, "-m", "overlaylab", "cleanup", "--dry-run"], capture_output=True,
+                                text=True, env=env, timeout=120)
+        assert "qemu directory %s" % os.path.join(str(tmp), vm_dirs[0]) in listed.stdout, listed.stdout
+        done = subprocess.run([sys.executable, "-m", "overlaylab", "cleanup"], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert os.listdir(str(tmp)) == [] and _qemus_under(str(tmp)) == set()
+        shown = subprocess.run([sys.executable, "-m", "overlaylab", "show", "latest", "--reports-dir", str(reports)],
+                               capture_output=True, text=True, env=env, timeout=120)
+        assert "interrupted: incomplete: 0 of 1 cells" in shown.stdout, shown.stdout + shown.stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _qemus_under(str(tmp)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
