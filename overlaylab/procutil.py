@@ -134,22 +134,38 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class signals_deferred:
-    """``with signals_deferred():`` blocks SIGINT, SIGTERM and SIGHUP for the block (they stay
-    pending and are delivered when it ends), so a teardown that was started is finished: a
-    Ctrl-C can no longer abort ``losetup -d`` half way. Commands started inside inherit the
-    blocked mask, so a signal sent to the whole group does not kill them either. Nests; a
-    no-op outside the main thread (Python runs handlers only there)."""
+    """``with signals_deferred():`` holds SIGINT, SIGTERM and SIGHUP back for the block and
+    delivers them when it ends, so a teardown that was started is finished: a Ctrl-C can no
+    longer abort ``losetup -d`` half way. The signals are blocked (commands started inside
+    inherit the mask, so a signal sent to the whole group does not kill them either), and the
+    Python handlers are swapped for a recorder meanwhile (a signal the kernel hands to another
+    thread would otherwise still run the handler in the main thread). Nests; a no-op outside
+    the main thread (Python runs handlers only there)."""
 
     def __enter__(self) -> "signals_deferred":
         import threading
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        self._old_mask = None
+        self._handlers: Dict[int, object] = {}
+        self._caught: List[int] = []
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        for sig in STOP_SIGNALS:
+            old = signal.getsignal(sig)
+            if callable(old):  # SIG_IGN / SIG_DFL stay as they are
+                self._handlers[sig] = old
+                signal.signal(sig, lambda num, frame: self._caught.append(num))
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        if self._old_mask is None:
+            return
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)  # pending ones arrive now
+        for num in self._caught:
+            if num not in signal.sigpending():
+                signal.raise_signal(num)  # caught meanwhile by another thread: deliver it now
 
 
 # --- stopping agents gracefully -------------------------------------------------------------
