@@ -242,9 +242,10 @@ def _check_reports_space(reports_dir: Optional[str], cells: int) -> None:
     free = st.f_bavail * st.f_frsize
     need = SPACE_BASE_BYTES + cells * SPACE_PER_CELL_BYTES
     if free < need:
-        raise click.UsageError("--reports-dir %s: only %d KiB free on its filesystem, a run of %d cells needs "
-                               "about %d KiB; free some space or choose another --reports-dir"
-                               % (path, free >> 10, cells, need >> 10))
+        click.echo("overlaylab run: --reports-dir %s: only %d KiB free on its filesystem, a run of %d cells "
+                   "needs about %d KiB; free some space or choose another --reports-dir"
+                   % (path, free >> 10, cells, need >> 10), err=True)
+        raise click.exceptions.Exit(2)
 
 
 def _clean_dead_runs() -> None:
