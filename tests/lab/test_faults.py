@@ -383,3 +383,53 @@ def test_a_run_first_removes_what_dead_runs_left(tmp_path, lab_tmp):
         assert cleanup_mod.leases() == []
     finally:
         os.environ.pop(cleanup_mod.STATE_ENV, None)
+
+
+def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
+    """rc 137 one second in is a kill from outside (signal 9), not the agent's time limit."""
+    from overlaylab.lab.profiles import load_profiles
+    from overlaylab.lab.results import RunStore, load_run
+    from overlaylab.lab.runner import Matrix, Runner
+    from overlaylab.lab.scenario import all_scenarios
+
+    class Res:
+        def __init__(self, rc, stdout="", stderr=""):
+            self.rc, self.stdout, self.stderr = rc, stdout, stderr
+
+    calls = []
+
+    class Session:
+        kernel_release, disks = "9.9-test", {}
+
+        def run(self, command, timeout):
+            calls.append(command)
+            if "probe-target" in command:
+                return Res(0, json.dumps({"record": "target", "facts": {}}))
+            if " cleanup " in command:
+                return Res(0, json.dumps({"record": "cleanup", "items": ["mount /x (run r, owner pid 1 gone)"],
+                                          "problems": []}))
+            if "--profile tmpfs" in command:
+                return Res(137, "", "Killed")  # kill -9 of the agent, one second in
+            return Res(0, json.dumps(dict(_cell("driver-init"), profile="ext4")))
+
+    class Provider:
+        name = "stub"
+
+        @contextlib.contextmanager
+        def up(self, kernel, disks=(), keep=False):
+            yield Session()
+
+    profiles = load_profiles()
+    matrix = Matrix(["k1"], {"tmpfs": profiles["tmpfs"], "ext4": profiles["ext4"]},
+                    {"driver-init": all_scenarios()["driver-init"]})
+    store = RunStore(str(tmp_path), run_id="r-died")
+    store.start()
+    Runner(Provider(), store, matrix).run()
+    store.finish()
+    cells = load_run(store.path).cell_map()
+    died = cells[("k1", "tmpfs", "driver-init")]
+    assert died["outcome"] == "ERROR" and died["error"].startswith("the agent died: SIGKILL (signal 9)")
+    assert "ran past" not in died["error"]
+    assert died["evidence"]["cleanup"] == ["mount /x (run r, owner pid 1 gone)"]
+    assert cells[("k1", "ext4", "driver-init")]["outcome"] == "PASS"  # carried on in a new agent
+    assert any("cleanup --run r-died" in c for c in calls)
