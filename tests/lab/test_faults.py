@@ -433,3 +433,35 @@ def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
     assert died["evidence"]["cleanup"] == ["mount /x (run r, owner pid 1 gone)"]
     assert cells[("k1", "ext4", "driver-init")]["outcome"] == "PASS"  # carried on in a new agent
     assert any("cleanup --run r-died" in c for c in calls)
+
+
+def test_cleanup_removes_only_the_dead_runs_libvirt_domains(tmp_path, lab_tmp, monkeypatch):
+    """Domains are matched by the prefix the dead run's lease recorded, never by 'overlaylab-'.
+    libvirt is not on this machine: a stand-in virsh lists domains and logs what it is told."""
+    tmp, env = lab_tmp
+    monkeypatch.setenv(cleanup_mod.STATE_ENV, env[cleanup_mod.STATE_ENV])
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    log = tmp_path / "virsh.log"
+    (shim / "virsh").write_text("#!/bin/sh\necho \"$*\" >> %s\n"
+                                "case \"$*\" in *\"list --all --name\"*) printf 'overlaylab-dead01-bookworm\\n"
+                                "overlaylab-live02-bookworm\\nsomeones-vm\\n';; esac\n" % log)
+    (shim / "virsh").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (shim, os.environ["PATH"]))
+    owner = _dead_owner()
+    dead_dir = os.path.join(tmp, "overlaylab-vagrant-dead")
+    os.makedirs(dead_dir)
+    cleanup_mod.mark(dead_dir, "vagrant", run="r-dead", owner_pid=owner.pid, domain_prefix="overlaylab-dead01-")
+    live_dir = os.path.join(tmp, "overlaylab-vagrant-live")
+    os.makedirs(live_dir)
+    cleanup_mod.mark(live_dir, "vagrant", run="r-live", domain_prefix="overlaylab-live02-")
+    owner.kill()
+    owner.wait()
+    (entry,) = cleanup_mod.cleanup()
+    assert entry["problems"] == []
+    assert any(i.startswith("libvirt domain overlaylab-dead01-bookworm ") for i in entry["items"])
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if "destroy" in c or "undefine" in c] == [
+        "-c qemu:///system destroy overlaylab-dead01-bookworm",
+        "-c qemu:///system undefine overlaylab-dead01-bookworm --remove-all-storage --nvram"]
+    assert not os.path.exists(dead_dir) and os.path.isdir(live_dir)
