@@ -357,6 +357,8 @@ def incomplete_note(run: Run) -> Optional[str]:
     expected = run.meta.get("cells_expected")
     done = len(run.cells)
     if isinstance(expected, int) and expected > 0:
+        if done >= expected:
+            return "%s: all %d cells ran" % (status, done)
         return "%s: incomplete: %d of %d cells" % (status, done, expected)
     return "%s: incomplete: %d cells" % (status, done)
 

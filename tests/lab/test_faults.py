@@ -465,3 +465,24 @@ def test_cleanup_removes_only_the_dead_runs_libvirt_domains(tmp_path, lab_tmp, m
         "-c qemu:///system destroy overlaylab-dead01-bookworm",
         "-c qemu:///system undefine overlaylab-dead01-bookworm --remove-all-storage --nvram"]
     assert not os.path.exists(dead_dir) and os.path.isdir(live_dir)
+
+
+def test_ctrl_c_to_the_runner_during_a_slow_detach_leaks_nothing(tmp_path, lab_tmp, slow_losetup):
+    """Ctrl-C reaches the runner's group; the agent is stopped by the runner while it detaches
+    (and `timeout`'s SIGKILL-after-5-s must not cut that teardown short)."""
+    tmp, env = lab_tmp
+    shim, flag = slow_losetup
+    env = dict(env, PATH=shim + ":" + os.environ["PATH"])
+    proc = _start_run(tmp_path / "reports", env, "-p", "=ext4 or =xfs", "-k", "driver-init")
+    try:
+        _wait_for(flag.exists, 120, "the agent's losetup -d")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    assert _loops_under(tmp, settle=10) == [] and mounts_under(tmp) == []
+    assert os.listdir(tmp) == []
+    assert _only_run(tmp_path / "reports").meta["status"] == "interrupted"
+    assert "interrupted: incomplete: 1 of 2 cells" in err
