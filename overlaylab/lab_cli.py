@@ -56,35 +56,11 @@ def make_provider(name: str):
     return provider
 
 
-def _progress_printer(total: int):
-    """A rich progress bar on a terminal; plain lines otherwise (CI logs)."""
-    state = {"done": 0}
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), transient=True)
-        task = progress.add_task("starting", total=total)
-        progress.start()
-
-        def on_event(event: str, info: Dict[str, Any]) -> None:
-            if event == "cell":
-                progress.advance(task)
-            elif event in ("profile-start", "target-start"):
-                progress.update(task, description="%s %s" % (info.get("kernel"), info.get("profile", "")))
-        on_event.stop = progress.stop  # type: ignore[attr-defined]
-        return on_event
-
-    def on_line(event: str, info: Dict[str, Any]) -> None:
-        if event == "cell":
-            state["done"] += 1
-        elif event == "profile-end":
-            click.echo("[%d/%d] %s %s done in %.1fs" % (state["done"], total, info["kernel"], info["profile"],
-                                                        info["seconds"]), err=True)
-        elif event == "target-up":
-            click.echo("target %s up: kernel %s (%s)" % (info.get("target"), info.get("kernel_release"),
-                                                         info.get("provider")), err=True)
-    on_line.stop = lambda: None  # type: ignore[attr-defined]
-    return on_line
+def _progress_printer(total: int, run_dir: Optional[str] = None, per_target: Optional[Dict[str, int]] = None):
+    """A live bar per target on a terminal, plain lines otherwise; lasting lines per finished
+    profile and target on both, and all of it timestamped in ``run.log`` (lab/progress.py)."""
+    from .lab.progress import ProgressDisplay
+    return ProgressDisplay(total, run_dir, per_target)
 
 
 @click.command("run")
@@ -159,12 +135,17 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
                 cells_expected=matrix.cell_count * repeat)
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
+    on_event = _progress_printer(matrix.cell_count * repeat, store.path, {
+        k: len(profiles) * len(matrix.scenarios_for(k)) * repeat for k in kernel_list})
     if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in kernel_list):
         from .vm_cli import prefetch
-        prefetch(kernel_list)  # cached kernels are instant; a missing one turns into ERROR cells
+        try:  # cached kernels are instant; a missing one turns into ERROR cells
+            prefetch(kernel_list, echo=on_event.echo, progress=on_event, run_dir=store.path)
+        except BaseException:
+            on_event.stop()  # give the terminal back (cursor, live rows) before going
+            raise
     from .procutil import become_subreaper
     become_subreaper()
-    on_event = _progress_printer(matrix.cell_count * repeat)
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
                     profiles_text=profiles_text if provider == "vagrant" else None, repeat=repeat)
     status = "finished"
@@ -298,17 +279,14 @@ def list_cmd(what: str) -> None:
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
 def show_cmd(run_ref: str, reports_dir: Optional[str]) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
-    try:
-        path = resolve_run_dir(run_ref, reports_dir)
-    except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
-    run = load_run(path)
+    from .reports_cli import _run_path, load_run_checked
+    run = load_run_checked(_run_path(run_ref, reports_dir), warn=False)  # exit 2 naming a broken file
     click.echo(render_run(run))
     unmet = render_unmet(run)
     if unmet:
         click.echo("\nNot as expected:\n" + unmet)
     if run.skipped_lines:
-        click.echo("\n(%d damaged result lines skipped)" % run.skipped_lines)
+        click.echo("\n(%s)" % run.damage_note())
     note = incomplete_note(run)
     if note:
         click.echo("\n" + note)

@@ -7,14 +7,35 @@ from typing import Optional
 
 import click
 
-from .lab.results import default_reports_dir, load_run, resolve_run_dir
+from .lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir
+
+
+class BadInput(click.ClickException):
+    """A usage error in one line (``Error: ...``), exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause's text holds
 
 
 def _run_path(run_ref: str, reports_dir: Optional[str]) -> str:
     try:
         return resolve_run_dir(run_ref, reports_dir)
     except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
+
+
+def load_run_checked(path: str, warn: bool = True) -> Run:
+    """:func:`load_run`, a broken ``run.json`` a usage error naming it, and a warning on
+    stderr naming ``results.jsonl`` and how many of its lines were skipped."""
+    try:
+        run = load_run(path)
+    except RunFileError as err:
+        raise BadInput(str(err)) from None
+    if warn and run.skipped_lines:
+        click.echo("warning: " + run.damage_note(), err=True)
+    return run
 
 
 @click.command("report")
@@ -34,11 +55,16 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
     from .reports import FILES, RunReport, render, write_all
     from .reports.compare import render_baseline
     path = _run_path(run_ref, reports_dir)
+    run = load_run_checked(path)
     if fmt == "all":
-        for written in write_all(path, out_dir=output):
+        try:
+            written_files = write_all(path, out_dir=output, run=run)
+        except OSError as err:
+            raise BadInput("cannot write the reports to %s: %s" % (err.filename or output or path, err.strerror or err)) from None
+        for written in written_files:
             click.echo(written)
         return
-    rep = RunReport.from_run(load_run(path))
+    rep = RunReport.from_run(run)
     text = render_baseline(rep, name=name) if fmt == "baseline" else render(rep, fmt)
     if output is None and fmt == "html":
         output = os.path.join(path, FILES["html"])
@@ -47,8 +73,11 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
         return
     if os.path.isdir(output):
         output = os.path.join(output, FILES.get(fmt, "baseline.toml"))
-    with open(output, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        raise BadInput("cannot write %s: %s" % (output, err.strerror or err)) from None
     click.echo(output)
 
 
@@ -62,15 +91,21 @@ def compare_cmd(base: str, new: str, reports_dir: Optional[str], fmt: str, show_
     """Compare run NEW (default: latest) with BASE: a run (id, directory, 'latest') or a
     baseline file (.toml/.json). Per cell: newly failing, fixed, changed, flaky, new, missing.
 
-    Exit status 1 when a cell regressed, 0 otherwise.
+    Exit status 1 when a cell regressed, 0 otherwise, 2 when BASE or NEW cannot be read.
     """
     from .reports import RunReport
-    from .reports.compare import BaselineError, compare, load_baseline, render_markdown, render_text
+    from .reports.compare import BaselineError, baseline_from_report, compare, load_baseline, render_markdown, render_text
     try:
-        baseline = load_baseline(base, reports_dir)
-    except (BaselineError, OSError) as err:
-        raise click.ClickException(str(err)) from None
-    rep = RunReport.from_run(load_run(_run_path(new, reports_dir)))
+        if os.path.isfile(base):
+            baseline = load_baseline(base, reports_dir)
+        else:
+            baseline = baseline_from_report(RunReport.from_run(load_run_checked(_run_path(base, reports_dir))))
+    except BadInput as err:
+        raise BadInput("base %s: %s" % (base, err.message)) from None
+    except (BaselineError, OSError, ValueError, TypeError) as err:
+        text = str(getattr(err, "strerror", None) or err)
+        raise BadInput(text if text.startswith(base) else "base %s: %s" % (base, text)) from None
+    rep = RunReport.from_run(load_run_checked(_run_path(new, reports_dir)))
     result = compare(baseline, rep)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -92,7 +127,7 @@ def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str]) 
     from .reports import history
     reports = reports_dir or default_reports_dir()
     if reindex:
-        n = history.reindex(reports)
+        n = history.reindex(reports, warn=lambda text: click.echo("warning: " + text, err=True))
         click.echo("indexed %d runs into %s" % (n, history.index_path(reports)), err=True)
     if cell:
         click.echo(history.render_cell_history(history.cell_history(reports, cell)))
@@ -111,34 +146,55 @@ def bundle_cmd(run_ref: str, cell: str, output: Optional[str], reports_dir: Opti
     parameters, probes, dmesg, the scenario's log and evidence, versions, and a repro command."""
     from .reports.bundle import BundleError, write_bundle
     path = _run_path(run_ref, reports_dir)
+    run = load_run_checked(path)
     try:
-        click.echo(write_bundle(path, cell, output))
+        click.echo(write_bundle(path, cell, output, run=run))
     except (BundleError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
+    except OSError as err:
+        raise BadInput("cannot write the bundle to %s: %s" % (err.filename or output, err.strerror or err)) from None
 
 
 @click.command("repro")
-@click.argument("bundle", type=click.Path(exists=True))
+@click.argument("bundle")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
               help="Where the re-run's run directory goes (default ./reports, env OVERLAYLAB_REPORTS).")
-@click.option("--dry-run", is_flag=True, help="Only print the command.")
-def repro_cmd(bundle: str, reports_dir: Optional[str], dry_run: bool) -> None:
-    """Re-run a bundle's cell (same kernel, profile, scenario) and say whether the bundled
-    outcome reproduced. Exit status 0 when it did, 1 when it did not, 2 when the re-run failed."""
-    from .reports.bundle import BundleError, read_bundle, run_repro
+@click.option("--dry-run", is_flag=True, help="Only print the command that would run, exactly.")
+@click.option("--profiles-file", type=click.Path(dir_okay=False), default=None,
+              help="Your own filesystems.toml for the bundle's profile (instead of the project's).")
+@click.option("--trust-bundle-profiles", is_flag=True,
+              help="Use the profiles file the bundle brings (profiles.toml; its mkfs commands run as root).")
+def repro_cmd(bundle: str, reports_dir: Optional[str], dry_run: bool, profiles_file: Optional[str],
+              trust_bundle_profiles: bool) -> None:
+    """Re-run a bundle's cell (same kernel, profile, scenario, provider, repeat) and say whether
+    the bundled outcome reproduced.
+
+    The command is rebuilt from the bundle's fields, each checked against this machine's
+    catalogues; no command from the bundle is executed. Exit status 0 when the outcome
+    reproduced, 1 when it did not, 2 when BUNDLE is not a well-formed bundle of a known cell,
+    3 when the re-run itself failed, 130 when it was interrupted.
+    """
+    from .reports.bundle import BundleError, read_bundle, repro_command, run_repro
+    from .reports.model import shell_join
     try:
-        spec = read_bundle(bundle)
+        spec = read_bundle(bundle, profiles_file=profiles_file, trust_bundle_profiles=trust_bundle_profiles,
+                           reports_dir=reports_dir)
     except BundleError as err:
-        raise click.ClickException(str(err)) from None
+        raise BadInput(str(err)) from None
+    if spec.get("trusted_profiles"):
+        click.echo("using the bundle's own profiles (--trust-bundle-profiles), copied to %s" % spec["trusted_profiles"],
+                   err=True)
     if dry_run:
-        click.echo(spec["command"])
+        click.echo(shell_join(repro_command(spec, reports_dir)))
         return
     result = run_repro(spec, reports_dir, echo=lambda s: click.echo(s, err=True))
-    click.echo(result["stdout"].rstrip())
+    if result["stdout"].strip():
+        click.echo(result["stdout"].rstrip())
     if result.get("problem"):
         click.echo(result["stderr"][-3000:], err=True)
         click.echo("repro of %s: the re-run failed: %s" % (spec["cell"], result["problem"]))
-        raise click.exceptions.Exit(2)
+        code = result.get("returncode")
+        raise click.exceptions.Exit(code if code in (2, 130) else 3)
     if result["reproduced"]:
         click.echo("REPRODUCED: %s is %s again (bundled: %s, run %s; now run %s on kernel %s)" % (
             spec["cell"], result["outcome"], spec["outcome"], spec["run_id"], result["run_id"], result["kernel_release"]))

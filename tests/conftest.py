@@ -14,6 +14,8 @@ import tempfile
 
 import pytest
 
+from tests.needs import backing_fs_unavailable
+
 from overlaylab.lab.backingfs import BackingFsUnavailable, make_backing_fs
 from overlaylab.lab.profiles import load_profiles
 from overlaylab.mountutil import mounts_under
@@ -35,7 +37,8 @@ def profiles():
 def backing_fs(profiles, request):
     """Factory: ``backing_fs("ext4")`` -> a mounted :class:`BackingFs`, torn down after the test.
 
-    A profile this kernel cannot make is skipped with the reason (e.g. xfs V4 on a new kernel).
+    A profile this kernel cannot mount is skipped with the reason (e.g. xfs V4 on a new kernel);
+    one whose mkfs/losetup failed is a missing tool (:mod:`tests.needs`: fails under CI).
     """
     stack = contextlib.ExitStack()
     workdir = tempfile.mkdtemp(prefix=request.node.name[:40].replace("/", "_") + ".", dir=SESSION_TMP)
@@ -44,7 +47,7 @@ def backing_fs(profiles, request):
         try:
             return stack.enter_context(make_backing_fs(profiles[name], workdir, device=device))
         except BackingFsUnavailable as err:
-            pytest.skip("profile %s unavailable here: %s" % (name, err))
+            backing_fs_unavailable(err)
 
     try:
         yield make

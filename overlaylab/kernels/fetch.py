@@ -133,12 +133,59 @@ class PrivateApt:
         p = self.run("apt-cache", ["show"] + list(packages))
         return parse_apt_cache_show(p.stdout)
 
+    def expected_bytes(self, specs: Sequence[str]) -> Optional[int]:
+        """The sum of the ``Size`` fields of ``pkg[=version]`` specs (None if any is unknown)."""
+        total = 0
+        for spec in specs:
+            name, _, version = spec.partition("=")
+            sizes = [r.get("Size") for r in self.show([name]) if not version or r.get("Version") == version]
+            if not sizes or not str(sizes[0]).isdigit():
+                return None
+            total += int(sizes[0])
+        return total
+
     def download(self, specs: Sequence[str], dest: str) -> List[str]:
-        p = self.run("apt-get", ["download"] + list(specs), cwd=dest)
+        """``apt-get download`` into ``dest``; reports the bytes so far as the ``fetch`` phase's
+        progress (lab/progress.py) by watching the files grow."""
+        from ..lab.progress import phase_progress
+
+        total = self.expected_bytes(specs)
+        cmd = ["apt-get", "-q"] + self.options() + ["download"] + list(specs)
+        env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, cwd=dest, env=env, stdout=out, stderr=err, universal_newlines=True)
+            deadline = time.monotonic() + APT_TIMEOUT
+            try:
+                while proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(cmd, APT_TIMEOUT)
+                    phase_progress("fetch", _tree_bytes(dest, str(self.cache / "archives" / "partial")), total)
+                    time.sleep(0.5)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            phase_progress("fetch", _tree_bytes(dest), total)
+            out.seek(0)
+            err.seek(0)
+            p = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
         if p.returncode != 0:
             last = (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
             raise RuntimeError("apt-get download %s failed: %s" % (" ".join(specs), last))
         return sorted(glob.glob(os.path.join(dest, "*.deb")))
+
+
+def _tree_bytes(*dirs: str) -> int:
+    """Bytes in the files under ``dirs`` (a download in progress)."""
+    total = 0
+    for d in dirs:
+        for root, _subdirs, files in os.walk(d):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
+    return total
 
 
 def literal_prefix(pattern: str) -> str:

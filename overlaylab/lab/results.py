@@ -56,6 +56,17 @@ class Run:
     profiles: List[Dict[str, Any]] = field(default_factory=list)
     cells: List[Dict[str, Any]] = field(default_factory=list)
     skipped_lines: int = 0
+    damaged: List[Tuple[int, str]] = field(default_factory=list)  # (line number, why) of skipped lines
+
+    def damage_note(self) -> str:
+        """"skipped N damaged lines of FILE: line 3 (why), ..." ("" when none were)."""
+        if not self.skipped_lines:
+            return ""
+        shown = ", ".join("line %d (%s)" % d for d in self.damaged[:5])
+        more = ", ..." if len(self.damaged) > 5 else ""
+        return "skipped %d damaged line%s of %s: %s%s" % (
+            self.skipped_lines, "" if self.skipped_lines == 1 else "s", os.path.join(self.path, RESULTS_FILE),
+            shown, more)
 
     @property
     def run_id(self) -> str:
@@ -272,16 +283,84 @@ def _upgrade(record: Dict[str, Any]) -> Dict[str, Any]:
     return record
 
 
-def iter_records(path: str) -> Iterator[Tuple[Optional[Dict[str, Any]], str]]:
+class RunFileError(ValueError):
+    """A file of a run directory that cannot be read; the message names the file."""
+
+
+# Fields the readers rely on, and their types (None counts as absent): a record whose fields
+# do not fit is damaged and skipped, not a crash in a report.
+_REQUIRED = {"cell": ("target", "profile", "scenario", "outcome"), "profile": ("target", "profile"),
+             "target": ("target",)}
+_TYPES: Dict[str, Any] = {
+    "record": str, "target": str, "profile": str, "scenario": str, "outcome": str, "error": str, "expected": str,
+    "expected_why": str, "group": str, "kernel_release": str, "provider": str, "met": bool,
+    "attempt": int, "duration": (int, float), "evidence": dict, "log": (list, str), "probes": dict,
+    "facts": dict, "fs": dict, "unavailable": dict, "dmesg": list, "uname": list, "disks": dict}
+_META_TYPES: Dict[str, Any] = {"run_id": str, "status": str, "started": str, "ended": str, "provider": str,
+                               "argv": list, "host": dict, "matrix": dict}
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
+            float: "number"}.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def _damage(record: Any) -> Optional[str]:
+    """Why a parsed line is not a usable record (None when it is one)."""
+    if not isinstance(record, dict):
+        return "a JSON %s, not a record" % _type_name(record)
+    for key, typ in _TYPES.items():
+        value = record.get(key)
+        if value is not None and (not isinstance(value, typ) or (typ is int and isinstance(value, bool))):
+            return "%r is a %s" % (key, _type_name(value))
+    for key in _REQUIRED.get(record.get("record"), ()):
+        if record.get(key) is None:
+            return "%s record without %r" % (record.get("record"), key)
+    return None
+
+
+def scan_records(path: str) -> Iterator[Tuple[int, Optional[Dict[str, Any]], str, str]]:
+    """``(line number, record, why, line)`` for every non-empty line: ``record`` is None and
+    ``why`` says what is wrong when the line is damaged (``cut short`` for a torn last line)."""
     with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
             if not line:
                 continue
             try:
-                yield _upgrade(json.loads(line)), line
+                record = json.loads(line)
             except ValueError:
-                yield None, line  # a line cut short by a crash
+                yield lineno, None, "cut short" if not raw.endswith("\n") else "not JSON", line
+                continue
+            why = _damage(record)
+            yield lineno, (None if why else _upgrade(record)), why or "", line
+
+
+def iter_records(path: str) -> Iterator[Tuple[Optional[Dict[str, Any]], str]]:
+    """``(record, line)``; ``record`` is None for a damaged line (see :func:`scan_records`)."""
+    for _lineno, record, _why, line in scan_records(path):
+        yield record, line
+
+
+def read_meta(path: str) -> Dict[str, Any]:
+    """``run.json`` of the run at ``path`` ({} when there is none); :class:`RunFileError` naming
+    the file when it is broken."""
+    meta_path = os.path.join(path, RUN_FILE)
+    if not os.path.exists(meta_path):
+        return {}
+    try:
+        with open(meta_path, "r", encoding="utf-8") as f:
+            meta = json.load(f)
+    except OSError as err:
+        raise RunFileError("cannot read %s: %s" % (meta_path, err.strerror or err)) from None
+    except ValueError as err:
+        raise RunFileError("%s is broken (not JSON: %s)" % (meta_path, err)) from None
+    if not isinstance(meta, dict):
+        raise RunFileError("%s is broken (a JSON %s, not an object)" % (meta_path, _type_name(meta)))
+    for key, typ in _META_TYPES.items():
+        if meta.get(key) is not None and not isinstance(meta[key], typ):
+            raise RunFileError("%s is broken (%r is a %s)" % (meta_path, key, _type_name(meta[key])))
+    return meta
 
 
 def resolve_run_dir(ref: str, reports_dir: Optional[str] = None) -> str:
@@ -301,27 +380,26 @@ def resolve_run_dir(ref: str, reports_dir: Optional[str] = None) -> str:
 
 
 def load_run(path: str) -> Run:
-    meta: Dict[str, Any] = {}
-    meta_path = os.path.join(path, RUN_FILE)
-    if os.path.exists(meta_path):
-        with open(meta_path, "r", encoding="utf-8") as f:
-            meta = json.load(f)
-    run = Run(path=path, meta=meta)
+    run = Run(path=path, meta=read_meta(path))
     _mark_if_runner_gone(run)
     results = os.path.join(path, RESULTS_FILE)
     if not os.path.exists(results):
         return run
-    for record, _ in iter_records(results):
-        if record is None:
-            run.skipped_lines += 1
-            continue
-        kind = record.get("record")
-        if kind == "cell":
-            run.cells.append(record)
-        elif kind == "profile":
-            run.profiles.append(record)
-        elif kind == "target":
-            run.targets.append(record)
+    try:
+        for lineno, record, why, _line in scan_records(results):
+            if record is None:
+                run.skipped_lines += 1
+                run.damaged.append((lineno, why))
+                continue
+            kind = record.get("record")
+            if kind == "cell":
+                run.cells.append(record)
+            elif kind == "profile":
+                run.profiles.append(record)
+            elif kind == "target":
+                run.targets.append(record)
+    except OSError as err:
+        raise RunFileError("cannot read %s: %s" % (results, err.strerror or err)) from None
     return run
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..providers.transport import stream_lines
+from . import progress as progress_mod
 from .profiles import FsProfile
 from .results import RunStore
 from .scenario import Scenario
@@ -171,6 +172,12 @@ class Runner:
     def run_target(self, kernel: str) -> None:
         if self._should_stop():
             return
+        # phases reported from deep inside (fetch, initramfs, boot) reach self.progress, and a
+        # VM's console log is kept in the run directory (lab/progress.py)
+        with progress_mod.target_scope(kernel, self.progress, getattr(self.store, "path", None)):
+            self._run_target(kernel)
+
+    def _run_target(self, kernel: str) -> None:
         self.progress("target-start", {"kernel": kernel})
         started = time.monotonic()
         try:
@@ -208,7 +215,8 @@ class Runner:
                 "disks": dict(getattr(session, "disks", {}) or {}),
                 "boot_retries": list(getattr(session, "boot_retries", []) or [])}
         try:
-            res = session.run(self._agent_command(session, ["probe-target"]), 120)
+            with progress_mod.phase("probes", "kernel facts"):
+                res = session.run(self._agent_command(session, ["probe-target"]), 120)
             records, _ = parse_records(res.stdout)
             for rec in records:
                 if rec.get("record") == "target":

@@ -40,6 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from ..kernels.cache import KernelImage
 from ..kernels.catalogue import KernelEntry
 from ..kernels.fetch import fetch_kernel
+from ..lab.progress import keep_path, phase
 from ..vm import qemu as qemu_mod
 from ..vm.initramfs import InitramfsInfo, build_initramfs
 from ..vm.qemu import READY_MARKER, QemuVM, VMBootError
@@ -122,6 +123,17 @@ def ssh_client_config_text(port: int, identity: str, control_path: str) -> str:
         "    ServerAliveCountMax 6",
         "",
     ])
+
+
+#: sun_path holds 108 bytes; ssh appends a random suffix to the ControlPath while it binds
+_CONTROL_PATH_MAX = 80
+
+
+def control_path_for(workdir: str) -> str:
+    """The ssh ControlPath in *workdir*: ``cm-%p`` (one VM per port), or ``none`` (no
+    multiplexing, slower but working) when a long TMPDIR would overflow the socket path."""
+    path = os.path.join(workdir, "cm-%p")
+    return path if len(path) + 5 <= _CONTROL_PATH_MAX else "none"
 
 
 #: directories of the host root that the guest covers with a tmpfs
@@ -280,7 +292,7 @@ class QemuProvider:
             }))
         ssh_config = os.path.join(workdir, "ssh_config")
         with open(ssh_config, "w") as f:
-            f.write(ssh_client_config_text(port, identity, os.path.join(workdir, "cm-%C")))
+            f.write(ssh_client_config_text(port, identity, control_path_for(workdir)))
         os.makedirs(os.path.join(workdir, "disks"), exist_ok=True)
         for name, size_mb in disks:
             qemu_mod.make_sparse_image(os.path.join(workdir, "disks", name + ".img"), size_mb)
@@ -297,17 +309,24 @@ class QemuProvider:
         import testinfra
 
         disks = validate_disks(disks)
-        kernel = self.resolve_kernel(kernel_entry)
+        with phase("fetch", "kernel %s" % getattr(kernel_entry, "name", kernel_entry)) as state:
+            kernel = self.resolve_kernel(kernel_entry)
+            state["detail"] = kernel.release
         if not kernel.modules_dir:
             sys.stderr.write("overlaylab: %s has no modules directory; relying on built-ins\n" % kernel.name)
-        initramfs = build_initramfs(kernel, cache_dir=self.cache_dir)
-        boot_image = qemu_mod.fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
-            else kernel.vmlinuz
-        accel, accel_reason = self.choose_accel(boot_image)
+        with phase("initramfs", kernel.release) as state:
+            initramfs = build_initramfs(kernel, cache_dir=self.cache_dir)
+            state["detail"] = "%s, %.1f MB" % ("cached" if initramfs.cached else "built", initramfs.size / 1e6)
+        with phase("accel") as state:
+            boot_image = qemu_mod.fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
+                else kernel.vmlinuz
+            accel, accel_reason = self.choose_accel(boot_image)
+            state["detail"] = accel
         workdir = tempfile.mkdtemp(prefix="overlaylab-qemu-", dir=self.workdir_base)
         from .. import cleanup as cleanup_mod  # the marker lets `overlaylab cleanup` find it all
         lease = cleanup_mod.mark(workdir, "qemu", kernel=kernel.name)
-        console_log = os.path.join(workdir, "console.log")
+        # kept in the run directory when there is one (lab/progress.py), else in the workdir
+        console_log = keep_path("console-%s.log") or os.path.join(workdir, "console.log")
         vm: Optional[QemuVM] = None
         retries: List[str] = []
         try:
@@ -323,10 +342,13 @@ class QemuProvider:
                 argv[argv.index("-name") + 1] = cleanup_mod.qemu_name(lease)
                 with open(os.path.join(workdir, "qemu.argv"), "w") as f:
                     f.write(" ".join(shlex.quote(a) for a in argv) + "\n")
-                vm = QemuVM(argv, console_log, hard_timeout=self.hard_timeout, ssh_port=port)
+                vm = QemuVM(argv, console_log, hard_timeout=self.hard_timeout, ssh_port=port,
+                            stderr_log=os.path.join(workdir, "qemu-stderr.log"))
                 with vm:
                     try:
-                        boot_seconds = vm.wait_ready(self.boot_timeout)
+                        with phase("boot", "%s, to ssh" % accel) as state:
+                            boot_seconds = vm.wait_ready(self.boot_timeout)
+                            state["detail"] = "%s, console %s" % (accel, console_log)
                     except VMBootError as e:
                         if "host forwarding" in e.console_tail and attempt < 2:
                             continue  # the port was taken in between: another one
@@ -343,7 +365,8 @@ class QemuProvider:
                         initramfs=initramfs, ssh_port=port, ssh_config=ssh_config, workdir=workdir,
                         argv=argv, accel_reason=accel_reason, vm=vm, agent_python=self.python,
                         agent_env={"PYTHONPATH": self.project_root}, boot_retries=list(retries))
-                    session.disks = self._map_disks(session, [n for n, _ in disks])
+                    with phase("disks", ", ".join(n for n, _ in disks) or "none"):
+                        session.disks = self._map_disks(session, [n for n, _ in disks])
                     try:
                         yield session
                     finally:
@@ -356,7 +379,8 @@ class QemuProvider:
                 return
         except VMBootError as e:
             # the run directory goes away: keep the whole console log as evidence
-            if not keep and e.console_log and os.path.isfile(e.console_log):
+            if not keep and e.console_log and os.path.isfile(e.console_log) \
+                    and e.console_log.startswith(workdir + os.sep):
                 from ..kernels.cache import cache_root
 
                 d = cache_root(self.cache_dir) / "console"

@@ -46,6 +46,7 @@ import vagrant
 
 from .. import boxes as boxes_mod
 from ..boxes import BoxSpec, Catalogue
+from ..lab.progress import keep_path, phase
 from .transport import run_with_timeout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -375,7 +376,7 @@ class VagrantProvider:
         try:
             t0 = time.monotonic()
             try:
-                with v.limit(self.up_timeout):
+                with v.limit(self.up_timeout), phase("vagrant up", spec.name):
                     v.up(vm_name=machine, provider="libvirt")
             except VagrantError as err:
                 raise VagrantUpError("box %s did not come up: %s" % (spec.name, err), err.output,
@@ -392,12 +393,17 @@ class VagrantProvider:
                                      ssh_config=ssh_config, ssh_port=port, domain_prefix=prefix,
                                      accel=accel, boot_seconds=up_seconds, console_log=console_log)
             session.timings["vagrant_up"] = round(up_seconds, 1)
-            self._prepare_guest(session, spec)
+            with phase("guest set-up"):
+                self._prepare_guest(session, spec)
             session.timings["ready"] = round(time.monotonic() - t0, 1)
             record["timings"] = session.timings
             ok = True
             yield session
         finally:
+            kept = keep_path("console-%s.log")  # the run directory keeps every VM's console
+            if kept and os.path.isfile(console_log):
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(console_log, kept)
             if keep:
                 self._keep_note(spec, machine, run_dir, env, port)
             else:

@@ -35,10 +35,11 @@ import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
-from ..lab.results import load_run, resolve_run_dir
+from ..lab.results import Run, load_run
 from .model import (CellKey, CellView, RunReport, as_text, cell_id, evidence_sections, fs_sections,
                     parse_cell_id, probe_rows, recipe_lines, shell_join)
 
@@ -55,19 +56,44 @@ def bundle_name(run_id: str, key: CellKey) -> str:
     return "overlaylab-bundle-%s-%s" % (run_id, safe)
 
 
-def repro_argv(rep: RunReport, cv: CellView) -> List[str]:
-    """``overlaylab run`` re-running exactly this cell on the same kernel and profile."""
+PROVIDER_CHOICES = ("auto", "local", "qemu", "vagrant")  # `overlaylab run --provider`
+BUNDLE_PROFILES = "profiles.toml"
+
+
+def cell_provider(rep: RunReport, cv: CellView) -> str:
+    """The provider that ran the cell, as recorded."""
     provider = cv.record.get("provider") or rep.target_record(cv.target).get("provider") or rep.run.meta.get("provider") or "auto"
-    if provider not in ("auto", "local", "qemu", "vagrant"):
-        provider = "auto"
-    argv = ["overlaylab", "run", "--provider", provider, "-K", cv.target, "-p", "=" + cv.profile,
-            "-k", "=" + cv.scenario]
-    run_argv = list(rep.run.meta.get("argv") or [])
-    if "--profiles-file" in run_argv:
-        i = run_argv.index("--profiles-file")
-        if i + 1 < len(run_argv):
-            argv += ["--profiles-file", os.path.abspath(run_argv[i + 1])]
-    return argv
+    return provider if provider in PROVIDER_CHOICES else "auto"
+
+
+def cell_run_args(kernel: str, profile: str, scenario: str, provider: str, repeat: int = 1,
+                  profiles_file: Optional[str] = None) -> List[str]:
+    """The ``overlaylab run`` arguments (after ``overlaylab``) that run exactly one cell: what a
+    bundle's ``repro`` script says and what ``overlaylab repro`` executes."""
+    args = ["run", "--provider", provider, "-K", kernel, "-p", "=" + profile, "-k", "=" + scenario]
+    if repeat != 1:
+        args += ["--repeat", str(repeat)]
+    if profiles_file:
+        args += ["--profiles-file", profiles_file]
+    return args
+
+
+def _run_profiles_file(rep: RunReport) -> Optional[str]:
+    """The ``--profiles-file`` the run was given, if any."""
+    run_argv = [str(a) for a in rep.run.meta.get("argv") or []]
+    for i, arg in enumerate(run_argv):
+        if arg == "--profiles-file" and i + 1 < len(run_argv):
+            return run_argv[i + 1]
+        if arg.startswith("--profiles-file="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def repro_argv(rep: RunReport, cv: CellView) -> List[str]:
+    """``overlaylab run`` re-running exactly this cell on the same kernel and profile (with the
+    run's own profiles file, bundled as profiles.toml, when it had one)."""
+    return ["overlaylab"] + cell_run_args(cv.target, cv.profile, cv.scenario, cell_provider(rep, cv),
+                                          len(cv.attempts), BUNDLE_PROFILES if _run_profiles_file(rep) else None)
 
 
 def _tool_versions() -> str:
@@ -168,14 +194,31 @@ def build_files(rep: RunReport, key: CellKey) -> Tuple[str, Dict[str, str]]:
     name = bundle_name(rep.run_id, key)
     argv = repro_argv(rep, cv)
     files: Dict[str, str] = {}
+    profiles_src = _run_profiles_file(rep)
+    script_argv = shell_join(argv)
+    trust_note = ""
+    if profiles_src:
+        try:
+            with open(profiles_src, "r", encoding="utf-8") as f:
+                files[BUNDLE_PROFILES] = f.read()
+        except (OSError, ValueError) as err:
+            raise BundleError("run %s used --profiles-file %s, which cannot be read to bundle it: %s" % (
+                rep.run_id, profiles_src, getattr(err, "strerror", None) or err)) from None
+        script_argv = script_argv.replace(shell_join([BUNDLE_PROFILES]), '"$(dirname "$0")/%s"' % BUNDLE_PROFILES)
+        trust_note = ("# The run had its own filesystem profiles, bundled as %s: their mkfs and mount\n"
+                      "# commands run as root. Read that file before running this script.\n" % BUNDLE_PROFILES)
     files["repro"] = ("#!/bin/sh\n# Re-runs exactly one cell of run %s: kernel %s, profile %s, scenario %s.\n"
                       "# Bundled outcome: %s (expected %s). Extra arguments go to `overlaylab run`\n"
-                      "# (e.g. --reports-dir DIR). `overlaylab repro THIS-BUNDLE` runs it and compares.\n"
+                      "# (e.g. --reports-dir DIR). `overlaylab repro THIS-BUNDLE` runs it and compares.\n%s"
                       "exec %s \"$@\"\n" % (rep.run_id, cv.target, cv.profile, cv.scenario, cv.outcome, cv.expected,
-                                            shell_join(argv)))
-    files[REPRO_JSON] = json.dumps({"argv": argv, "command": shell_join(argv), "run_id": rep.run_id,
+                                            trust_note, script_argv))
+    # `overlaylab repro` reads only the fields (kernel, profile, scenario, provider, repeat,
+    # profiles_file) and rebuilds the command from them; "command" is for people.
+    files[REPRO_JSON] = json.dumps({"command": shell_join(argv), "run_id": rep.run_id,
                                     "cell": cv.id, "kernel": cv.target, "profile": cv.profile,
-                                    "scenario": cv.scenario, "outcome": cv.outcome, "outcomes": cv.outcomes,
+                                    "scenario": cv.scenario, "provider": cell_provider(rep, cv),
+                                    "repeat": len(cv.attempts), "profiles_file": BUNDLE_PROFILES if profiles_src else None,
+                                    "outcome": cv.outcome, "outcomes": cv.outcomes,
                                     "expected": cv.expected, "met": cv.met,
                                     "kernel_release": cv.kernel_release or rep.kernel_release(cv.target)},
                                    indent=2, sort_keys=True) + "\n"
@@ -208,7 +251,8 @@ def build_files(rep: RunReport, key: CellKey) -> Tuple[str, Dict[str, str]]:
 _DESCRIBE = {
     "README.txt": "this file",
     "repro": "the one command that re-runs exactly this cell (shell script)",
-    "repro.json": "the same command and the bundled outcome, for `overlaylab repro`",
+    "repro.json": "the cell's fields (kernel, profile, scenario, provider, repeat) and the bundled outcome, for `overlaylab repro`",
+    "profiles.toml": "the run's own --profiles-file (its mkfs commands run as root: read it before use)",
     "cell.json": "the cell's result record(s) as stored in results.jsonl",
     "scenario/log.txt": "the scenario's log lines",
     "scenario/evidence.txt": "error, kernel answer, errno, dmesg, driver log, traceback and other evidence",
@@ -247,8 +291,12 @@ def _readme(rep: RunReport, cv: CellView, name: str, argv: List[str], files: Dic
               "filesystem on a loop device and removes it afterwards):", "",
               "    sh repro                      # or:", "    %s" % shell_join(argv), "",
               "or let overlaylab run it and compare the outcome with this bundle's:", "",
-              "    overlaylab repro %s.tar.gz" % name, "",
-              "Contents", "--------"]
+              "    overlaylab repro %s.tar.gz" % name, ""]
+    if BUNDLE_PROFILES in files:
+        lines += ["The profile comes from the run's own profiles file, bundled as %s: its mkfs and" % BUNDLE_PROFILES,
+                  "mount commands run as root, so read it first. `overlaylab repro` uses it only when",
+                  "given --trust-bundle-profiles (or give it --profiles-file FILE of your own).", ""]
+    lines += ["Contents", "--------"]
     width = max(len(n) for n in list(files) + [README_NAME])
     for fname in sorted(list(files) + ([README_NAME] if README_NAME not in files else [])):
         size = len(files[fname].encode()) if fname in files else 0
@@ -257,10 +305,10 @@ def _readme(rep: RunReport, cv: CellView, name: str, argv: List[str], files: Dic
     return "\n".join(lines)
 
 
-def write_bundle(run_path: str, cell: str, output: Optional[str] = None) -> str:
+def write_bundle(run_path: str, cell: str, output: Optional[str] = None, run: Optional[Run] = None) -> str:
     """Write the bundle of ``cell`` (KERNEL/PROFILE/SCENARIO) of the run at ``run_path``; return its path."""
     key = parse_cell_id(cell)
-    rep = RunReport.from_run(load_run(run_path))
+    rep = RunReport.from_run(run if run is not None else load_run(run_path))
     name, files = build_files(rep, key)
     if output is None:
         output = os.path.join(run_path, "bundles")
@@ -289,25 +337,255 @@ def write_bundle(run_path: str, cell: str, output: Optional[str] = None) -> str:
 
 
 # --- repro --------------------------------------------------------------------------------
+#
+# A bundle comes from someone else. `overlaylab repro` never executes a command taken from it:
+# it reads the cell's fields, checks each against what this machine knows (the kernel
+# catalogue, the profiles, the scenario catalogue, the provider registry) and rebuilds the
+# command with cell_run_args(), the same arguments the bundle's `repro` script gives `run`.
 
-def read_bundle(path: str) -> Dict[str, Any]:
-    """``repro.json`` of a bundle (a .tar.gz, or a directory it was unpacked into)."""
-    if os.path.isdir(path):
-        for root, _dirs, names in os.walk(path):
-            if REPRO_JSON in names:
-                with open(os.path.join(root, REPRO_JSON), "r", encoding="utf-8") as f:
-                    return json.load(f)
-        raise BundleError("no %s under %s" % (REPRO_JSON, path))
+MAX_MEMBERS = 200              # a real bundle has ~20 files
+MAX_JSON_BYTES = 1 << 20       # repro.json and profiles.toml are a few KiB
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+_REQUIRED_FIELDS = ("kernel", "profile", "scenario", "outcome")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def _check_member(path: str, member: tarfile.TarInfo) -> None:
+    """Refuse a tar member that could not be unpacked safely where it is (a real bundle holds
+    one directory of regular files)."""
+    name = member.name
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith("/") or os.path.isabs(name):
+        raise BundleError("%s is not a safe bundle: member %r has an absolute path" % (path, name))
+    if ".." in parts:
+        raise BundleError("%s is not a safe bundle: member %r climbs out with '..'" % (path, name))
+    if member.issym() or member.islnk():
+        raise BundleError("%s is not a safe bundle: member %r is a %s (to %r)" % (
+            path, name, "symlink" if member.issym() else "hard link", member.linkname))
+    if not (member.isfile() or member.isdir()):
+        raise BundleError("%s is not a safe bundle: member %r is not a regular file or directory" % (path, name))
+
+
+def _read_tar(path: str) -> Tuple[Dict[str, Any], Optional[str]]:
+    if os.path.getsize(path) == 0:
+        raise BundleError("%s is not an overlaylab bundle (an empty file)" % path)
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar.getmembers():
-                if member.isfile() and os.path.basename(member.name) == REPRO_JSON:
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    return json.loads(f.read().decode("utf-8"))
-    except (tarfile.TarError, OSError) as err:
-        raise BundleError("cannot read bundle %s: %s" % (path, err)) from None
-    raise BundleError("%s is not an overlaylab bundle (no %s)" % (path, REPRO_JSON))
+        tar = tarfile.open(path, "r:*")
+    except tarfile.ReadError:
+        raise BundleError("%s is not an overlaylab bundle (not a .tar.gz, nor any tar file)" % path) from None
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as err:
+        raise BundleError("%s is not an overlaylab bundle (cannot open it: %s)" % (path, str(err) or type(err).__name__)) from None
+    with tar:
+        found: Dict[str, tarfile.TarInfo] = {}
+        try:
+            count = 0
+            for member in tar:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise BundleError("%s is not an overlaylab bundle (more than %d members)" % (path, MAX_MEMBERS))
+                _check_member(path, member)
+                base = member.name.rstrip("/").rsplit("/", 1)[-1]
+                if member.isfile() and base in (REPRO_JSON, BUNDLE_PROFILES):
+                    if base in found:
+                        raise BundleError("%s is not an overlaylab bundle (two %s: %r and %r)" % (
+                            path, base, found[base].name, member.name))
+                    found[base] = member
+            if REPRO_JSON not in found:
+                raise BundleError("%s is not an overlaylab bundle (no %s in it)" % (path, REPRO_JSON))
+
+            def read(member: tarfile.TarInfo) -> bytes:
+                if member.size > MAX_JSON_BYTES:
+                    raise BundleError("%s: %s is %d bytes, too large for a bundle" % (path, member.name, member.size))
+                f = tar.extractfile(member)
+                return f.read() if f is not None else b""
+            spec = _parse_spec(path, read(found[REPRO_JSON]))
+            text = _decode(path, BUNDLE_PROFILES, read(found[BUNDLE_PROFILES])) if BUNDLE_PROFILES in found else None
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+            raise BundleError("%s is not a readable bundle (%s)" % (path, str(err) or type(err).__name__)) from None
+    return spec, text
+
+
+def _read_file_nofollow(path: str, where: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise BundleError("%s: cannot read %s: %s" % (where, os.path.basename(path), err.strerror)) from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise BundleError("%s: %s is too large for a bundle" % (where, os.path.basename(path)))
+    return data
+
+
+def _read_dir(path: str) -> Tuple[Dict[str, Any], Optional[str]]:
+    found: Dict[str, str] = {}
+    seen = 0
+    for root, dirs, names in os.walk(path):
+        seen += len(dirs) + len(names)
+        if seen > MAX_MEMBERS:
+            raise BundleError("%s is not an overlaylab bundle (more than %d entries)" % (path, MAX_MEMBERS))
+        for n in dirs + names:
+            if os.path.islink(os.path.join(root, n)):
+                raise BundleError("%s is not a safe bundle: %r is a symlink" % (
+                    path, os.path.relpath(os.path.join(root, n), path)))
+        for base in (REPRO_JSON, BUNDLE_PROFILES):
+            if base in names:
+                if base in found:
+                    raise BundleError("%s is not an overlaylab bundle (two %s)" % (path, base))
+                found[base] = os.path.join(root, base)
+    if REPRO_JSON not in found:
+        raise BundleError("%s is not an overlaylab bundle (no %s under it)" % (path, REPRO_JSON))
+    spec = _parse_spec(path, _read_file_nofollow(found[REPRO_JSON], path))
+    text = None
+    if BUNDLE_PROFILES in found:
+        text = _decode(path, BUNDLE_PROFILES, _read_file_nofollow(found[BUNDLE_PROFILES], path))
+    return spec, text
+
+
+def _decode(path: str, what: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BundleError("%s: %s is not UTF-8 text" % (path, what)) from None
+
+
+def _parse_spec(path: str, data: bytes) -> Dict[str, Any]:
+    """repro.json's fields, their presence and types checked (not yet their values)."""
+    try:
+        spec = json.loads(_decode(path, REPRO_JSON, data))
+    except ValueError as err:
+        raise BundleError("%s: %s is not JSON (%s)" % (path, REPRO_JSON, err)) from None
+    if not isinstance(spec, dict):
+        raise BundleError("%s: %s is %s, not an object" % (path, REPRO_JSON, _kind(spec)))
+    missing = [k for k in _REQUIRED_FIELDS if k not in spec]
+    if missing:
+        raise BundleError("%s: %s lacks %s" % (path, REPRO_JSON, ", ".join(missing)))
+    for key in _REQUIRED_FIELDS + ("provider", "run_id", "cell", "profiles_file"):
+        value = spec.get(key)
+        if key in _REQUIRED_FIELDS or value is not None:
+            if not isinstance(value, str):
+                raise BundleError("%s: %s field %r is %s, not a string" % (path, REPRO_JSON, key, _kind(value)))
+    repeat = spec.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise BundleError("%s: %s field 'repeat' must be a positive whole number, not %s" % (
+            path, REPRO_JSON, json.dumps(repeat)))
+    return spec
+
+
+def _suggest(name: str, known: List[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, known, n=1)
+    return ("; did you mean %s?" % close[0]) if close else ("; known: %s" % ", ".join(known[:12]))
+
+
+def _known(path: str, field_name: str, value: str, known: List[str], where: str) -> None:
+    if not _SAFE_NAME.match(value):
+        raise BundleError("%s: %s %r is not a name (letters, digits, . _ + -)" % (path, field_name, value))
+    if value not in known:
+        raise BundleError("%s: unknown %s %r in %s%s" % (path, field_name, value, where, _suggest(value, known)))
+
+
+def read_bundle(path: str, profiles_file: Optional[str] = None, trust_bundle_profiles: bool = False,
+                reports_dir: Optional[str] = None, write_profiles: bool = True) -> Dict[str, Any]:
+    """A bundle's cell, checked field by field, as a dict with ``args``: the ``overlaylab run``
+    arguments that re-run it (from :func:`cell_run_args`, never from the bundle's command).
+
+    ``path`` is a .tar.gz or a directory it was unpacked into. Raises :class:`BundleError`
+    (one line) for anything that is not a well-formed bundle of a cell this machine knows.
+    ``profiles_file`` is the caller's own profiles file; a bundle that brings its own
+    (``profiles.toml``) is refused unless ``trust_bundle_profiles``, whose copy is then written
+    to ``<reports-dir>/bundle-profiles/`` (content-addressed) and named in ``args``.
+    """
+    if os.path.isdir(path):
+        spec, bundled_profiles = _read_dir(path)
+    elif os.path.isfile(path):
+        spec, bundled_profiles = _read_tar(path)
+    elif os.path.lexists(path):
+        raise BundleError("%s is not an overlaylab bundle (not a file or directory)" % path)
+    else:
+        raise BundleError("no bundle %s (no such file or directory)" % path)
+    spec = dict(spec)
+    provider = spec.get("provider") or "auto"   # bundles written before the field was recorded
+    if provider not in PROVIDER_CHOICES:
+        from ..providers import PROVIDERS
+        raise BundleError("%s: unknown provider %r (have: %s)" % (path, provider, ", ".join(["auto"] + sorted(PROVIDERS))))
+    try:
+        if provider == "vagrant":
+            from ..boxes import load_catalogue
+            kernels, where = list(load_catalogue().boxes), "the box catalogue"
+        else:
+            from ..vm_cli import catalogue_kernels
+            kernels, where = catalogue_kernels() + ["local"], "the kernel catalogue"
+    except (OSError, ValueError, KeyError) as err:
+        raise BundleError("cannot check the bundle's kernel: the catalogue cannot be read: %s" % err) from None
+    _known(path, "kernel", spec["kernel"], kernels, where)
+    from ..lab.profiles import ProfileError, default_profiles_path, load_profiles, parse_profiles, select_profiles
+    from ..lab_cli import select_scenarios
+    from ..lab.scenario import all_scenarios
+    _known(path, "scenario", spec["scenario"], list(all_scenarios()), "the scenario catalogue")
+    used_profiles: Optional[str] = None
+    if profiles_file:
+        used_profiles = os.path.abspath(profiles_file)
+        try:
+            profiles = load_profiles(used_profiles)
+        except (OSError, ValueError) as err:
+            raise BundleError("--profiles-file %s: %s" % (profiles_file, getattr(err, "strerror", None) or err)) from None
+        where = used_profiles
+    elif spec.get("profiles_file"):
+        if bundled_profiles is None:
+            raise BundleError("%s: %s names profiles file %r, which the bundle does not hold" % (
+                path, REPRO_JSON, spec["profiles_file"]))
+        if not trust_bundle_profiles:
+            raise BundleError("%s brings its own filesystem profiles (%s), whose mkfs and mount commands would run "
+                              "as root: read them, then pass --trust-bundle-profiles, or --profiles-file FILE for "
+                              "your own" % (path, BUNDLE_PROFILES))
+        try:
+            profiles = parse_profiles(bundled_profiles)
+        except (ValueError, ProfileError) as err:
+            raise BundleError("%s: its %s is not a profiles file: %s" % (path, BUNDLE_PROFILES, err)) from None
+        import hashlib
+        from ..lab.results import default_reports_dir
+        used_profiles = os.path.abspath(os.path.join(reports_dir or default_reports_dir(), "bundle-profiles",
+                                                     hashlib.sha256(bundled_profiles.encode()).hexdigest()[:16] + ".toml"))
+        spec["trusted_profiles"] = used_profiles
+        if write_profiles:
+            os.makedirs(os.path.dirname(used_profiles), exist_ok=True)
+            tmp = used_profiles + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(bundled_profiles)
+            os.replace(tmp, used_profiles)
+        where = "the bundle's %s" % BUNDLE_PROFILES
+    else:
+        where = str(default_profiles_path())
+        profiles = load_profiles()
+    _known(path, "profile", spec["profile"], list(profiles), where)
+    from .model import ALL_OUTCOMES
+    if spec.get("run_id") is not None and not _SAFE_NAME.match(spec["run_id"]):
+        raise BundleError("%s: run_id %r is not a run id" % (path, spec["run_id"]))
+    if spec["outcome"] not in ALL_OUTCOMES:
+        raise BundleError("%s: outcome %r is not one of %s" % (path, spec["outcome"], ", ".join(ALL_OUTCOMES)))
+    args = cell_run_args(spec["kernel"], spec["profile"], spec["scenario"], provider, spec.get("repeat", 1), used_profiles)
+    # The same selection `run` makes from these arguments must give exactly this one cell.
+    if (list(select_profiles(profiles, ["=" + spec["profile"]])) != [spec["profile"]]
+            or list(select_scenarios(["=" + spec["scenario"]])) != [spec["scenario"]]):  # pragma: no cover
+        raise BundleError("%s: %s does not select exactly one cell" % (path, cell_id(
+            (spec["kernel"], spec["profile"], spec["scenario"]))))
+    spec.update(provider=provider, repeat=spec.get("repeat", 1), args=args,
+                cell=cell_id((spec["kernel"], spec["profile"], spec["scenario"])),
+                run_id=spec.get("run_id") or "?")
+    return spec
+
+
+def repro_command(spec: Dict[str, Any], reports_dir: Optional[str] = None) -> List[str]:
+    """Exactly what :func:`run_repro` executes (and ``repro --dry-run`` prints)."""
+    cmd = [sys.executable, "-m", "overlaylab"] + list(spec["args"])
+    if reports_dir:
+        cmd += ["--reports-dir", reports_dir]
+    return cmd
 
 
 _RUN_LINE = re.compile(r"^run (\S+) \((\w+)\): (.+)$", re.M)
@@ -315,26 +593,30 @@ _RUN_LINE = re.compile(r"^run (\S+) \((\w+)\): (.+)$", re.M)
 
 def run_repro(spec: Dict[str, Any], reports_dir: Optional[str] = None, timeout: float = 3600,
               echo=None) -> Dict[str, Any]:
-    """Run a bundle's repro command (through this Python's overlaylab) and compare the outcome."""
-    argv = list(spec["argv"])
-    if argv[:1] != ["overlaylab"]:
-        raise BundleError("unexpected repro command %r" % spec.get("command"))
-    cmd = [sys.executable, "-m", "overlaylab"] + argv[1:]
-    if reports_dir:
-        cmd += ["--reports-dir", reports_dir]
+    """Run a checked bundle's cell (see :func:`read_bundle`) and compare the outcome."""
+    cmd = repro_command(spec, reports_dir)
     if echo:
-        echo("$ " + shell_join(argv + (["--reports-dir", reports_dir] if reports_dir else [])))
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        echo("$ " + shell_join(cmd))
+    result: Dict[str, Any] = {"command": cmd, "returncode": None, "stdout": "", "stderr": "",
+                              "bundled": spec.get("outcome"), "outcome": None, "run_dir": None, "reproduced": False}
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        result["problem"] = "the run did not finish in %d s" % timeout
+        result["stdout"] = (err.stdout or b"").decode("utf-8", "replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return result
+    result.update(returncode=res.returncode, stdout=res.stdout, stderr=res.stderr)
     found = _RUN_LINE.findall(res.stdout)
-    result: Dict[str, Any] = {"command": cmd, "returncode": res.returncode, "stdout": res.stdout,
-                              "stderr": res.stderr, "bundled": spec.get("outcome"), "outcome": None,
-                              "run_dir": None, "reproduced": False}
     if not found:
         result["problem"] = "the run did not report a run directory (exit %d)" % res.returncode
         return result
     run_id, _status, run_dir = found[-1]
     result["run_dir"] = run_dir.strip()
-    rep = RunReport.from_run(load_run(result["run_dir"]))
+    try:
+        rep = RunReport.from_run(load_run(result["run_dir"]))
+    except (OSError, ValueError) as err:
+        result["problem"] = "cannot read the re-run: %s" % err
+        return result
     cv = rep.get(spec["kernel"], spec["profile"], spec["scenario"])
     if cv is None:
         result["problem"] = "run %s has no cell %s" % (run_id, spec["cell"])

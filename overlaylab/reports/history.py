@@ -84,8 +84,9 @@ def run_dirs(reports_dir: str) -> List[str]:
             if os.path.exists(os.path.join(runs, n, RESULTS_FILE))]
 
 
-def reindex(reports_dir: str) -> int:
-    """Rebuild the index from every run directory; returns how many runs it holds."""
+def reindex(reports_dir: str, warn=None) -> int:
+    """Rebuild the index from every run directory; returns how many runs it holds.
+    ``warn(text)`` hears of each run directory left out as damaged, and why."""
     path = index_path(reports_dir)
     tmp = path + ".tmp"
     if os.path.exists(tmp):
@@ -99,8 +100,10 @@ def reindex(reports_dir: str) -> int:
             try:
                 _insert(conn, RunReport.from_run(load_run(d)))
                 n += 1
-            except (OSError, ValueError, KeyError):
-                continue  # a damaged run directory is left out, not fatal
+            except (OSError, ValueError, KeyError) as err:
+                if warn is not None:  # a damaged run directory is left out, not fatal
+                    warn("left out %s: %s" % (d, err))
+                continue
     conn.close()
     os.replace(tmp, path)
     return n

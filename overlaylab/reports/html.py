@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any, Dict, List
 
 from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
@@ -18,7 +19,10 @@ from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, 
 SHORT = {"PASS": "PASS", "FAIL": "FAIL", "REFUSED": "REF", "UNSUPPORTED": "UNSUP", "ERROR": "ERR", FLAKY: "FLAKY"}
 
 CSS = """
-:root { --pass:#2e9d4f; --fail:#d93a3a; --refused:#e08a1e; --unsupported:#9aa3ad; --error:#7b3fb8;
+:root { --pass:#1a7f37; --fail:#c62828; --refused:#a14a00; --unsupported:#555f6a; --error:#6b2fa8;
+        --pass-bg:#dcf2e2; --pass-fg:#14532d; --fail-bg:#fbe0e0; --fail-fg:#8b1a1a;
+        --refused-bg:#fde9d0; --refused-fg:#7a3800; --unsupported-bg:#eceff2; --unsupported-fg:#3b444d;
+        --error-bg:#eee2fa; --error-fg:#4b1f7a;
         --flaky:#e8c320; --bg:#fafbfc; --fg:#1d232a; --muted:#5b6570; --line:#d8dde3; }
 * { box-sizing: border-box; }
 body { margin:0; font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg); background:var(--bg); }
@@ -29,23 +33,31 @@ main { padding:0 24px 40px; }
 body.with-details main { margin-right:min(46vw,720px); }
 .muted { color:var(--muted); }
 .summary { margin:4px 0; font-weight:600; }
-.badges span { display:inline-block; margin:2px 6px 2px 0; padding:1px 8px; border-radius:10px; color:#fff; font-size:12px; }
+.badges span { display:inline-block; margin:2px 6px 2px 0; padding:1px 8px; border-radius:10px; font-size:12px; }
 table { border-collapse:collapse; background:#fff; }
 th, td { border:1px solid var(--line); padding:3px 6px; }
 th { background:#eef1f4; font-weight:600; font-size:12px; white-space:nowrap; }
 th.kernel { background:#dfe5eb; }
 td.sid { white-space:nowrap; font-family:ui-monospace,monospace; font-size:12px; }
-td.cell { text-align:center; font-size:11px; font-weight:700; color:#fff; cursor:pointer; min-width:52px; }
+td.cell { text-align:center; font-size:11px; font-weight:700; cursor:pointer; min-width:52px; }
 td.cell:hover, td.cell:focus { outline:3px solid #1d232a; outline-offset:-3px; }
 td.cell.selected { outline:3px solid #0a58ca; outline-offset:-3px; }
+td.none { background:#f2f4f6; color:#5b6570; text-align:center; }
+/* As expected: a pale tint of the outcome with dark text (a known FAIL is pink, not red). */
+.o-PASS { background:var(--pass-bg); color:var(--pass-fg); } .o-FAIL { background:var(--fail-bg); color:var(--fail-fg); }
+.o-REFUSED { background:var(--refused-bg); color:var(--refused-fg); }
+.o-UNSUPPORTED { background:var(--unsupported-bg); color:var(--unsupported-fg); }
+.o-ERROR { background:var(--error-bg); color:var(--error-fg); }
+/* Not as expected: the solid outcome colour, white text, a black frame and a "!" in the text. */
+.unmet.o-PASS { background:var(--pass); color:#fff; } .unmet.o-FAIL { background:var(--fail); color:#fff; }
+.unmet.o-REFUSED { background:var(--refused); color:#fff; } .unmet.o-UNSUPPORTED { background:var(--unsupported); color:#fff; }
+.unmet.o-ERROR { background:var(--error); color:#fff; }
 td.cell.unmet { box-shadow: inset 0 0 0 3px #000; }
-td.cell.unmet::after { content:" !"; }
-td.none { background:#f2f4f6; color:#9aa3ad; text-align:center; }
-.o-PASS { background:var(--pass); } .o-FAIL { background:var(--fail); } .o-REFUSED { background:var(--refused); }
-.o-UNSUPPORTED { background:var(--unsupported); } .o-ERROR { background:var(--error); }
 .o-FLAKY { background:repeating-linear-gradient(45deg,var(--flaky),var(--flaky) 6px,#c9a400 6px,#c9a400 12px); color:#1d232a !important; }
 .legend { margin:12px 0; display:flex; flex-wrap:wrap; gap:6px 16px; font-size:12px; }
-.legend .sw { display:inline-block; width:14px; height:14px; border-radius:3px; vertical-align:-2px; margin-right:4px; }
+.legend .sw { display:inline-block; min-width:44px; padding:0 4px; border-radius:3px; margin-right:4px; font-size:11px; font-weight:700; text-align:center; }
+.legend .sw.unmet { box-shadow: inset 0 0 0 2px #000; }
+.legend .row { flex-basis:100%; }
 .overview td { text-align:left; font-size:12px; white-space:nowrap; }
 .scroll { overflow-x:auto; }
 #details { position:fixed; top:0; right:0; bottom:0; width:min(46vw,720px); background:#fff; border-left:1px solid var(--line);
@@ -59,8 +71,9 @@ td.none { background:#f2f4f6; color:#9aa3ad; text-align:center; }
 #details details { margin:4px 0; } #details summary { cursor:pointer; font-weight:600; }
 pre { margin:4px 0; padding:6px 8px; background:#f4f6f8; border:1px solid var(--line); border-radius:4px;
       font:12px/1.35 ui-monospace,SFMono-Regular,Menlo,monospace; white-space:pre-wrap; word-break:break-all; max-height:420px; overflow:auto; }
-.pill { display:inline-block; padding:1px 8px; border-radius:10px; color:#fff; font-weight:700; font-size:12px; }
+.pill { display:inline-block; padding:1px 8px; border-radius:10px; font-weight:700; font-size:12px; }
 ul.unmet li { margin:2px 0; } a.open { cursor:pointer; color:#0a58ca; text-decoration:underline; }
+table.why td { font-size:12px; vertical-align:top; } table.why td.n { text-align:right; }
 code { font-family:ui-monospace,monospace; font-size:12px; background:#f0f2f4; padding:0 3px; border-radius:3px; }
 """
 
@@ -68,6 +81,7 @@ JS = r"""
 (function () {
   var DATA = JSON.parse(document.getElementById('report-data').textContent);
   var panel = document.getElementById('details');
+  var UNMET = DATA.unmet_mark;
   function el(tag, attrs, text) {
     var e = document.createElement(tag);
     if (attrs) for (var k in attrs) e.setAttribute(k, attrs[k]);
@@ -80,8 +94,9 @@ JS = r"""
     d.appendChild(el('pre', null, text));
     parent.appendChild(d);
   }
-  function pill(outcome) {
-    var p = el('span', {'class': 'pill o-' + outcome}, outcome); return p;
+  function pill(outcome, met) {
+    var p = el('span', {'class': 'pill o-' + outcome + (met === false ? ' unmet' : '')},
+               (met === false ? UNMET + ' ' : '') + outcome); return p;
   }
   function show(id) {
     var c = DATA.cells[id];
@@ -94,7 +109,7 @@ JS = r"""
     close.onclick = hide;
     panel.appendChild(close);
     panel.appendChild(el('h2', {'id': 'details-title'}, id));
-    var head = el('div'); head.appendChild(pill(c.outcome));
+    var head = el('div'); head.appendChild(pill(c.outcome, c.met));
     head.appendChild(document.createTextNode(c.met ? '  as expected' : '  NOT as expected (expected ' + c.expected + ')'));
     panel.appendChild(head);
     var dl = el('dl', {'id': 'details-facts'});
@@ -116,7 +131,7 @@ JS = r"""
       var tb = el('table');
       c.attempts.forEach(function (a) {
         var tr = el('tr'); tr.appendChild(el('td', null, '#' + a.attempt));
-        var td2 = el('td'); td2.appendChild(pill(a.outcome)); tr.appendChild(td2);
+        var td2 = el('td'); td2.appendChild(pill(a.outcome, a.met)); tr.appendChild(td2);
         tr.appendChild(el('td', null, a.met ? 'as expected' : 'not as expected'));
         tr.appendChild(el('td', null, a.duration.toFixed(3) + ' s'));
         tr.appendChild(el('td', null, a.error || '')); tb.appendChild(tr);
@@ -220,9 +235,32 @@ def _grid(rep: RunReport, group: str, scenarios: List[str]) -> str:
                 title = "%s: %s%s" % (cv.id, cv.outcome, "" if cv.met else " (expected %s)" % cv.expected)
                 if len(cv.attempts) > 1:
                     title += " — " + cv.rate_text()
-                out.append('<td class="%s" data-cell="%s" data-outcome="%s" tabindex="0" title="%s">%s</td>' % (
-                    cls, _e(cv.id), _e(cv.outcome), _e(title), _e(SHORT.get(cv.outcome, cv.outcome))))
+                text = SHORT.get(cv.outcome, cv.outcome)
+                if not cv.met:
+                    text = "%s %s" % (UNMET_MARK, text)
+                out.append('<td class="%s" data-cell="%s" data-outcome="%s" data-met="%s" tabindex="0" title="%s">%s</td>' % (
+                    cls, _e(cv.id), _e(cv.outcome), str(cv.met).lower(), _e(title), _e(text)))
         out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _expected_table(rep: RunReport) -> str:
+    """The markdown report's "Other non-passing cells, as expected" table: kernel, outcome,
+    how many, which cells and why, each group's first cell a link to its details."""
+    from .markdown import _expected_groups, _where
+    groups = _expected_groups(rep)
+    out = ['<h2 id="expected-heading">Other non-passing cells, as expected (%d)</h2>' % sum(len(g) for _, g in groups)]
+    if not groups:
+        out.append('<p class="muted" id="expected-none">every cell that ran passed</p>')
+        return "".join(out)
+    out.append('<div class="scroll"><table class="why" id="expected-table"><thead><tr><th>outcome</th><th>kernel</th>'
+               '<th>n</th><th>cells</th><th>why</th></tr></thead><tbody>')
+    for (t, outcome, why), cells in groups:
+        where = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", _e(_where(rep, cells)))
+        out.append('<tr><td><span class="pill o-%s">%s</span></td><td>%s</td><td class="n">%d</td>'
+                   '<td>%s <a class="open" data-cell="%s">details</a></td><td>%s</td></tr>' % (
+                       _e(outcome), _e(outcome), _e(t), len(cells), where, _e(cells[0].id), _e(why[:300])))
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -234,7 +272,7 @@ def render(rep: RunReport) -> str:
     data = {
         "run_id": rep.run_id,
         "cells": {cv.id: _cell_data(rep, cv, descriptions) for cv in rep.cells.values()},
-        "fs": {}, "probes": {},
+        "fs": {}, "probes": {}, "unmet_mark": UNMET_MARK,
     }
     for t in rep.targets():
         trec = rep.target_record(t)
@@ -249,6 +287,8 @@ def render(rep: RunReport) -> str:
     parts.append("<title>overlaylab run %s</title><style>%s</style></head><body>" % (_e(rep.run_id), CSS))
     parts.append("<header><h1>overlaylab run %s</h1>" % _e(rep.run_id))
     parts.append('<div class="summary" id="summary">%s</div>' % _e(rep.summary_line()))
+    if rep.run.skipped_lines:
+        parts.append('<div class="summary" id="damaged">Damaged run directory: %s.</div>' % _e(rep.run.damage_note()))
     parts.append('<div class="muted">status %s · provider %s · started %s · ended %s · host %s · overlaylab %s%s</div>' % (
         _e(meta.get("status", "?")), _e(meta.get("provider", "?")), _e(meta.get("started", "?")),
         _e(meta.get("ended", "?")), _e(host.get("hostname", "?")), _e(host.get("overlaylab", "?")),
@@ -260,11 +300,19 @@ def render(rep: RunReport) -> str:
     parts.append("</div></header><main>")
     # legend
     parts.append('<div class="legend" id="legend">')
+    parts.append('<span class="row"><b>As expected</b> (pale):</span>')
     for o in ALL_OUTCOMES:
-        parts.append('<span title="%s"><span class="sw o-%s"></span><b>%s</b> %s</span>' % (
-            _e(MEANING[o]), o, SHORT[o], _e(MEANING[o])))
-    parts.append('<span><b>black frame, %s</b> not as expected</span>' % UNMET_MARK)
-    parts.append("<span>click a cell for its details</span></div>")
+        if o != FLAKY:
+            parts.append('<span title="%s"><span class="sw o-%s">%s</span>%s</span>' % (
+                _e(MEANING[o]), o, SHORT[o], _e(MEANING[o])))
+    parts.append('<span class="row"><span class="sw o-%s">%s</span>%s</span>' % (FLAKY, SHORT[FLAKY], _e(MEANING[FLAKY])))
+    parts.append('<span class="row" id="legend-unmet"><b>Not as expected</b> (solid, black frame, %s): '
+                 % _e(UNMET_MARK))
+    for o in ("FAIL", "PASS", "ERROR"):
+        parts.append('<span class="sw o-%s unmet">%s %s</span>' % (o, _e(UNMET_MARK), SHORT[o]))
+    parts.append(" the outcome differs from what the probed facts predict: a regression or a wrong "
+                 "expectation</span>")
+    parts.append('<span class="row muted">click a cell for its details</span></div>')
     # targets and overview
     parts.append("<h2>Kernel × profile</h2><div class=\"scroll\"><table class=\"overview\"><tr><th>kernel</th>")
     parts.extend("<th>%s</th>" % _e(p) for p in rep.profiles())
@@ -301,6 +349,7 @@ def render(rep: RunReport) -> str:
     if not unmet:
         parts.append("<li class=\"muted\">every cell met its expectation</li>")
     parts.append("</ul>")
+    parts.append(_expected_table(rep))
     flaky = rep.flaky()
     if flaky or rep.repeat > 1:
         parts.append('<h2>Flaky (%d over %d repeats)</h2><ul class="unmet" id="flaky-list">' % (len(flaky), rep.repeat))

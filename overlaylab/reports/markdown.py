@@ -221,7 +221,7 @@ def _render(rep: RunReport, details: bool, max_blocks: int = 1000) -> str:
         "" if rep.repeat == 1 else ", each cell run %d times" % rep.repeat))
     out.append("")
     if rep.run.skipped_lines:
-        out.append("> %d damaged result lines were skipped." % rep.run.skipped_lines)
+        out.append("> Damaged run directory: %s." % rep.run.damage_note())
         out.append("")
     out.append(targets_table(rep))
     out.append("")

@@ -13,12 +13,20 @@ _cache = {}
 
 def pytest_addoption(parser):
     group = parser.getgroup("overlaylab")
-    group.addoption("--lab-profiles", default="core or tmpfs or xfs",
-                    help="-k style expression over filesystem profiles")
+    group.addoption("--lab-profiles", default=None,
+                    help="-k style expression over filesystem profiles (default: every profile, as "
+                         "overlaylab run)")
     group.addoption("--lab-python", default=None,
                     help="python on the target (default: this interpreter for local://, else python3)")
     group.addoption("--lab-pythonpath", default=None, help="PYTHONPATH on the target (where overlaylab is)")
     group.addoption("--lab-timeout", type=float, default=900.0, help="seconds per profile")
+
+
+def pytest_configure(config):
+    # The cells carry run's JUnit properties (record_property); pytest writes them in every
+    # junit_family but warns for xunit2, its default.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
 
 
 def pytest_generate_tests(metafunc):
@@ -54,9 +62,42 @@ def lab_cell(request, host, lab_profile, lab_scenario):
             "".join(" --scenario %s" % shlex.quote(s) for s in wanted))
         result = run_with_timeout(host, command, config.getoption("--lab-timeout"))
         records, _ = parse_records(result.stdout)
-        _cache[key] = ({r["scenario"]: r for r in records if r.get("record") == "cell"}, result)
+        facts = {}
+        for r in records:
+            if r.get("record") == "profile" and isinstance(r.get("facts"), dict):
+                facts = r["facts"]
+        release = facts.get("kernel_release") or host.run("uname -r").stdout.strip()
+        target = {"kernel": key[0], "kernel_release": release, "provider": "testinfra-%s" % host.backend.NAME}
+        cells = {r["scenario"]: dict(r, **target) for r in records if r.get("record") == "cell"}
+        _cache[key] = (cells, result)
     cells, result = _cache[key]
     if lab_scenario not in cells:
         pytest.fail("no result for %s on %s: agent rc %s, stderr: %s" % (
             lab_scenario, lab_profile, result.rc, result.stderr[-2000:]))
     return cells[lab_scenario]
+
+
+def cell_properties(cell):
+    """The ``<property>`` names and values of ``overlaylab run``'s JUnit (reports/junit.py)."""
+    return [("kernel", cell.get("kernel", "")), ("kernel_release", cell.get("kernel_release", "")),
+            ("profile", cell.get("profile", "")), ("scenario", cell.get("scenario", "")),
+            ("group", cell.get("group", "")), ("outcome", cell.get("outcome", "")),
+            ("expected", cell.get("expected", "")), ("expected_why", cell.get("expected_why", "")),
+            ("met", str(cell.get("outcome") == cell.get("expected")).lower()),
+            ("provider", cell.get("provider", ""))]
+
+
+def report_cell(cell):
+    """Turn a cell into the test's outcome, as ``overlaylab run``'s JUnit does: not as expected
+    fails; REFUSED/UNSUPPORTED as expected is skipped with the reason; a FAIL (or ERROR) as
+    expected is an xfail with the reason; only a PASS as expected passes."""
+    outcome, expected = cell.get("outcome"), cell.get("expected")
+    why = cell.get("expected_why") or cell.get("error") or ""
+    if outcome != expected:
+        pytest.fail("got %s, expected %s (%s): %s\nevidence: %s" % (
+            outcome, expected, cell.get("expected_why") or "default", cell.get("error"), cell.get("evidence")),
+            pytrace=False)
+    if outcome in ("REFUSED", "UNSUPPORTED"):
+        pytest.skip("%s as expected: %s" % (outcome, why))
+    if outcome in ("FAIL", "ERROR"):
+        pytest.xfail("known failure (%s as expected): %s" % (outcome, why))

@@ -11,7 +11,8 @@
 #    /run/overlaylab/modroot so the host's modprobe works in the guest
 #    (MODPROBE_OPTIONS="-d /run/overlaylab/modroot", and the kernel's own requests go through
 #    /sbin/overlaylab-modprobe), and at /lib/modules/<release> where the host has that dir;
-#    the kernel config at /boot/config-<release>
+#    the kernel config at /boot/config-<release>; /dev/disk/by-profile/<serial> links to the
+#    virtio disks (the serial is the profile name) and udev database entries for lsblk
 # 4. eth0 10.0.2.15/24 via 10.0.2.2 (qemu user-mode networking), the HOST's sshd in a chroot
 #    of /newroot on port 22, then the ready marker on the console
 # 5. waits until /run/overlaylab/poweroff exists in the guest, then `poweroff -f`
@@ -119,6 +120,17 @@ mount -t proc proc $R/proc || fail "proc in the new root"
 mount -t sysfs sysfs $R/sys || fail "sysfs in the new root"
 mount -t devtmpfs devtmpfs $R/dev || fail "devtmpfs in the new root"
 mkdir -p $R/dev/pts $R/dev/shm
+# No udev in the guest: /dev/disk/by-profile/<profile> -> ../../vdX from the virtio serial qemu
+# sets to the profile name, and a udev database entry per disk so `lsblk -o NAME,SERIAL` shows it
+mkdir -p $R/dev/disk/by-profile $R/run/udev/data
+for b in /sys/block/vd*; do
+    [ -r "$b/serial" ] || continue
+    s=$(cat "$b/serial")
+    [ -n "$s" ] || continue
+    ln -sfn "../../${b##*/}" "$R/dev/disk/by-profile/$s"
+    printf 'E:ID_SERIAL=%s\nE:ID_SERIAL_SHORT=%s\nS:disk/by-profile/%s\n' "$s" "$s" "$s" \
+        > "$R/run/udev/data/b$(cat "$b/dev")"
+done
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
 [ -d $R/sys/kernel/debug ] && mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null

@@ -1,17 +1,16 @@
 """Fixtures of the archive tests (they run as root on the real filesystem of ``tmp_path``)."""
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from tests.needs import need_root
 
 from .helpers import snapshot
 
 
 @pytest.fixture(autouse=True)
 def _need_root():
-    if os.geteuid() != 0:
-        pytest.skip("the archive tests need root (chown, mknod, chroot, security xattrs)")
+    need_root("the archive tests (chown, mknod, chroot, security xattrs)")
 
 
 @pytest.fixture

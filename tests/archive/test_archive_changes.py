@@ -8,6 +8,8 @@ import struct
 
 import pytest
 
+from tests.needs import missing
+
 from overlaylab.archive import (
     Change, ChangeKind, aufs_changes, changes_dirs, changes_size, sort_key,
 )
@@ -147,7 +149,7 @@ def test_capability_xattr_difference_is_a_modify(tmp_path):
     try:
         os.setxattr(new / "ping", "security.capability", cap, follow_symlinks=False)
     except OSError as err:
-        pytest.skip("no security.capability here: %s" % err)
+        missing("no security.capability here: %s" % err)
     os.utime(new / "ping", ns=(10 ** 18, 10 ** 18))
     assert changes_dirs(str(new), str(old)) == [Change("/ping", C)]
 
@@ -163,7 +165,7 @@ def test_block_device_size_and_mtime_never_compared(tmp_path):
             os.mknod(root / "blk", 0o600 | 0o060000, os.makedev(7, 0))
             os.mknod(root / "chr", 0o600 | 0o020000, os.makedev(1, 3))
     except OSError as err:
-        pytest.skip("mknod not allowed: %s" % err)
+        missing("mknod not allowed: %s" % err)
     for name in ("blk", "chr"):
         os.utime(old / name, ns=(10 ** 18, 10 ** 18))
         os.utime(new / name, ns=(2 * 10 ** 18, 2 * 10 ** 18))

@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 import time
 
-import pytest
+from tests.needs import missing, need_tool
 
 from overlaylab.archive import (
     Change, ChangeKind, changes_dirs, export_changes, sort_key, tar_tree,
@@ -108,7 +108,7 @@ def test_device_numbers_old_encoding(tmp_path):
         os.mknod(root / "c", 0o620 | stat.S_IFCHR, os.makedev(10, 0x12345))
         os.mknod(root / "b", 0o600 | stat.S_IFBLK, os.makedev(7, 3))
     except OSError as err:
-        pytest.skip("mknod: %s" % err)
+        missing("mknod: %s" % err)
     os.chmod(root / "c", 0o620)
     data = read_all(tar_tree(str(root)))
     raw = {field(b, 0, 100): b for b, _ in blocks(data)}
@@ -197,7 +197,7 @@ def test_capability_xattr_is_a_pax_record(tmp_path):
         os.setxattr(root / "ping", "security.capability", cap)
         os.setxattr(root / "ping", "user.other", b"not exported")
     except OSError as err:
-        pytest.skip("xattrs: %s" % err)
+        missing("xattrs: %s" % err)
     data = read_all(tar_tree(str(root)))
     pax = data[:512]
     assert pax[156:157] == b"x"
@@ -327,9 +327,8 @@ def test_tar_tree_large_file_streams_exactly(tmp_path):
     assert tarfile.open(fileobj=io.BytesIO(data)).extractfile("big").read() == payload
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/tar") and not os.path.exists("/bin/tar"),
-                    reason="GNU tar not installed")
 def test_gnu_tar_lists_our_stream(tmp_path):
+    need_tool("tar")
     root = tmp_path / "root"
     (root / "d").mkdir(parents=True)
     (root / "d" / ("n" * 150)).write_bytes(b"long")

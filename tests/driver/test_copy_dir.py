@@ -9,14 +9,15 @@ import stat
 
 import pytest
 
+from tests.needs import need_root
+
 from overlaylab.graphdriver import copy as copymod
 from overlaylab.graphdriver.copy import COPY_HARDLINK, copy_dir
 
 
 @pytest.fixture(autouse=True)
 def _need_root():
-    if os.geteuid() != 0:
-        pytest.skip("copy_dir tests need root (chown, mknod, trusted xattrs)")
+    need_root("copy_dir tests (chown, mknod, trusted xattrs)")
 
 
 def make_tree(root: str) -> None:

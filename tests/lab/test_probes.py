@@ -11,6 +11,8 @@ from overlaylab.lab import probes as P
 from overlaylab.lab.backingfs import BackingFsUnavailable
 from overlaylab.lab.probes import Probe, check_expectations, probes_by_name, run_all_probes
 
+from tests.needs import backing_fs_unavailable, kernel_cannot
+
 from .conftest import requires_root
 
 pytestmark = requires_root
@@ -42,7 +44,7 @@ def results(module_fs_factory):
 def get(results, profile):
     r = results[profile]
     if isinstance(r, BackingFsUnavailable):
-        pytest.skip("profile %s unavailable on this kernel: %s" % (profile, r))
+        backing_fs_unavailable(r)
     return r
 
 
@@ -104,7 +106,7 @@ def test_xfs_v4_is_unsupported_without_config(results):
     r = results["xfs-v4-noftype"]
     v4 = P.probe_kernel_config_backing().value
     if v4 is None or v4["CONFIG_XFS_SUPPORT_V4"] != "n":
-        pytest.skip("kernel config unknown or has V4 support")
+        kernel_cannot("this test is for kernels without CONFIG_XFS_SUPPORT_V4 (config unknown or V4 built in)")
     assert isinstance(r, BackingFsUnavailable) and r.step == "mount"
 
 
@@ -221,8 +223,7 @@ def test_driver_verdict_without_driver_is_an_error_not_a_crash(tmp_path, monkeyp
 
 def test_driver_verdicts(fs_factory):
     why = _driver_importable()
-    if why:
-        pytest.skip(why)
+    assert why is None, why
     btrfs = fs_factory("btrfs")
     v = P.driver_verdict(btrfs.mountpoint)
     assert v.verdict == "ErrIncompatibleFS" and v.outcome == "REFUSED"

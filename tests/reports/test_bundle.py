@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -67,7 +68,14 @@ def test_bundle_holds_everything_and_its_repro_reproduces(lab, tmp_path):
     res = cli(["repro", path, "--reports-dir", reports], env=lab.env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "REPRODUCED: %s is %s again" % (CELL, cv.outcome) in res.stdout
-    assert cli(["repro", path, "--dry-run"]).stdout.strip() == "overlaylab run --provider local -K host -p =tmpfs -k =mount-label"
+    # --dry-run prints exactly the command that ran: the one the re-run recorded as its argv
+    dry = cli(["repro", path, "--dry-run", "--reports-dir", reports])
+    assert dry.returncode == 0 and dry.stderr == "", dry.stderr
+    assert dry.stdout.strip() == "%s -m overlaylab run --provider local -K host -p =tmpfs -k =mount-label --reports-dir %s" % (
+        sys.executable, reports)
+    assert "$ " + dry.stdout.strip() in res.stderr.splitlines()
+    ran = load_run(run_dir_of(res.stdout)).meta["argv"]
+    assert shlex.split(dry.stdout) == [sys.executable, "-m", "overlaylab"] + ran
 
 
 def test_repro_says_when_an_outcome_did_not_reproduce(lab, tmp_path):
@@ -88,7 +96,9 @@ def test_repro_says_when_an_outcome_did_not_reproduce(lab, tmp_path):
 
 
 def test_bundle_of_an_unknown_cell_is_a_clear_error(lab, tmp_path):
+    # a usage error: exit 2, one line
     res = cli(["bundle", lab.plain, "host/ext4/driver-init", "-o", str(tmp_path)])
-    assert res.returncode == 1 and "has no cell host/ext4/driver-init" in res.stderr
+    assert res.returncode == 2 and "has no cell host/ext4/driver-init" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     res = cli(["bundle", lab.plain, "host/driver-init"])
-    assert res.returncode == 1 and "KERNEL/PROFILE/SCENARIO" in res.stderr
+    assert res.returncode == 2 and "KERNEL/PROFILE/SCENARIO" in res.stderr

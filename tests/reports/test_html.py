@@ -12,10 +12,35 @@ import pytest
 from overlaylab.lab.results import load_run
 from overlaylab.reports import RunReport, render
 
+from tests.needs import need
+
 from .cdp import Chromium, find_chromium
 from .conftest import copy_run
 
-pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium():
+    """Skipped locally without Chromium, failed under CI (tests/needs.py); scripts/setup installs it."""
+    need(find_chromium() is not None, "chromium is not installed (Debian package chromium)")
+
+
+# WCAG contrast of every grid cell's computed colour on its computed background, in the page.
+CONTRAST_JS = r"""
+(function () {
+  function lum(rgb) {
+    var c = rgb.match(/\d+(\.\d+)?/g).slice(0, 3).map(function (v) {
+      v = v / 255; return v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  }
+  return Array.from(document.querySelectorAll('td.cell, .pill, .legend .sw')).filter(function (e) {
+    return getComputedStyle(e).backgroundImage === 'none';
+  }).map(function (e) {
+    var s = getComputedStyle(e), a = lum(s.color), b = lum(s.backgroundColor);
+    return [e.dataset.cell || e.className, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+  });
+})()
+"""
 
 
 def _wait(browser, expression, timeout=10.0):
@@ -60,7 +85,22 @@ def test_html_grid_and_cell_details_in_chromium(lab, tmp_path):
         assert by_id["host/tmpfs/mount-label"][1:3] == ["FAIL", "FAIL"]
         colours = {c[1]: c[3] for c in grid}
         assert len(set(colours.values())) == len(colours)           # one colour per outcome
-        assert colours["PASS"] == "rgb(46, 157, 79)"
+        assert colours["PASS"] == "rgb(220, 242, 226)"              # as expected: pale tints
+        assert colours["FAIL"] == "rgb(251, 224, 224)"              # a known FAIL is pink, not red
+        # every cell's real computed text/background pair meets WCAG AA
+        for cell_id, ratio in browser.evaluate(CONTRAST_JS):
+            assert ratio >= 4.5, (cell_id, ratio)
+        # the "as expected, and why" table, as in report.md, with links into the details
+        why = browser.evaluate("document.getElementById('expected-table').innerText")
+        for cv in rep.cells.values():
+            if cv.outcome != "PASS" and cv.met:
+                assert cv.expected_why in why and cv.profile in why
+        assert "REFUSED" in why and "FAIL" in why
+        heading = browser.evaluate("document.getElementById('expected-heading').textContent")
+        assert heading == "Other non-passing cells, as expected (%d)" % sum(
+            1 for cv in rep.cells.values() if cv.outcome != "PASS" and cv.met and not cv.flaky)
+        legend = browser.evaluate("document.getElementById('legend').innerText")
+        assert "As expected" in legend and "Not as expected" in legend and "! FAIL" in legend
         groups = browser.evaluate("Array.from(document.querySelectorAll('table.grid')).map(function(t){return t.dataset.group})")
         assert groups == [g for g, _ in rep.groups()]
         assert browser.evaluate("document.getElementById('details').hidden") is True
@@ -91,6 +131,16 @@ def test_html_grid_and_cell_details_in_chromium(lab, tmp_path):
         _wait(browser, "!document.getElementById('details').hidden")
         assert browser.evaluate("document.querySelector('td.cell[data-cell=\"host/tmpfs/create-empty\"]')"
                                 ".classList.contains('unmet')") is True
+        unmet = browser.evaluate("(function(td){var s = getComputedStyle(td); return [td.textContent, "
+                                 "s.backgroundColor, s.color, s.boxShadow]})"
+                                 "(document.querySelector('td.cell[data-cell=\"host/tmpfs/create-empty\"]'))")
+        known = browser.evaluate("getComputedStyle(document.querySelector("
+                                 "'td.cell[data-cell=\"host/tmpfs/mount-label\"]')).backgroundColor")
+        assert unmet[0] == "! FAIL"                                  # a text marker, not only colour
+        assert unmet[1] == "rgb(198, 40, 40)" != known               # solid red vs the known FAIL's pink
+        assert unmet[2] == "rgb(255, 255, 255)" and "inset" in unmet[3]
+        for cell_id, ratio in browser.evaluate(CONTRAST_JS):
+            assert ratio >= 4.5, (cell_id, ratio)
         assert "synthetic: Create failed" in browser.evaluate("document.getElementById('unmet-list').innerText")
         details = browser.evaluate("document.getElementById('details').innerText")
         assert "NOT as expected (expected PASS)" in details and "overlayfs: synthetic complaint" in details

@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
+
+from tests.needs import missing, need_tool
 
 from overlaylab import boxes as B
 from overlaylab.providers import vagrant as V
@@ -133,8 +134,8 @@ def test_vagrantfile_reads_the_settings_and_never_makes_a_network():
     assert "libvirt.storage :file" in text
 
 
-@pytest.mark.skipif(not shutil.which("vagrant"), reason="vagrant is not installed")
 def test_vagrant_parses_the_vagrantfile_with_run_settings(tmp_path, catalogue):
+    need_tool("vagrant")
     settings = B.vagrant_settings([B.machine_settings(catalogue.get("bookworm"), 2302, [("ext4", 64)],
                                                       domain_prefix="overlaylab-unit-")])
     path = tmp_path / "s.json"
@@ -179,7 +180,7 @@ def test_zipapp_holds_the_working_tree_package_and_runs_the_agent(tmp_path):
 def test_tomli_shim_parses_profiles_with_python3_toml(tmp_path):
     """Python 3.9 guests (bullseye) have no tomllib: the shim falls back on python3-toml."""
     if subprocess.run(["/usr/bin/python3", "-c", "import toml"], timeout=60).returncode != 0:
-        pytest.skip("/usr/bin/python3 has no toml module (python3-toml)")
+        missing("/usr/bin/python3 has no toml module (python3-toml)")
     shim = tmp_path / "tomli.py"
     shim.write_text(V.TOMLI_SHIM)
     code = ("import sys; sys.path.insert(0, %r); import tomli; "

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-import shutil
 
 import pytest
+
+from tests.needs import missing, need_tool
 
 
 @pytest.fixture(scope="session")
@@ -10,9 +11,9 @@ def kernel_61():
     """debian-6.1 from the user's cache (fetched once; skipped when no network and no cache)."""
     from overlaylab.kernels import KernelUnavailable, fetch_kernel
 
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        pytest.skip("apt-get/dpkg-deb missing")
+    need_tool("apt-get", "apt")
+    need_tool("dpkg-deb", "dpkg")
     try:
         return fetch_kernel("debian-6.1")
     except KernelUnavailable as e:
-        pytest.skip(str(e))
+        missing(str(e))

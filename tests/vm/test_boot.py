@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import pytest
+
+from tests.needs import missing, need, need_tool
 
 from overlaylab.kernels import KernelUnavailable, fetch_kernel
 from overlaylab.providers.qemu import QemuProvider, run_with_timeout
@@ -35,12 +36,12 @@ def qemu_pids():
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_boot_kernel_with_disks_and_reach_it_with_testinfra(name, capsys):
-    if not shutil.which("qemu-system-x86_64") or not os.path.exists("/bin/busybox"):
-        pytest.skip("qemu-system-x86 / busybox-static not installed (scripts/setup installs them)")
+    need_tool("qemu-system-x86_64", "qemu-system-x86")
+    need(os.path.exists("/bin/busybox"), "busybox-static is not installed")
     try:
         kernel = fetch_kernel(name)
     except KernelUnavailable as e:
-        pytest.skip(str(e))
+        missing(str(e))
     t0 = time.monotonic()
     provider = QemuProvider()
     with provider.up(kernel, [("ext4", 256), ("xfs", 512)]) as vm:

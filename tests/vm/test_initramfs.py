@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import lzma
-import shutil
 import stat
 import subprocess
 
-import pytest
+from tests.needs import need_tool
 
 from overlaylab.kernels.cache import KernelImage
 from overlaylab.vm import initramfs as I
@@ -50,8 +49,7 @@ def make_tree(root):
         if rel.endswith(".xz"):
             p.write_bytes(lzma.compress(payload, format=lzma.FORMAT_XZ))
         elif rel.endswith(".zst"):
-            if not shutil.which("zstd"):
-                pytest.skip("zstd missing")
+            need_tool("zstd")
             p.write_bytes(subprocess.run(["zstd", "-q", "-c"], input=payload, stdout=subprocess.PIPE,
                                          check=True).stdout)
         else:
@@ -115,11 +113,11 @@ def test_cpio_writer_round_trip(tmp_path):
     w.close()
     got = I.read_cpio(buf.getvalue())
     assert [(n, d) for n, _, d in got] == [("a", b""), ("a/f", b"12345"), ("a/l", b"f")]
-    if shutil.which("cpio"):  # the real cpio agrees
-        (tmp_path / "x.cpio").write_bytes(buf.getvalue())
-        out = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(tmp_path / "x.cpio", "rb"),
-                             stdout=subprocess.PIPE, check=True).stdout.decode().split()
-        assert out == ["a", "a/f", "a/l"]
+    need_tool("cpio")  # the real cpio agrees
+    (tmp_path / "x.cpio").write_bytes(buf.getvalue())
+    out = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(tmp_path / "x.cpio", "rb"),
+                         stdout=subprocess.PIPE, check=True).stdout.decode().split()
+    assert out == ["a", "a/f", "a/l"]
 
 
 def test_modinfo_fallback_without_modules_dep(tmp_path):

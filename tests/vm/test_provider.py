@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from tests.needs import need_module
+
 from overlaylab.providers import qemu as P
 from overlaylab.providers import transport as T
 
@@ -53,7 +55,7 @@ def test_disk_names_are_checked():
 
 @pytest.fixture
 def local_host():
-    testinfra = pytest.importorskip("testinfra")
+    testinfra = need_module("testinfra", "pytest-testinfra")
     return testinfra.get_host("local://")
 
 

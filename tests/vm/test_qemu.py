@@ -183,3 +183,12 @@ def test_pvh_extraction_of_a_real_kernel(kernel_61, tmp_path):
     with open(fast, "rb") as f:
         assert Q.has_pvh_note(f.read())
     assert Q.fast_boot_kernel(kernel_61.vmlinuz, tmp_path) == fast  # cached
+
+
+def test_control_path_fits_a_unix_socket_even_under_a_long_tmpdir():
+    from overlaylab.providers.qemu import control_path_for
+    short = control_path_for("/tmp/overlaylab-qemu.abc123")
+    assert short == "/tmp/overlaylab-qemu.abc123/cm-%p"
+    # pytest's tmp_path under a long TMPDIR: ssh would fail "ControlPath too long"
+    long_dir = "/tmp/pytest-of-root/pytest-12/test_a_rather_long_test_name_here0/" + "x" * 40
+    assert control_path_for(long_dir) == "none"
