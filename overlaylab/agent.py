@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import cleanup as cleanup_mod
 from .lab import probes as probe_mod
 from .lab.backingfs import BackingFsUnavailable, make_backing_fs
 from .lab.profiles import load_profiles, parse_profiles
@@ -128,6 +130,9 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="overlaylab-agent.")
     os.makedirs(workdir, exist_ok=True)
+    # The marker (and its lease) let `overlaylab cleanup` find this directory's mounts and
+    # loop devices if this process is killed before its teardown runs.
+    lease = cleanup_mod.mark(workdir, "agent-dir", keep_dir=not own_workdir, profile=profile.name)
     started = time.monotonic()
     klog = KernelLogCursor()
     try:
@@ -149,8 +154,13 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
             _emit_unavailable(profile.name, wanted, catalogue, err, klog)
     finally:
         klog.close()
-        if own_workdir and not mounts_under(workdir):
-            shutil.rmtree(workdir, ignore_errors=True)
+        if not mounts_under(workdir):
+            if own_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(workdir, cleanup_mod.MARKER))
+            cleanup_mod.release(lease)  # else the lease stays: cleanup finds what is left
     emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
 
 
@@ -169,6 +179,13 @@ def _emit_unavailable(profile: str, wanted: List[str], catalogue, err: BackingFs
               "evidence": {"backing_fs": detail}})
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove what dead agents of this target left (their owner is gone), one JSON line each."""
+    for entry in cleanup_mod.cleanup(args.run):
+        emit(dict(entry, record="cleanup"))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m overlaylab.agent", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,8 +200,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--workdir", help="where images, mounts and scratch go (default: a new temp dir)")
     r.add_argument("--profiles-file", help="filesystems.toml to read (default: the project's)")
     r.add_argument("--profiles-b64", help="filesystems.toml content, base64 (for targets without the repo)")
+    r.add_argument("--run-id", help="the lab run this agent works for (recorded on what it makes)")
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser("cleanup", help="remove what dead agents left (mounts, loop devices, work dirs)")
+    c.add_argument("--run", default=None, help="only leftovers of this run")
+    c.set_defaults(func=cmd_cleanup)
     args = parser.parse_args(argv)
+    if getattr(args, "run_id", None):
+        os.environ[cleanup_mod.RUN_ENV] = args.run_id
     # SIGTERM (a runner stopping, `timeout` expiring) unwinds like Ctrl-C: every backing fs,
     # loop device and mount is torn down by its context manager on the way out.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from . import __version__
+from .cleanup_cli import cleanup_cmd
 from .driver_cli import driver
 from .goerrors import safe_text
 from .lab_cli import COMMANDS as LAB_COMMANDS
@@ -20,6 +21,7 @@ def main() -> None:
 
 
 main.add_command(driver)
+main.add_command(cleanup_cmd)
 for _command in LAB_COMMANDS + REPORT_COMMANDS + VM_COMMANDS + VAGRANT_COMMANDS:
     main.add_command(_command)
 

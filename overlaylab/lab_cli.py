@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Sequence
 import click
 
 from .lab.profiles import default_profiles_path, load_profiles, profile_matcher, select_profiles
-from .lab.results import RunStore, load_run, resolve_run_dir
+from .cleanup import RUN_ENV
+from .lab.results import RunStore, incomplete_note, load_run, resolve_run_dir
 from .lab.runner import Matrix, Runner
 from .lab.scenario import all_scenarios
 from .lab.tables import render_run, render_unmet
@@ -126,8 +127,12 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     if not scenario_exprs:  # VM kernels skip the scale tier unless scenarios are chosen
         vm_scenarios = {sid: sc for sid, sc in scenarios.items() if "scale" not in sc.tags}
     matrix = Matrix(kernel_list, profiles, scenarios, all_profiles, vm_scenarios)
+    _check_reports_space(reports_dir, matrix.cell_count * repeat)
+    _clean_dead_runs()
     store = RunStore(reports_dir)
-    store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs, repeat=repeat)
+    os.environ[RUN_ENV] = store.run_id  # marked on every agent dir and VM this run makes
+    store.start(matrix=matrix.to_dict(), provider=provider, argv=sys.argv[1:], jobs=jobs, repeat=repeat,
+                cells_expected=matrix.cell_count * repeat)
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
     on_event = _progress_printer(matrix.cell_count * repeat, store.path, {
@@ -148,16 +153,15 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     old_term = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         runner.run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: a VM's SIGTERM handler in this thread
         status = "interrupted"
-        # Agents run under `timeout`, which passes SIGTERM on to its whole process group.
-        from .procutil import signal_descendants, wait_descendants_gone
-        signal_descendants(signal.SIGTERM)
-        wait_descendants_gone(60)  # let agents unmount and detach before we report
+        runner.stop()  # agents tear down first (unmount, detach), then ssh sessions and VMs
     finally:
         signal.signal(signal.SIGTERM, old_term)
         on_event.stop()  # type: ignore[attr-defined]
         store.finish(status)
+    if store.disk_full:
+        _report_disk_full(store)
     run = load_run(store.path)
     rep = RunReport.from_run(run)
     view = rep.view_run()  # one row per cell; FLAKY where --repeat attempts disagree
@@ -187,6 +191,8 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         click.echo("\nCompared with %s:\n%s" % (baseline.name, render_text(comparison)))
     click.echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
     if status != "finished":
+        click.echo(incomplete_note(run) or status, err=True)
+    if status != "finished":
         raise click.exceptions.Exit(130)
     if len(rep.cells) < matrix.cell_count:
         raise click.exceptions.Exit(1)
@@ -196,6 +202,60 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         return
     if rep.gate_failures():
         raise click.exceptions.Exit(1)
+
+
+#: what a run needs free in its reports directory: run.json, results and reports per cell
+SPACE_BASE_BYTES = 1 << 20
+SPACE_PER_CELL_BYTES = 16 << 10
+
+
+def _check_reports_space(reports_dir: Optional[str], cells: int) -> None:
+    """Refuse (exit 2) to start a run whose results would not fit in the reports directory."""
+    from .lab.results import default_reports_dir
+    path = os.path.abspath(reports_dir or default_reports_dir())
+    probe = path
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        st = os.statvfs(probe)
+    except OSError as err:
+        raise click.UsageError("--reports-dir %s: %s" % (path, err.strerror))
+    free = st.f_bavail * st.f_frsize
+    need = SPACE_BASE_BYTES + cells * SPACE_PER_CELL_BYTES
+    if free < need:
+        click.echo("overlaylab run: --reports-dir %s: only %d KiB free on its filesystem, a run of %d cells "
+                   "needs about %d KiB; free some space or choose another --reports-dir"
+                   % (path, free >> 10, cells, need >> 10), err=True)
+        raise click.exceptions.Exit(2)
+
+
+def _clean_dead_runs() -> None:
+    """What dead runs left on this machine (their owners are gone) goes first."""
+    from .cleanup import cleanup
+    try:
+        for entry in cleanup():
+            for item in entry["items"]:
+                click.echo("cleanup: removed %s" % item, err=True)
+            for problem in entry["problems"]:
+                click.echo("cleanup: could not remove %s" % problem, err=True)
+    except OSError as err:
+        click.echo("warning: cleaning up after dead runs failed: %s" % err, err=True)
+
+
+def _report_disk_full(store: RunStore) -> None:
+    """The reports disk filled up: the table of everything that ran (kept in memory), exit 3."""
+    from .reports import RunReport
+    run = store.memory_run()
+    view = RunReport.from_run(run).view_run()
+    click.echo(render_run(view))
+    unmet = render_unmet(view)
+    if unmet:
+        click.echo("\nNot as expected:\n" + unmet)
+    click.echo("\nrun %s failed: reports disk full (%s); %d cells ran, %d records could not be written "
+               "(shown above, not stored)" % (store.run_id, store.path, len(run.cells), len(store.unwritten)),
+               err=True)
+    click.echo(incomplete_note(run) or "failed", err=True)
+    raise click.exceptions.Exit(3)
 
 
 @click.command("list")
@@ -227,6 +287,9 @@ def show_cmd(run_ref: str, reports_dir: Optional[str]) -> None:
         click.echo("\nNot as expected:\n" + unmet)
     if run.skipped_lines:
         click.echo("\n(%s)" % run.damage_note())
+    note = incomplete_note(run)
+    if note:
+        click.echo("\n" + note)
 
 
 COMMANDS = [run_cmd, list_cmd, show_cmd]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
 from .. import mountutil
+from ..procutil import signals_deferred
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
 from .profiles import (
     FsProfile,
@@ -241,6 +242,21 @@ def loop_devices_for(image: str) -> List[str]:
     return [line.split(":", 1)[0] for line in res.stdout.splitlines() if ":" in line]
 
 
+def detach_loop(dev: str, attempts: int = 10) -> str:
+    """``losetup -d DEV``, retried while the kernel calls the device busy (a just-unmounted
+    filesystem can hold it a moment); returns the teardown log line."""
+    import time
+    res = None
+    for i in range(attempts):
+        res = run(["losetup", "-d", dev], timeout=60)
+        if res.ok:
+            return "losetup -d %s -> 0%s" % (dev, " (try %d)" % (i + 1) if i else "")
+        if not os.path.exists("/sys/block/%s/loop/backing_file" % os.path.basename(dev)):
+            return "losetup -d %s -> %s, already free" % (dev, res.returncode)
+        time.sleep(0.2 * (i + 1))
+    return "losetup -d %s -> %s %s (gave up after %d tries)" % (dev, res.returncode, res.stderr.strip(), attempts)
+
+
 def _teardown_steps(bfs_log: List[str], steps: List[Any]) -> None:
     """Run every teardown step even if some fail or are interrupted; re-raise an interrupt last."""
     interrupted: Optional[BaseException] = None
@@ -276,12 +292,10 @@ def make_backing_fs(profile: FsProfile, workdir: str, device: Optional[str] = No
 
     def _detach_loops() -> None:
         for dev in loop_device:
-            res = run(["losetup", "-d", dev], timeout=60)
-            bfs.teardown_log.append("losetup -d %s -> %s %s" % (dev, res.returncode, res.stderr.strip()))
+            bfs.teardown_log.append(detach_loop(dev))
         if bfs.image:
             for dev in loop_devices_for(bfs.image):  # anything a scenario or a race left behind
-                res = run(["losetup", "-d", dev], timeout=60)
-                bfs.teardown_log.append("losetup -d %s (leftover) -> %s" % (dev, res.returncode))
+                bfs.teardown_log.append(detach_loop(dev) + " (leftover)")
 
     def _unmount() -> None:
         bfs.teardown_log.extend(unmount_tree(root))
@@ -317,8 +331,11 @@ def make_backing_fs(profile: FsProfile, workdir: str, device: Optional[str] = No
         yield bfs
     finally:
         # Inner mounts first (anything under the merged view or the mountpoint), then the
-        # base of an overlay profile (its own context), then loop devices and files.
-        _teardown_steps(bfs.teardown_log, [_unmount, stack.close, _unmount, _detach_loops, _remove_root])
+        # base of an overlay profile (its own context), then loop devices and files. Stop
+        # signals wait until it is done: a Ctrl-C during `losetup -d` would otherwise kill the
+        # detach and leak the loop device (they are delivered, and unwind, right after).
+        with signals_deferred():
+            _teardown_steps(bfs.teardown_log, [_unmount, stack.close, _unmount, _detach_loops, _remove_root])
 
 
 def _make_block(bfs: BackingFs, device: Optional[str], loop_device: List[str]) -> None:
@@ -333,12 +350,14 @@ def _make_block(bfs: BackingFs, device: Optional[str], loop_device: List[str]) -
                 f.truncate(profile.size_mib << 20)
         except OSError as err:
             raise BackingFsUnavailable(profile.name, "image", str(err), errno=err.errno) from None
-        res = run(losetup_argv(image), timeout=60)
+        with signals_deferred():  # an attached device is always recorded, so always detached
+            res = run(losetup_argv(image), timeout=60)
+            if res.ok and res.stdout.strip():
+                loop_device.append(res.stdout.strip().splitlines()[-1])
         _record_cmd(bfs.recipe, res, "losetup")
         if not res.ok or not res.stdout.strip():
             raise BackingFsUnavailable(profile.name, "losetup", res.stderr or res.stdout)
-        device = res.stdout.strip().splitlines()[-1]
-        loop_device.append(device)
+        device = loop_device[-1]
         bfs.recipe[-1]["device"] = device
     bfs.device = device
     res = run(mkfs_argv(profile, device), timeout=MKFS_TIMEOUT)

@@ -169,7 +169,10 @@ class ProgressDisplay:
         ``lasting=False``, only in run.log: the live rows show it)."""
         with self.lock:
             if self.log is not None:
-                self.log.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S%z"), text))
+                try:
+                    self.log.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S%z"), text))
+                except OSError:  # a full reports disk: the run stops on the store's word, not here
+                    self.log = None
             if self.progress is not None:
                 if lasting:
                     self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)

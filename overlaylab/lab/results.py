@@ -7,7 +7,9 @@ scenario outcome with evidence). ``schema`` lets later versions read old runs.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -105,8 +107,23 @@ def _ordered(items: Iterable[str]) -> List[str]:
     return list(seen)
 
 
+class ReportsDiskFull(OSError):
+    """The reports filesystem ran out of space (or quota) while the run was writing."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+RESERVE_FILE = ".reserve"
+RESERVE_BYTES = 256 << 10  # freed when the disk fills, so the final run.json still fits
+
+
 class RunStore:
-    """Writes one run directory."""
+    """Writes one run directory.
+
+    Every record is also kept in memory (``records``) until it is durably on disk; a write that
+    fails with ENOSPC/EDQUOT is cut back to the last whole line (never a torn line), the store
+    turns ``disk_full``, frees its small reserve so that ``run.json`` can still be written, and
+    keeps the records it could not write in ``unwritten``.
+    """
 
     def __init__(self, reports_dir: Optional[str] = None, run_id: Optional[str] = None):
         self.run_id = run_id or new_run_id()
@@ -114,11 +131,48 @@ class RunStore:
         os.makedirs(self.path, exist_ok=True)
         self.meta: Dict[str, Any] = {}
         self._lock = threading.Lock()  # parallel targets append from several threads
-        self._results = open(os.path.join(self.path, RESULTS_FILE), "a", encoding="utf-8")
+        self.records: List[Dict[str, Any]] = []
+        self.unwritten: List[str] = []
+        self.disk_full = False
+        self._fd = os.open(os.path.join(self.path, RESULTS_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._end_torn_line()
+        try:  # room for the last word: run.json saying the disk filled up
+            with open(os.path.join(self.path, RESERVE_FILE), "wb") as f:
+                f.write(b"\0" * RESERVE_BYTES)
+        except OSError:
+            pass
+
+    def _end_torn_line(self) -> None:
+        """A crash may have left a partial last line: the next append starts on a fresh one."""
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(os.path.join(self.path, RESULTS_FILE), "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    self._write_line(b"\n")
+
+    def _write_line(self, data: bytes) -> None:
+        """Append ``data`` whole and fsync it, or leave the file as it was and raise."""
+        before = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, before)  # no torn line for readers
+            except OSError:
+                pass
+            raise
 
     def start(self, **meta: Any) -> None:
+        from ..procutil import owner
         self.meta = {"schema": SCHEMA_VERSION, "run_id": self.run_id, "status": "running",
-                     "started": now_iso(), "host": host_info()}
+                     "started": now_iso(), "host": host_info(),
+                     # who writes this run: a reader that finds it gone marks the run interrupted
+                     "runner": owner()}
         self.meta.update(meta)
         self._write_meta()
 
@@ -128,22 +182,99 @@ class RunStore:
         record.setdefault("run_id", self.run_id)
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
         with self._lock:
-            self._results.write(line)
-            self._results.flush()
-            os.fsync(self._results.fileno())
+            self.records.append(record)
+            self.unwritten.append(line)
+            self._flush_unwritten()
+
+    def _flush_unwritten(self, retry: bool = False) -> None:
+        if self.disk_full and not retry:
+            return  # kept in memory; finish() tries once more after run.json is safe
+        while self.unwritten:
+            try:
+                self._write_line(self.unwritten[0].encode("utf-8"))
+            except OSError as err:
+                if err.errno not in DISK_FULL_ERRNOS:
+                    raise
+                if not self.disk_full:
+                    self.disk_full = True
+                    self._free_reserve()
+                return
+            self.unwritten.pop(0)
+
+    def _free_reserve(self) -> None:
+        try:
+            os.unlink(os.path.join(self.path, RESERVE_FILE))
+        except OSError:
+            pass
 
     def finish(self, status: str = "finished", **extra: Any) -> None:
+        with self._lock:
+            self._flush_unwritten()
+        if self.disk_full:
+            status = "failed"
+            extra.setdefault("reason", "reports disk full")
+        self._free_reserve()
         self.meta.update(extra)
         self.meta["status"] = status
         self.meta["ended"] = now_iso()
-        self._write_meta()
-        self._results.close()
+        if self.disk_full:
+            self.meta["unwritten_records"] = len(self.unwritten)
+        try:
+            try:
+                self._write_meta()
+            except OSError as err:
+                if err.errno not in DISK_FULL_ERRNOS:
+                    raise
+                self.disk_full = True
+                self.meta["status"] = "failed"
+                self.meta.setdefault("reason", "reports disk full")
+                self.meta["unwritten_records"] = len(self.unwritten)
+                self._write_meta_in_place()
+            if self.disk_full and self.unwritten:
+                # run.json says what happened; now whatever room is left goes to the records.
+                with self._lock:
+                    self._flush_unwritten(retry=True)
+                self.meta["unwritten_records"] = len(self.unwritten)
+                self._write_meta_in_place()
+        finally:
+            os.close(self._fd)
 
     def _write_meta(self) -> None:
         tmp = os.path.join(self.path, RUN_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.meta, f, indent=2, sort_keys=True, default=str)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.meta, f, indent=2, sort_keys=True, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         os.replace(tmp, os.path.join(self.path, RUN_FILE))
+
+    def _write_meta_in_place(self) -> None:
+        """Last resort on a full disk: overwrite run.json's own blocks (compact JSON)."""
+        data = json.dumps(self.meta, sort_keys=True, default=str).encode()
+        with contextlib.suppress(OSError):
+            with open(os.path.join(self.path, RUN_FILE), "r+b") as f:
+                f.write(data)
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
+
+    def memory_run(self) -> "Run":
+        """Everything this store was handed, as a :class:`Run` (for when the disk could not
+        take it all)."""
+        run = Run(path=self.path, meta=dict(self.meta))
+        for record in self.records:
+            kind = record.get("record")
+            if kind == "cell":
+                run.cells.append(record)
+            elif kind == "profile":
+                run.profiles.append(record)
+            elif kind == "target":
+                run.targets.append(record)
+        return run
 
 
 def _upgrade(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -250,6 +381,7 @@ def resolve_run_dir(ref: str, reports_dir: Optional[str] = None) -> str:
 
 def load_run(path: str) -> Run:
     run = Run(path=path, meta=read_meta(path))
+    _mark_if_runner_gone(run)
     results = os.path.join(path, RESULTS_FILE)
     if not os.path.exists(results):
         return run
@@ -269,6 +401,44 @@ def load_run(path: str) -> Run:
     except OSError as err:
         raise RunFileError("cannot read %s: %s" % (results, err.strerror or err)) from None
     return run
+
+
+def _mark_if_runner_gone(run: Run) -> None:
+    """A run still ``running`` whose runner process is gone (SIGKILL, power loss) will never
+    finish: mark it ``interrupted`` (in run.json too, when it can be written)."""
+    meta = run.meta
+    runner = meta.get("runner")
+    if meta.get("status") != "running" or not isinstance(runner, dict):
+        return
+    if (meta.get("host") or {}).get("hostname") not in (None, socket.gethostname()):
+        return  # written on another machine: we cannot know
+    from ..procutil import owner_alive
+    if owner_alive(runner):
+        return
+    meta["status"] = "interrupted"
+    meta["interrupted_reason"] = "the runner (pid %s) is gone" % runner.get("pid")
+    tmp = os.path.join(run.path, RUN_FILE + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, os.path.join(run.path, RUN_FILE))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def incomplete_note(run: Run) -> Optional[str]:
+    """``incomplete: N of M cells`` for a run that did not finish (None when it did)."""
+    status = run.meta.get("status")
+    if status in (None, "finished"):
+        return None
+    expected = run.meta.get("cells_expected")
+    done = len(run.cells)
+    if isinstance(expected, int) and expected > 0:
+        if done >= expected:
+            return "%s: all %d cells ran" % (status, done)
+        return "%s: incomplete: %d of %d cells" % (status, done, expected)
+    return "%s: incomplete: %d cells" % (status, done)
 
 
 def counts(cells: Iterable[Dict[str, Any]]) -> Dict[str, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import signal as signal_mod
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,17 @@ class Matrix:
         return out
 
 
+def signal_name(num: int) -> str:
+    try:
+        return signal_mod.Signals(num).name
+    except ValueError:
+        return "signal %d" % num
+
+
+class RunStopped(Exception):
+    """The run is stopping (interrupted, or the reports disk is full): no more work."""
+
+
 ProgressFn = Callable[[str, Dict[str, Any]], None]
 
 
@@ -97,18 +110,68 @@ class Runner:
         self.keep = keep
         self.profiles_text = profiles_text
         self.repeat = max(1, repeat)  # --repeat: the agent runs each profile's scenarios this often
+        #: set when the run must end early (a stop signal, a full reports disk): no new target,
+        #: profile or agent starts, and work under way is wound down, torn down on the way out
+        self.stopping = threading.Event()
 
     # public --------------------------------------------------------------------------------
     def run(self) -> None:
         if self.jobs == 1 or len(self.matrix.kernels) == 1:
             for kernel in self.matrix.kernels:
+                if self._should_stop():
+                    break
                 self.run_target(kernel)
             return
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            for future in [pool.submit(self.run_target, k) for k in self.matrix.kernels]:
+        pool = ThreadPoolExecutor(max_workers=self.jobs)
+        futures = [pool.submit(self.run_target, k) for k in self.matrix.kernels]
+        try:
+            for future in futures:
                 future.result()
+        except BaseException:
+            # Only the main thread sees a signal; the workers must stop too, or the pool's
+            # shutdown would wait while they boot the next kernels.
+            self.stop(futures)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self, futures: Sequence[Any] = ()) -> None:
+        """Wind the run down: no new target or agent starts; agents get SIGTERM (and tear
+        down); then what the workers wait on (ssh sessions, VMs, also one a worker was just
+        starting) is stopped until every worker has returned, having torn its target down.
+        Further stop signals are ignored meanwhile: the teardown must finish."""
+        from concurrent.futures import wait as wait_futures
+
+        from ..procutil import signal_descendants, stop_agents, wait_descendants_gone
+        self.stopping.set()
+        for future in futures:
+            future.cancel()
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal_mod.SIGINT, signal_mod.SIGTERM):
+                old[sig] = signal_mod.signal(sig, signal_mod.SIG_IGN)
+        try:
+            stop_agents(timeout=120)
+            deadline = time.monotonic() + 120
+            while True:
+                signal_descendants(signal_mod.SIGTERM)
+                pending = [f for f in futures if not f.done()]
+                if not pending or time.monotonic() > deadline:
+                    break
+                wait_futures(pending, timeout=0.5)
+            wait_descendants_gone(30)
+        finally:
+            for sig, handler in old.items():
+                signal_mod.signal(sig, handler)
+
+    def _should_stop(self) -> bool:
+        if getattr(self.store, "disk_full", False):
+            self.stopping.set()
+        return self.stopping.is_set()
 
     def run_target(self, kernel: str) -> None:
+        if self._should_stop():
+            return
         # phases reported from deep inside (fetch, initramfs, boot) reach self.progress, and a
         # VM's console log is kept in the run directory (lab/progress.py)
         with progress_mod.target_scope(kernel, self.progress, getattr(self.store, "path", None)):
@@ -119,12 +182,18 @@ class Runner:
         started = time.monotonic()
         try:
             with self.provider.up(kernel, disks=self.matrix.disks(), keep=self.keep) as session:
+                if self._should_stop():
+                    return
                 self._record_target(kernel, session, started)
                 for attempt in range(1, self.repeat + 1):
+                    if self._should_stop():
+                        break
                     self._run_profiles(kernel, session, list(self.matrix.profiles.values()), attempt)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # the target never came up, or went away: ERROR cells, carry on
+            if self._should_stop():
+                return  # it went away because the run is stopping: not the target's fault
             self._target_failed(kernel, err)
         self.progress("target-end", {"kernel": kernel, "seconds": time.monotonic() - started})
 
@@ -160,7 +229,7 @@ class Runner:
         self.progress("target-up", info)
 
     def _agent_args(self, session: Any, profiles: Sequence[FsProfile], scenarios: Sequence[str]) -> List[str]:
-        args = ["run"]
+        args = ["run", "--run-id", self.store.run_id]
         disks = getattr(session, "disks", {}) or {}
         for profile in profiles:
             args += ["--profile", profile.name]
@@ -186,6 +255,8 @@ class Runner:
         if self.repeat > 1:
             extra["attempt"] = attempt
 
+        finished_profiles: List[str] = []
+
         def on_line(line: str) -> None:
             records, bad = parse_records(line)
             junk.extend(bad)
@@ -200,33 +271,71 @@ class Runner:
                     self._append(dict(rec, record="cell"))
                     self.progress("cell", rec)
                 elif kind == "done" and rec.get("profile"):
+                    finished_profiles.append(rec["profile"])
                     self.progress("profile-end", {"kernel": kernel, "profile": rec["profile"],
                                                   "seconds": rec.get("seconds", 0.0)})
                 elif kind == "error":
                     state["problem"] = rec.get("error")
+            if self._should_stop():
+                raise RunStopped("the run is stopping")
 
         stderr = ""
+        died = False
         try:
             res = self._stream(session, self._agent_command(session, self._agent_args(session, profiles, list(scenarios))),
                                timeout, on_line)
             stderr = res.stderr
-            if res.rc in (124, 137):
+            elapsed = time.monotonic() - state["started"]
+            if res.rc == 124 or (res.rc == 137 and elapsed >= timeout):
                 state["problem"] = "the agent ran past %.0f s and was killed" % timeout
+            elif res.rc > 128 and not state["problem"]:
+                # Killed from outside (OOM killer, kill -9) long before its time limit.
+                died = True
+                state["problem"] = "the agent died: %s (signal %d) after %.0f s" % (
+                    signal_name(res.rc - 128), res.rc - 128, elapsed)
             elif res.rc != 0 and not state["problem"]:
                 state["problem"] = "the agent exited with status %d" % res.rc
+        except RunStopped:
+            return  # stopping: cells that finished are stored, the rest never ran
         except Exception as err:  # transport gone, host-side timeout
             state["problem"] = "%s: %s" % (type(err).__name__, err)
+        if self._should_stop():
+            return
         problem = state["problem"]
-        missing = [(p.name, sid) for p in profiles for sid in scenarios if (p.name, sid) not in done]
+        cleaned: List[Any] = []
+        rerun: List[FsProfile] = []
+        if died:
+            # A killed agent tore nothing down: remove what it left (its owner is gone), then
+            # go on with the profiles it never reached, in a new agent.
+            cleaned = self._cleanup_after_agent(session)
+            # The agent works through the profiles in order: it died in the first unfinished one.
+            unfinished = [p for p in profiles if p.name not in finished_profiles]
+            rerun = unfinished[1:]
+        missing = [(p.name, sid) for p in profiles for sid in scenarios
+                   if (p.name, sid) not in done and p not in rerun]
         if missing:
             evidence = {"agent_problem": problem or "the agent stopped before these scenarios",
                         "stderr_tail": _tail(stderr), "stdout_junk": junk[-20:],
                         "console_tail": self._console_tail(session)}
+            if died:
+                evidence["cleanup"] = cleaned
             for profile_name, sid in missing:
                 cell = self._error_cell(kernel, profile_name, sid, problem or "no result from the agent", evidence)
                 cell.update(extra)
                 self._append(cell)
                 self.progress("cell", cell)
+        if rerun:
+            self._run_profiles(kernel, session, rerun, attempt)
+
+    def _cleanup_after_agent(self, session: Any) -> List[Any]:
+        """``agent cleanup --run RUN`` on the target: what the dead agent left, removed."""
+        try:
+            res = session.run(self._agent_command(session, ["cleanup", "--run", self.store.run_id]), 300)
+            records, _ = parse_records(res.stdout)
+            return [item for r in records if r.get("record") == "cleanup" for item in r.get("items", [])] + \
+                ["problem: " + p for r in records if r.get("record") == "cleanup" for p in r.get("problems", [])]
+        except Exception as err:  # noqa: BLE001 - evidence, not fatal
+            return ["cleanup failed: %s: %s" % (type(err).__name__, err)]
 
     @staticmethod
     def _stream(session: Any, command: str, timeout: float, on_line: Callable[[str], None]):

@@ -323,6 +323,8 @@ class QemuProvider:
             accel, accel_reason = self.choose_accel(boot_image)
             state["detail"] = accel
         workdir = tempfile.mkdtemp(prefix="overlaylab-qemu-", dir=self.workdir_base)
+        from .. import cleanup as cleanup_mod  # the marker lets `overlaylab cleanup` find it all
+        lease = cleanup_mod.mark(workdir, "qemu", kernel=kernel.name)
         # kept in the run directory when there is one (lab/progress.py), else in the workdir
         console_log = keep_path("console-%s.log") or os.path.join(workdir, "console.log")
         vm: Optional[QemuVM] = None
@@ -336,7 +338,8 @@ class QemuProvider:
                     vmlinuz=boot_image, initrd=initramfs.path, console_log=console_log,
                     accel=accel, memory_mb=self.memory_mb, cpus=self.cpus,
                     shares=[("/", "hostroot"), (cfg, "labcfg")], disks=images, ssh_port=port,
-                    qemu=self.qemu)
+                    qemu=self.qemu, extra=["-pidfile", os.path.join(workdir, "qemu.pid")])
+                argv[argv.index("-name") + 1] = cleanup_mod.qemu_name(lease)
                 with open(os.path.join(workdir, "qemu.argv"), "w") as f:
                     f.write(" ".join(shlex.quote(a) for a in argv) + "\n")
                 vm = QemuVM(argv, console_log, hard_timeout=self.hard_timeout, ssh_port=port,
@@ -392,6 +395,7 @@ class QemuProvider:
                 vm.kill()
             if not keep:
                 shutil.rmtree(workdir, ignore_errors=True)
+            cleanup_mod.release(lease)
 
     def _map_disks(self, session: QemuSession, names: List[str]) -> Dict[str, str]:
         """profile -> /dev/vdX, from the serials the guest sees."""

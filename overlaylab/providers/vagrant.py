@@ -352,6 +352,8 @@ class VagrantProvider:
         os.chmod(run_dir, 0o755)  # libvirt writes the console log here
         token = secrets.token_hex(4)
         prefix = "overlaylab-%s-" % token
+        from .. import cleanup as cleanup_mod  # the lease names the prefix of this run's domains
+        lease = cleanup_mod.mark(run_dir, "vagrant", domain_prefix=prefix, box=spec.name)
         port = free_port()
         console_log = os.path.join(run_dir, "console.log")
         settings = boxes_mod.vagrant_settings([boxes_mod.machine_settings(
@@ -413,6 +415,10 @@ class VagrantProvider:
                     self.log("vagrant destroy left %s; removed with virsh" % cleanup["left_after_destroy"])
                 if ok or not cleanup.get("still_left"):
                     shutil.rmtree(run_dir, ignore_errors=True)
+                if not cleanup.get("still_left"):
+                    cleanup_mod.release(lease)
+            if keep:
+                cleanup_mod.release(lease)  # kept on purpose: not a leftover
 
     # internals -------------------------------------------------------------------------------
     def _prepare_guest(self, session: VagrantSession, spec: BoxSpec) -> None:
