@@ -16,7 +16,9 @@ class BadInput(click.ClickException):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause's text holds
+        # one line, whatever the cause's text holds: the CLI's error guard escapes control
+        # characters (a newline shows as \n), so a hostile name cannot fake a second line
+        super().__init__(str(message).strip())
 
 
 def _run_path(run_ref: str, reports_dir: Optional[str]) -> str:
