@@ -336,3 +336,49 @@ def test_concurrent_get_put_keeps_counts_and_mounts_right(make_driver, monkeypat
     assert mounts_under(driver.home) == []
     assert worst[0] == 1, "a layer was mounted twice at once"
     assert set(live.values()) == {0}
+
+
+def _recreate_over_symlink(driver, tmp_path, what):
+    """A container layer whose upper the container left with ``what`` as a symlink outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    (outside / "hosts").write_bytes(b"precious\n")
+    os.utime(str(outside), ns=(10 ** 9, 10 ** 9))
+    snap = lambda: (sorted(os.listdir(str(outside))), (outside / "hosts").read_bytes(),  # noqa: E731
+                    os.lstat(str(outside)).st_mode, os.lstat(str(outside)).st_mtime_ns)
+    before = snap()
+    driver.create("base", "")
+    driver.create("init", "base")
+    m = driver.get("init")
+    os.mkdir(os.path.join(m, "etc"), 0o755)
+    with open(os.path.join(m, "etc", "hosts"), "w") as f:
+        f.write("127.0.0.1 localhost\n")
+    driver.put("init")
+    driver.create("ctr", "init")
+    m = driver.get("ctr")
+    if what == "etc":
+        os.unlink(os.path.join(m, "etc", "hosts"))
+        os.rmdir(os.path.join(m, "etc"))
+        os.symlink(str(outside), os.path.join(m, "etc"))
+    else:
+        os.unlink(os.path.join(m, "etc", "hosts"))
+        os.symlink(str(outside / "hosts"), os.path.join(m, "etc", "hosts"))
+    driver.put("ctr")
+    assert os.path.islink(os.path.join(driver.home, "ctr", "upper", what))
+    return snap, before
+
+
+@pytest.mark.parametrize("what,op", [("etc", "mkdir"), ("etc/hosts", "open")])
+def test_recreate_never_follows_a_symlink_left_in_the_upper(make_driver, tmp_path, what, op):
+    """Issue 9.2: re-Create (case C) of a layer whose upper holds ``etc -> /outside`` (or
+    ``etc/hosts -> /outside/hosts``) must not write or chmod outside the driver home. The
+    reference's copy goes through the link; here the copy fails with EEXIST at the link and
+    Create's cleanup deletes the whole layer (as the spec says of an existing symlink)."""
+    driver = make_driver("tmpfs")
+    snap, before = _recreate_over_symlink(driver, tmp_path, what)
+    with pytest.raises(OSError) as err:
+        driver.create("ctr", "init")
+    assert str(err.value) == "%s %s: file exists" % (op, os.path.join(driver.home, "ctr", "upper", what))
+    assert not driver.exists("ctr")
+    assert snap() == before
+    assert mounts_under(driver.home) == []
