@@ -53,12 +53,16 @@ def test_mount_options_are_exact():
     assert format_mount_label("", 'a"b') == 'context="a\\"b"'
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "/abs", "x\0y"])
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "/abs", "x\0y",
+                                 # overlay mount-option metacharacters (issue 9.6)
+                                 "x,lowerdir=/", "a:b", ",", ":"])
 def test_bad_layer_ids_are_refused(make_driver, bad):
     driver = make_driver("tmpfs")
     before = sorted(os.listdir(os.path.dirname(driver.home)))
     for call in (lambda: driver.create(bad, ""), lambda: driver.get(bad), lambda: driver.remove(bad),
-                 lambda: driver.get_metadata(bad), lambda: driver.put(bad)):
+                 lambda: driver.get_metadata(bad), lambda: driver.put(bad),
+                 lambda: driver.apply_diff(bad, "", io.BytesIO()), lambda: driver.diff(bad, ""),
+                 lambda: driver.changes(bad, ""), lambda: driver.diff_size(bad, "")):
         with pytest.raises(InvalidLayerID, match="invalid layer id"):
             call()
     with pytest.raises(InvalidLayerID, match="invalid parent id"):
@@ -66,6 +70,18 @@ def test_bad_layer_ids_are_refused(make_driver, bad):
     assert not driver.exists(bad)
     assert sorted(os.listdir(os.path.dirname(driver.home))) == before  # nothing outside the home
     assert os.listdir(driver.home) == []
+
+
+def test_a_lower_id_with_mount_option_metacharacters_is_refused(make_driver):
+    """Issue 9.6: the lower-id file goes into the mount options too: the same check applies."""
+    driver = make_driver("tmpfs")
+    driver.create("base", "")
+    driver.create("ctr", "base")
+    with open(os.path.join(driver.home, "ctr", "lower-id"), "w") as f:
+        f.write("base/root,lowerdir=/")
+    with pytest.raises(InvalidLayerID, match='^invalid lower id "base/root,lowerdir=/": '):
+        driver.get("ctr")
+    assert mounts_under(driver.home) == []
 
 
 # Layouts (spec §2.1, §2.11) ---------------------------------------------------------------------
