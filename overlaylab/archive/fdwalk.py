@@ -22,6 +22,10 @@ PATH_MAX = 4096
 #: directory descriptors a walk keeps open (per fd slot of a frame)
 MAX_HELD = 64
 
+#: errors that say the walk itself could not go on, not that an entry is gone or odd: an
+#: export or listing that meets one fails (naming the path) instead of leaving the entry out
+RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENAMETOOLONG))
+
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PROC_FD = "/proc/self/fd"
@@ -110,15 +114,17 @@ def lstat_path(path: str) -> os.stat_result:
 
 
 class Frame:
-    """One directory level of a walk: its descriptors (``None`` while evicted), the paths
-    they name (for error texts), and whatever the walk keeps there (``data``)."""
+    """One directory level of a walk: its descriptors (one per tree walked in parallel, ``None``
+    where that tree has no such directory or while evicted), the paths they name (for error
+    texts), its name in the parent frame, and whatever the walk keeps there (``data``)."""
 
-    __slots__ = ("fds", "paths", "ids", "data")
+    __slots__ = ("fds", "paths", "name", "ids", "data")
 
-    def __init__(self, fds: Sequence[int], paths: Sequence[str], data: Any):
+    def __init__(self, fds: Sequence[Optional[int]], paths: Sequence[str], name: Optional[str], data: Any):
         self.fds: List[Optional[int]] = list(fds)
         self.paths = list(paths)
-        self.ids: Optional[List[Tuple[int, int]]] = None
+        self.name = name
+        self.ids: Optional[List[Optional[Tuple[int, int]]]] = None
         self.data = data
 
 
@@ -127,11 +133,12 @@ class StaleDirectory(OSError):
 
 
 class DirStack:
-    """The frames of an iterative walk, holding descriptors for the deepest ``held`` only."""
+    """The frames of an iterative walk, holding descriptors for the deepest ``held`` (and the
+    first frame) only."""
 
     def __init__(self, held: int = MAX_HELD):
         self.frames: List[Frame] = []
-        self.held = held
+        self.held = max(1, held)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -142,50 +149,77 @@ class DirStack:
     def top(self) -> Frame:
         return self.frames[-1]
 
-    def push(self, fds: Sequence[int], paths: Sequence[str], data: Any) -> Frame:
-        frame = Frame(fds, paths, data)
+    def push(self, fds: Sequence[Optional[int]], paths: Sequence[str], data: Any,
+             name: Optional[str] = None) -> Frame:
+        frame = Frame(fds, paths, name, data)
         self.frames.append(frame)
-        if len(self.frames) > self.held:
-            old = self.frames[-self.held - 1]
-            if old.fds and old.fds[0] is not None:
-                ids = []
+        idx = len(self.frames) - self.held - 1
+        if idx > 0:
+            old = self.frames[idx]
+            if old.ids is None:
+                ids: List[Optional[Tuple[int, int]]] = []
                 for fd in old.fds:
-                    st = os.fstat(fd)  # type: ignore[arg-type]
-                    ids.append((st.st_dev, st.st_ino))
-                old.ids = ids
+                    if fd is None:
+                        ids.append(None)
+                    else:
+                        st = os.fstat(fd)
+                        ids.append((st.st_dev, st.st_ino))
                 _close(old.fds)
+                old.ids = ids
                 old.fds = [None] * len(old.fds)
         return frame
 
     def pop(self) -> Frame:
         """Drop the top frame, closing its descriptors; the new top has its own again (an
-        evicted one is reopened as ``..`` of the frame just left, and must be the same
-        directory, else :class:`StaleDirectory` naming it)."""
+        evicted one is reopened as ``..`` of the frame just left, or by name from the nearest
+        frame that still holds one, and must be the same directory, else
+        :class:`StaleDirectory` naming it)."""
         child = self.frames.pop()
         try:
-            if self.frames:
-                parent = self.frames[-1]
-                if parent.fds and parent.fds[0] is None:
-                    self._reopen(parent, child)
+            if self.frames and self.frames[-1].ids is not None:
+                self._reopen(len(self.frames) - 1, child)
         finally:
             _close(child.fds)
             child.fds = [None] * len(child.fds)
         return child
 
-    @staticmethod
-    def _reopen(parent: Frame, child: Frame) -> None:
-        fds: List[Optional[int]] = []
+    def _reopen(self, idx: int, child: Frame) -> None:
+        parent = self.frames[idx]
+        assert parent.ids is not None
+        fds: List[Optional[int]] = [None] * len(parent.ids)
         try:
-            for i, cfd in enumerate(child.fds):
-                fd = os.open("..", DIR_FLAGS, dir_fd=cfd)
-                fds.append(fd)
+            for i, want in enumerate(parent.ids):
+                if want is None:
+                    continue
+                cfd = child.fds[i]
+                if cfd is not None:
+                    fd = os.open("..", DIR_FLAGS, dir_fd=cfd)
+                else:
+                    fd = self._open_by_names(idx, i)
+                fds[i] = fd
                 st = os.fstat(fd)
-                if parent.ids is not None and (st.st_dev, st.st_ino) != parent.ids[i]:
+                if (st.st_dev, st.st_ino) != want:
                     raise StaleDirectory(errno.ESTALE, os.strerror(errno.ESTALE), parent.paths[i])
         except BaseException:
             _close(fds)
             raise
         parent.fds = fds
+        parent.ids = None
+
+    def _open_by_names(self, idx: int, slot: int) -> int:
+        k = idx - 1
+        while self.frames[k].fds[slot] is None:
+            k -= 1  # frame 0 is never evicted
+        fd = os.open(self.frames[k + 1].name, DIR_FLAGS, dir_fd=self.frames[k].fds[slot])
+        try:
+            for frame in self.frames[k + 2:idx + 1]:
+                nfd = os.open(frame.name, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def close(self) -> None:
         for frame in self.frames:

@@ -316,7 +316,7 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
                     except BaseException:
                         _close_fds(*fds)
                         raise
-                    stack.push(fds, (src, child), listing)
+                    stack.push(fds, (src, child), listing, name)
                     break
             else:
                 try:
@@ -456,7 +456,7 @@ def _remove_tree(fd: int, path: str) -> Optional[OSError]:
                         data[1] = opened
                     continue
                 names = _names(cfd, child)
-                stack.push([cfd], [child], [iter(names), getattr(names, "err", None), name])
+                stack.push([cfd], [child], [iter(names), getattr(names, "err", None), name], name)
                 break
             else:
                 try:
