@@ -47,6 +47,11 @@ def at_path(fd: Optional[int], name: str, full: str) -> str:
 _PROC_OK = [have_proc()]
 
 
+def proc_ok() -> bool:
+    """:func:`have_proc`, as found when this module was loaded."""
+    return _PROC_OK[0]
+
+
 def is_long(path: str) -> bool:
     return len(path) >= PATH_MAX // 4 and len(os.fsencode(path)) >= PATH_MAX - 1
 

@@ -234,7 +234,7 @@ def _copy_entry(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
             os.chown(dname, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
         except OSError as err:
             raise PathError("lchown", dst, err.errno) from None
-        proc = "/proc/self/fd/%d" % fout if fdwalk.have_proc() else None
+        proc = "/proc/self/fd/%d" % fout if fdwalk.proc_ok() else None
         for name in _COPIED_XATTRS:
             _copy_xattr(at_path(sfd, sname, src), proc or at_path(dfd, dname, dst), name, proc is not None)
         try:

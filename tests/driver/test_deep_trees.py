@@ -159,3 +159,34 @@ def test_changes_of_a_tree_past_path_max_without_a_driver(tmp_path):
     got = changesmod.changes_dirs(new, old)
     assert got[-1] == Change(deep + "/f", ChangeKind.MODIFY)
     assert changesmod.changes_size(new, got) == 3
+
+
+_EXPORT_WITH_FEW_FDS = r"""
+import os, resource, sys
+from overlaylab.archive import ArchiveError, tar_tree
+root = sys.argv[1]
+stream = tar_tree(root)  # the pipe and the thread first, then almost no descriptors left
+low = len(os.listdir("/proc/self/fd")) + 6
+resource.setrlimit(resource.RLIMIT_NOFILE, (low, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    while stream.read(1 << 16):
+        pass
+except ArchiveError as err:
+    print("ERR", err)
+    sys.exit(3)
+print("OK")
+"""
+
+
+def test_an_export_that_cannot_reach_an_entry_fails_naming_it(tmp_path):
+    """Out of descriptors deep in a tree, the export fails with the path instead of leaving
+    the subtree out of a tar that looks complete."""
+    import subprocess
+    import sys
+    root = str(tmp_path / "t")
+    os.makedirs(os.path.join(root, *["d"] * 30))
+    res = subprocess.run([sys.executable, "-c", _EXPORT_WITH_FEW_FDS, root], capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.stdout.startswith("ERR Tar: Can't read directory %s/d" % root)
+    assert "too many open files" in res.stdout
