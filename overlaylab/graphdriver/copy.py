@@ -10,6 +10,9 @@ Quirks kept on purpose, because the lab exists to show them:
 - directory times are set when the directory is visited (pre-order), so a non-empty copied
   directory ends with mtime ≈ copy time;
 - only ``security.capability`` and ``trusted.overlay.opaque`` xattrs are copied.
+
+Deliberate difference (issue 9.2): nothing already in the destination is followed; see
+:func:`copy_dir`. Both walks here are iterative and descriptor-relative (``fdwalk``).
 """
 from __future__ import annotations
 

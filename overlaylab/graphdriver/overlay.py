@@ -174,8 +174,12 @@ class OverlayDriver:
         """``Create`` cases A (no parent), B (parent is Shape R) and C (parent is Shape O).
 
         ``mount_label`` is ignored. Re-creating an existing id is not an error (quirk, §2.3):
-        A and B silently succeed; C re-copies the parent's upper over the existing one and, if
-        that meets an existing symlink, fifo or device, fails and **deletes the whole layer**.
+        A and B silently succeed; C re-copies the parent's upper over the existing one
+        (``MkdirAs`` of existing dirs succeeds, as in v1.10.3 and the recorded trace), reusing
+        existing directories and regular files, and if that meets anything else where it
+        copies -- a symlink, fifo or device -- fails with EEXIST and **deletes the whole
+        layer**. Unlike the reference, the copy never goes through such a symlink (a
+        container's ``etc -> /outside`` would otherwise have it write outside the home).
         """
         check_layer_id(layer_id)
         if parent:
