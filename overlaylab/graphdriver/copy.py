@@ -23,7 +23,6 @@ from typing import List, Optional, Tuple
 
 from ..archive import fdwalk
 from ..archive.fdwalk import DirStack, at_path
-from ..archive.gofs import sort_names as gofs_sort_names
 from ..goerrors import LinkError, PathError, SyscallError
 
 COPY_HARDLINK = 1
@@ -293,16 +292,22 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
     lstat = os.lstat
     stack = DirStack(_MAX_FD_DEPTH)
     try:
-        stack.push(fds, (src_dir, dst_dir), _listing(fds[0], src_dir, hardlink))
+        stack.push(fds, (src_dir, dst_dir), _listing(fds[0], src_dir))
         while stack:
             frame = stack.top()
             sfd, dfd = frame.fds
             src_slash = _slash(frame.paths[0])
             dst_slash = _slash(frame.paths[1])
-            for name in frame.data:
+            for entry in frame.data:
+                name = entry.name
                 src = src_slash + name
                 child = dst_slash + name
-                if hardlink and frame.data.is_reg(name):
+                if hardlink:
+                    try:
+                        is_reg = entry.is_file(follow_symlinks=False)
+                    except OSError:
+                        is_reg = False  # lstat below reports it
+                if hardlink and is_reg:
                     try:
                         link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
                     except OSError as err:
@@ -315,7 +320,7 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
                 fds = _copy_entry(sfd, name, dfd, name, src, child, st, flags)
                 if fds is not None:
                     try:
-                        listing = _listing(fds[0], src, hardlink)
+                        listing = _listing(fds[0], src)
                     except BaseException:
                         _close_fds(*fds)
                         raise
@@ -335,43 +340,28 @@ def _slash(path: str) -> str:
     return path if path.endswith("/") else path + "/"
 
 
-class _Listing:
-    """The sorted names of a directory (Go's Walk order), taken when the directory is entered,
-    with which of them ``readdir`` reported as regular files (``d_type``)."""
-
-    __slots__ = ("names", "regular", "_it")
-
-    def __init__(self, names: List[str], regular: set):
-        self.names = names
-        self.regular = regular
-        self._it = iter(names)
-
-    def __iter__(self):
-        return self._it
-
-    def is_reg(self, name: str) -> bool:
-        return name in self.regular
+def _entry_name(entry: "os.DirEntry[str]") -> str:
+    return entry.name
 
 
-def _listing(fd: int, path: str, want_regular: bool) -> _Listing:
+def _entry_bytes(entry: "os.DirEntry[str]") -> bytes:
+    return os.fsencode(entry.name)
+
+
+def _listing(fd: int, path: str):
+    """An iterator over the directory's entries sorted bytewise by name (Go's Walk order),
+    taken when the directory is entered, with the ``d_type`` readdir gave (``DirEntry``).
+    For ASCII names str order is byte order."""
     try:
         with os.scandir(fd) as it:
             entries = list(it)
     except OSError as err:
         raise PathError("open", path, err.errno) from None
-    regular = set()
-    names = []
-    for e in entries:
-        names.append(e.name)
-        if not want_regular:
-            continue
-        try:
-            if e.is_file(follow_symlinks=False):
-                regular.add(e.name)
-        except OSError:
-            pass  # lstat when visited reports it
-    gofs_sort_names(names)
-    return _Listing(names, regular)
+    if "".join([e.name for e in entries]).isascii():
+        entries.sort(key=_entry_name)
+    else:
+        entries.sort(key=_entry_bytes)
+    return iter(entries)
 
 
 def _close_fds(*fds) -> None:
