@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -81,11 +82,14 @@ class _Node:
         return self.st is None or (self.st.st_mode & stat.S_IFDIR) != 0
 
 
+_FS_ENC, _FS_ERR = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _readdir(fd: int, path: bytes) -> List[Tuple[bytes, int]]:
     """getdents: (name, d_ino) sorted bytewise, without ``.``/``..`` and d_ino 0 entries."""
     try:
         with os.scandir(fd) as it:
-            out = [(os.fsencode(e.name), e.inode()) for e in it]
+            out = [(e.name.encode(_FS_ENC, _FS_ERR), e.inode()) for e in it]
     except OSError as err:
         raise PathError("open", os.fsdecode(path), err.errno or errno.EIO) from None
     out = [x for x in out if x[1] != 0]
@@ -95,14 +99,14 @@ def _readdir(fd: int, path: bytes) -> List[Tuple[bytes, int]]:
 
 def _lstat_at(fd: int, name: bytes, path: bytes) -> Optional[os.stat_result]:
     try:
-        return os.lstat(os.fsdecode(name), dir_fd=fd)
+        return os.lstat(name, dir_fd=fd)
     except FileNotFoundError:
         return None
     except OSError as err:
         raise PathError("lstat", os.fsdecode(path), err.errno or errno.EIO) from None
 
 
-def _open_at(fd: Optional[int], name: str, path: bytes) -> int:
+def _open_at(fd: Optional[int], name, path: bytes) -> int:
     try:
         if fd is None:
             return fdwalk.open_dir_path(name)
@@ -111,10 +115,11 @@ def _open_at(fd: Optional[int], name: str, path: bytes) -> int:
         raise PathError("open", os.fsdecode(path), err.errno or errno.EIO) from None
 
 
-def _capability_at(fd: int, name: str, full: bytes) -> Optional[bytes]:
+def _capability_at(fd: int, name: bytes, full: bytes) -> Optional[bytes]:
+    # The full path while it fits (as cheap, and what the reference reads), else by the fd.
     try:
-        return os.getxattr(fdwalk.at_path(fd, name, os.fsdecode(full)), "security.capability",
-                           follow_symlinks=False)
+        return os.getxattr(full if len(full) < fdwalk.PATH_MAX - 1 else fdwalk.at_path(fd, os.fsdecode(name), ""),
+                           "security.capability", follow_symlinks=False)
     except OSError:
         return None
 
@@ -183,28 +188,27 @@ def _collect(old_dir: bytes, new_dir: bytes) -> Tuple[_Node, _Node]:
             fd1, fd2 = frame.fds
             for path, s1, s2 in it:
                 name = path.rsplit(b"/", 1)[1]
-                sname = os.fsdecode(name)
                 n1 = n2 = None
                 if s1 is not None:
-                    n1 = _Node(path, s1, _capability_at(fd1, sname, old_dir + path))
+                    n1 = _Node(path, s1, _capability_at(fd1, name, old_dir + path))
                     p1.children[name] = n1
                 if s2 is not None:
-                    n2 = _Node(path, s2, _capability_at(fd2, sname, new_dir + path))
+                    n2 = _Node(path, s2, _capability_at(fd2, name, new_dir + path))
                     p2.children[name] = n2
                 d1 = s1 is not None and stat.S_ISDIR(s1.st_mode)
                 d2 = s2 is not None and stat.S_ISDIR(s2.st_mode)
                 if not d1 and not d2:
                     continue
                 same_device = s1 is not None and s2 is not None and s1.st_dev == s2.st_dev
-                cfds = [_open_at(fd1, sname, old_dir + path) if d1 else None, None]
+                cfds = [_open_at(fd1, name, old_dir + path) if d1 else None, None]
                 try:
-                    cfds[1] = _open_at(fd2, sname, new_dir + path) if d2 else None
+                    cfds[1] = _open_at(fd2, name, new_dir + path) if d2 else None
                     kids = _children(cfds, (old_dir + path, new_dir + path), path, same_device)
                 except BaseException:
                     fdwalk._close(cfds)
                     raise
                 stack.push(cfds, [os.fsdecode(old_dir + path), os.fsdecode(new_dir + path)],
-                           (iter(kids), n1, n2), sname)
+                           (iter(kids), n1, n2), name)
                 break
             else:
                 try:
