@@ -255,7 +255,9 @@ def export_changes(
 ) -> TarStream:
     """``ExportChanges`` (§4.3): a tar of ``changes`` taken from ``dir``, sorted by path;
     deletes become ``.wh.`` entries (mode 0, size 0, type ``\\0``, times now). Per-entry
-    failures are logged at debug level and the entry is skipped."""
+    failures are logged at debug level and the entry is skipped, as in the reference, except
+    where the entry could not be reached at all (out of descriptors or memory): then the
+    stream fails naming it. Entries past ``PATH_MAX`` are read relative to their directory."""
     ordered: List[Change] = sorted(changes, key=lambda c: os.fsencode(c.path))
 
     def produce(writer: TarWriter, stop: threading.Event) -> None:
