@@ -23,12 +23,13 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..goerrors import PathError, go_quote
-from . import gofs, gopath
+from . import fdwalk, gofs, gopath
 from .whiteouts import WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 
 log = logging.getLogger("overlaylab.archive")
@@ -81,11 +82,14 @@ class _Node:
         return self.st is None or (self.st.st_mode & stat.S_IFDIR) != 0
 
 
-def _readdir(path: bytes) -> List[Tuple[bytes, int]]:
+_FS_ENC, _FS_ERR = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _readdir(fd: int, path: bytes) -> List[Tuple[bytes, int]]:
     """getdents: (name, d_ino) sorted bytewise, without ``.``/``..`` and d_ino 0 entries."""
     try:
-        with os.scandir(path) as it:
-            out = [(e.name, e.inode()) for e in it]
+        with os.scandir(fd) as it:
+            out = [(e.name.encode(_FS_ENC, _FS_ERR), e.inode()) for e in it]
     except OSError as err:
         raise PathError("open", os.fsdecode(path), err.errno or errno.EIO) from None
     out = [x for x in out if x[1] != 0]
@@ -93,17 +97,68 @@ def _readdir(path: bytes) -> List[Tuple[bytes, int]]:
     return out
 
 
-def _lstat_opt(path: bytes) -> Optional[os.stat_result]:
+def _lstat_at(fd: int, name: bytes, path: bytes) -> Optional[os.stat_result]:
     try:
-        return os.lstat(path)
+        return os.lstat(name, dir_fd=fd)
     except FileNotFoundError:
         return None
     except OSError as err:
         raise PathError("lstat", os.fsdecode(path), err.errno or errno.EIO) from None
 
 
+def _open_at(fd: Optional[int], name, path: bytes) -> int:
+    try:
+        if fd is None:
+            return fdwalk.open_dir_path(name)
+        return os.open(name, fdwalk.DIR_FLAGS, dir_fd=fd)
+    except OSError as err:
+        raise PathError("open", os.fsdecode(path), err.errno or errno.EIO) from None
+
+
+def _capability_at(fd: int, name: bytes, full: bytes) -> Optional[bytes]:
+    # The full path while it fits (as cheap, and what the reference reads), else by the fd.
+    try:
+        return os.getxattr(full if len(full) < fdwalk.PATH_MAX - 1 else fdwalk.at_path(fd, os.fsdecode(name), ""),
+                           "security.capability", follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _children(fds: List[Optional[int]], bases: Tuple[bytes, bytes], prefix: bytes,
+              same_device: bool) -> List[Tuple[bytes, Optional[os.stat_result], Optional[os.stat_result]]]:
+    """The merged, pruned child list of one directory level, each child lstat-ed on both sides."""
+    fd1, fd2 = fds
+    names1 = _readdir(fd1, bases[0]) if fd1 is not None else []
+    names2 = _readdir(fd2, bases[1]) if fd2 is not None else []
+    names: List[bytes] = []
+    i = j = 0
+    while i < len(names1) and j < len(names2):
+        a, b = names1[i], names2[j]
+        if a[0] < b[0]:
+            names.append(a[0])
+            i += 1
+        elif a[0] > b[0]:
+            names.append(b[0])
+            j += 1
+        else:
+            if a[1] != b[1] or not same_device:
+                names.append(a[0])
+            i += 1
+            j += 1
+    names.extend(n for n, _ in names1[i:])
+    names.extend(n for n, _ in names2[j:])
+    out = []
+    for name in names:
+        c1 = _lstat_at(fd1, name, bases[0] + b"/" + name) if fd1 is not None else None
+        c2 = _lstat_at(fd2, name, bases[1] + b"/" + name) if fd2 is not None else None
+        out.append((prefix + b"/" + name, c1, c2))
+    return out
+
+
 def _collect(old_dir: bytes, new_dir: bytes) -> Tuple[_Node, _Node]:
-    """The parallel walk of ``changes_linux.go`` (iterative: deep trees must not recurse)."""
+    """The parallel walk of ``changes_linux.go``: iterative, and relative to the descriptors
+    of the two directories being read (:mod:`fdwalk`), so trees deeper than the Python stack
+    or longer than ``PATH_MAX`` from here are listed whole."""
     try:
         i1 = os.lstat(old_dir)
     except OSError as err:
@@ -114,51 +169,55 @@ def _collect(old_dir: bytes, new_dir: bytes) -> Tuple[_Node, _Node]:
         raise PathError("lstat", os.fsdecode(new_dir), err.errno or errno.EIO) from None
     root1 = _Node(b"/", None, None)
     root2 = _Node(b"/", None, None)
-    # (path, old stat, new stat, old parent node, new parent node)
-    stack = [(b"/", i1, i2, None, None)]
-    while stack:
-        path, s1, s2, p1, p2 = stack.pop()
-        n1, n2 = (root1, root2) if path == b"/" else (None, None)
-        name = path.rsplit(b"/", 1)[1]
-        if path != b"/":
-            if s1 is not None:
-                n1 = _Node(path, s1, gofs.capability(old_dir + path))
-                p1.children[name] = n1
-            if s2 is not None:
-                n2 = _Node(path, s2, gofs.capability(new_dir + path))
-                p2.children[name] = n2
-        is1 = s1 is not None and stat.S_ISDIR(s1.st_mode)
-        is2 = s2 is not None and stat.S_ISDIR(s2.st_mode)
+    stack = fdwalk.DirStack()
+    try:
+        is1, is2 = stat.S_ISDIR(i1.st_mode), stat.S_ISDIR(i2.st_mode)
         if not is1 and not is2:
-            continue
-        same_device = s1 is not None and s2 is not None and s1.st_dev == s2.st_dev
-        base1 = old_dir + path if path != b"/" else old_dir
-        base2 = new_dir + path if path != b"/" else new_dir
-        names1 = _readdir(base1) if is1 else []
-        names2 = _readdir(base2) if is2 else []
-        names: List[bytes] = []
-        i = j = 0
-        while i < len(names1) and j < len(names2):
-            a, b = names1[i], names2[j]
-            if a[0] < b[0]:
-                names.append(a[0])
-                i += 1
-            elif a[0] > b[0]:
-                names.append(b[0])
-                j += 1
+            return root1, root2
+        fds = [_open_at(None, os.fsdecode(old_dir), old_dir) if is1 else None, None]
+        try:
+            fds[1] = _open_at(None, os.fsdecode(new_dir), new_dir) if is2 else None
+            kids = _children(fds, (old_dir, new_dir), b"", i1.st_dev == i2.st_dev)
+        except BaseException:
+            fdwalk._close(fds)
+            raise
+        stack.push(fds, [os.fsdecode(old_dir), os.fsdecode(new_dir)], (iter(kids), root1, root2))
+        while stack:
+            frame = stack.top()
+            it, p1, p2 = frame.data
+            fd1, fd2 = frame.fds
+            for path, s1, s2 in it:
+                name = path.rsplit(b"/", 1)[1]
+                n1 = n2 = None
+                if s1 is not None:
+                    n1 = _Node(path, s1, _capability_at(fd1, name, old_dir + path))
+                    p1.children[name] = n1
+                if s2 is not None:
+                    n2 = _Node(path, s2, _capability_at(fd2, name, new_dir + path))
+                    p2.children[name] = n2
+                d1 = s1 is not None and stat.S_ISDIR(s1.st_mode)
+                d2 = s2 is not None and stat.S_ISDIR(s2.st_mode)
+                if not d1 and not d2:
+                    continue
+                same_device = s1 is not None and s2 is not None and s1.st_dev == s2.st_dev
+                cfds = [_open_at(fd1, name, old_dir + path) if d1 else None, None]
+                try:
+                    cfds[1] = _open_at(fd2, name, new_dir + path) if d2 else None
+                    kids = _children(cfds, (old_dir + path, new_dir + path), path, same_device)
+                except BaseException:
+                    fdwalk._close(cfds)
+                    raise
+                stack.push(cfds, [os.fsdecode(old_dir + path), os.fsdecode(new_dir + path)],
+                           (iter(kids), n1, n2), name)
+                break
             else:
-                if a[1] != b[1] or not same_device:
-                    names.append(a[0])
-                i += 1
-                j += 1
-        names.extend(n for n, _ in names1[i:])
-        names.extend(n for n, _ in names2[j:])
-        prefix = path if path != b"/" else b""
-        for name in reversed(names):
-            child = prefix + b"/" + name
-            c1 = _lstat_opt(base1 + b"/" + name) if is1 else None
-            c2 = _lstat_opt(base2 + b"/" + name) if is2 else None
-            stack.append((child, c1, c2, n1, n2))
+                try:
+                    stack.pop()
+                except OSError as err:
+                    raise PathError("open", getattr(err, "filename", None) or frame.paths[1],
+                                    err.errno or errno.EIO) from None
+    finally:
+        stack.close()
     return root1, root2
 
 
@@ -251,7 +310,7 @@ def changes_size(new_dir: str, changes: Sequence[Change]) -> int:
             continue
         path = gopath.join(new_dir, change.path)
         try:
-            st = os.lstat(path)
+            st = fdwalk.lstat_path(path)  # also past PATH_MAX
         except OSError as err:
             log.error("Can not stat %s: %s", go_quote(path),
                       PathError("lstat", path, err.errno or errno.EIO))

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..goerrors import PathError
 from ..idtools import IDMaps, to_container
-from . import gofs, gopath
+from . import fdwalk, gofs, gopath
 from .changes import Change, ChangeKind
 from .errors import ArchiveError
 from .tarheader import (
@@ -88,13 +88,16 @@ def add_tar_file(
 
 
 def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
-                  inode_map: Dict[int, str], uid_maps: IDMaps, gid_maps: IDMaps) -> None:
+                  inode_map: Dict[int, str], uid_maps: IDMaps, gid_maps: IDMaps,
+                  dfd: Optional[int] = None, base: str = "") -> None:
+    """With ``dfd`` the entry is ``base`` in that directory (``*at`` calls; ``path`` only
+    names it in errors), which is how entries deeper than ``PATH_MAX`` are read."""
     mode = st.st_mode
     fmt = mode & 0o170000
     link = ""
     if fmt == stat.S_IFLNK:
         try:
-            link = os.readlink(path)
+            link = os.readlink(base, dir_fd=dfd) if dfd is not None else os.readlink(path)
         except OSError as err:
             raise PathError("readlink", path, err.errno or errno.EIO) from None
 
@@ -127,24 +130,30 @@ def _add_tar_file(writer: TarWriter, path: str, name: str, st: os.stat_result,
         else:
             inode_map[st.st_ino] = name
 
-    try:
-        hdr.xattrs = {_CAP: os.getxattr(path, _CAP, follow_symlinks=False)}
-    except OSError:
-        pass  # absent, or unreadable: the reference ignores the error too
-
     # Whiteouts were written by the kernel with host ownership already, so not mapped.
     if (uid_maps is not None or gid_maps is not None) and not gopath.basename(
             hdr.name).startswith(WHITEOUT_PREFIX):
         hdr.uid = to_container(st.st_uid, uid_maps)
         hdr.gid = to_container(st.st_gid, gid_maps)
 
-    if flag != TYPE_REG:
+    fd = None
+    if flag == TYPE_REG:
+        try:
+            fd = os.open(base, _OPEN_FLAGS, dir_fd=dfd) if dfd is not None else os.open(path, _OPEN_FLAGS)
+        except OSError as err:
+            raise PathError("open", path, err.errno or errno.EIO) from None
+    try:
+        if fd is not None:
+            hdr.xattrs = {_CAP: os.getxattr(fd, _CAP)}
+        else:
+            hdr.xattrs = {_CAP: os.getxattr(fdwalk.at_path(dfd, base, path) if dfd is not None else path,
+                                            _CAP, follow_symlinks=False)}
+    except OSError:
+        pass  # absent, or unreadable: the reference ignores the error too
+
+    if fd is None:
         writer.write_header(hdr)
         return
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as err:
-        raise PathError("open", path, err.errno or errno.EIO) from None
     try:
         size = hdr.size
         if size <= _SMALL:
@@ -257,7 +266,9 @@ def export_changes(
 ) -> TarStream:
     """``ExportChanges`` (§4.3): a tar of ``changes`` taken from ``dir``, sorted by path;
     deletes become ``.wh.`` entries (mode 0, size 0, type ``\\0``, times now). Per-entry
-    failures are logged at debug level and the entry is skipped."""
+    failures are logged at debug level and the entry is skipped, as in the reference, except
+    where the entry could not be reached at all (out of descriptors or memory): then the
+    stream fails naming it. Entries past ``PATH_MAX`` are read relative to their directory."""
     ordered: List[Change] = sorted(changes, key=lambda c: os.fsencode(c.path))
 
     def produce(writer: TarWriter, stop: threading.Event) -> None:
@@ -279,13 +290,63 @@ def export_changes(
             else:
                 path = gopath.join(dir, change.path)
                 try:
-                    add_tar_file(writer, path, change.path[1:], inode_map, uid_maps, gid_maps)
+                    if fdwalk.is_long(path):
+                        parents.add(writer, path, change.path[1:], inode_map, uid_maps, gid_maps)
+                    else:
+                        add_tar_file(writer, path, change.path[1:], inode_map, uid_maps, gid_maps)
                 except BrokenPipeError:
                     raise
                 except (OSError, ValueError, ArchiveError) as err:
+                    _give_up_on(err, path)
                     log.debug("Can't add file %s to tar: %s", path, err)
 
-    return TarStream(produce, "export-changes")
+    parents = _Parents()
+
+    def produce_and_close(writer: TarWriter, stop: threading.Event) -> None:
+        try:
+            produce(writer, stop)
+        finally:
+            parents.close()
+
+    return TarStream(produce_and_close, "export-changes")
+
+
+def _give_up_on(err: BaseException, path: str) -> None:
+    """Skipping an entry is the reference's answer to an entry that vanished or cannot be
+    mapped; an export that could not *reach* it (no descriptors, no memory, a path the
+    kernel refuses) fails instead, naming the path: never a tar with less and exit 0."""
+    if isinstance(err, OSError) and err.errno in fdwalk.RESOURCE_ERRNOS:
+        raise ArchiveError("Can't add file %s to tar: %s" % (path, err)) from None
+
+
+class _Parents:
+    """The directory of the last long-path entry, kept open: the changes come sorted, so
+    consecutive deep entries mostly share it."""
+
+    def __init__(self) -> None:
+        self.path: Optional[str] = None
+        self.fd: Optional[int] = None
+
+    def add(self, writer: TarWriter, path: str, name: str, inode_map: Dict[int, str],
+            uid_maps: IDMaps, gid_maps: IDMaps) -> None:
+        head, base = fdwalk.split_parent(path)
+        if head != self.path:
+            self.close()
+            try:
+                self.fd = fdwalk.open_dir_path(head)
+            except OSError as err:
+                raise PathError("lstat", path, err.errno or errno.EIO) from None
+            self.path = head
+        try:
+            st = os.lstat(base, dir_fd=self.fd)
+        except OSError as err:
+            raise PathError("lstat", path, err.errno or errno.EIO) from None
+        _add_tar_file(writer, path, name, st, inode_map, uid_maps, gid_maps, self.fd, base)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = self.path = None
 
 
 def tar_tree(
@@ -300,7 +361,7 @@ def tar_tree(
         inode_map: Dict[int, str] = {}
         root = dir.rstrip("/") or "/"
 
-        def add(path: str, rel: str, st: os.stat_result) -> None:
+        def add(path: str, rel: str, st: os.stat_result) -> None:  # the root, if not a dir
             try:
                 _add_tar_file(writer, path, rel, st, inode_map, uid_maps, gid_maps)
             except BrokenPipeError:
@@ -317,34 +378,81 @@ def tar_tree(
             add(root, ".", top)
             return
 
-        def listing(path: str) -> List[str]:
+        def listing(fd: int, path: str) -> List[str]:
             try:
-                names = os.listdir(path)
+                names = os.listdir(fd)
             except OSError as err:
+                if err.errno in fdwalk.RESOURCE_ERRNOS:
+                    raise ArchiveError("Tar: Can't read directory %s: %s" % (
+                        path, PathError("open", path, err.errno))) from None
                 log.debug("Tar: Can't stat file %s to tar: %s", dir, err)
                 return []
             gofs.sort_names(names)
             return names
 
-        # Pre-order, sorted, iterative: (directory path, its relative name, remaining names)
-        stack = [(root, "", iter(listing(root)))]
-        while stack:
-            if stop.is_set():
+        def open_dir(fd: Optional[int], name: str, path: str) -> Optional[int]:
+            try:
+                if fd is None:
+                    return fdwalk.open_dir_path(path)
+                return os.open(name, fdwalk.DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno in fdwalk.RESOURCE_ERRNOS:
+                    raise ArchiveError("Tar: Can't read directory %s: %s" % (
+                        path, PathError("open", path, err.errno))) from None
+                log.debug("Tar: Can't stat file %s to tar: %s", dir, err)
+                return None
+
+        # Pre-order, sorted, iterative, relative to the descriptor of the directory read
+        # (:mod:`fdwalk`): any depth, any path length. Frame data: (relative name, names).
+        stack = fdwalk.DirStack()
+        try:
+            rfd = open_dir(None, root, root)
+            if rfd is None:
                 return
-            dpath, drel, it = stack[-1]
-            for name in it:
-                path = dpath + "/" + name if dpath != "/" else "/" + name
-                rel = drel + name
-                try:
-                    st = os.lstat(path)
-                except OSError as err:
-                    log.debug("Tar: Can't stat file %s to tar: %s", dir, err)
-                    continue
-                add(path, rel, st)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((path, rel + "/", iter(listing(path))))
-                    break
-            else:
-                stack.pop()
+            stack.push([rfd], [root], ("", iter(listing(rfd, root))))
+            while stack:
+                if stop.is_set():
+                    return
+                frame = stack.top()
+                dfd = frame.fds[0]
+                dpath = frame.paths[0]
+                drel, it = frame.data
+                for name in it:
+                    path = dpath + "/" + name if dpath != "/" else "/" + name
+                    rel = drel + name
+                    try:
+                        st = os.lstat(name, dir_fd=dfd)
+                    except OSError as err:
+                        if err.errno in fdwalk.RESOURCE_ERRNOS:
+                            raise ArchiveError("Can't add file %s to tar: %s" % (
+                                path, PathError("lstat", path, err.errno))) from None
+                        log.debug("Tar: Can't stat file %s to tar: %s", dir, err)
+                        continue
+                    try:
+                        _add_tar_file(writer, path, rel, st, inode_map, uid_maps, gid_maps, dfd, name)
+                    except BrokenPipeError:
+                        raise
+                    except (OSError, ValueError, ArchiveError) as err:
+                        _give_up_on(err, path)
+                        log.debug("Can't add file %s to tar: %s", path, err)
+                    if stat.S_ISDIR(st.st_mode):
+                        cfd = open_dir(dfd, name, path)
+                        if cfd is None:
+                            continue
+                        try:
+                            names = listing(cfd, path)
+                        except BaseException:
+                            os.close(cfd)
+                            raise
+                        stack.push([cfd], [path], (rel + "/", iter(names)), name)
+                        break
+                else:
+                    try:
+                        stack.pop()
+                    except OSError as err:
+                        raise ArchiveError("Tar: Can't read directory %s: %s" % (
+                            dpath, err)) from None
+        finally:
+            stack.close()
 
     return TarStream(produce, "tar-tree")

@@ -11,6 +11,7 @@ import stat
 from typing import List, Optional, Tuple
 
 from ..goerrors import PathError, SyscallError
+from . import fdwalk
 
 #: ``system.Chtimes`` replaces times outside [epoch, 2^63-1 ns] by the epoch (§6.3).
 MAX_CHTIMES_NS = (1 << 63) - 1
@@ -42,15 +43,16 @@ def read_dir_names(path: str, missing_ok: bool = False) -> List[str]:
     return names
 
 
-def _remove(path: str) -> Optional[int]:
-    """Go's ``os.Remove`` minus the error wrapping: unlink, else rmdir; the errno to report."""
+def _remove(path: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    """Go's ``os.Remove`` minus the error wrapping: unlink, else rmdir; the errno to report.
+    With ``dir_fd`` the name is relative to that directory (``unlinkat``)."""
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
         return None
     except OSError as err:
         code = err.errno
     try:
-        os.rmdir(path)
+        os.rmdir(path, dir_fd=dir_fd)
         return None
     except OSError as err1:
         # rmdir(file) is ENOTDIR on every OS, so any other rmdir error is the real one.
@@ -63,8 +65,9 @@ def remove_all(path: str) -> None:
     """``os.RemoveAll``: remove ``path`` and, for a directory, everything below it.
 
     A missing path is not an error; the first error met is raised (as ``remove <p>: ...``)
-    after trying everything else. Symlinks are removed, never followed. Iterative, so a
-    hostile deeply nested tree cannot exhaust the Python stack.
+    after trying everything else. Symlinks are removed, never followed. Iterative, and every
+    call below ``path`` is relative to the descriptor of the directory being emptied, so a
+    hostile deeply nested tree can exhaust neither the Python stack nor ``PATH_MAX``.
     """
     code = _remove(path)
     if code is None or code == errno.ENOENT:
@@ -80,47 +83,69 @@ def remove_all(path: str) -> None:
 
     first: Optional[OSError] = None
     try:
-        names = os.listdir(path)
+        fd = os.open(path, fdwalk.DIR_FLAGS)
+        try:
+            names = os.listdir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
     except FileNotFoundError:
         return
     except OSError as err:
         raise PathError("open", path, err.errno) from None
-    stack: List[Tuple[str, object]] = [(path, iter(names))]
-    while stack:
-        top, it = stack[-1]
-        descended = False
-        for name in it:  # type: ignore[attr-defined]
-            child = top + "/" + name
-            ccode = _remove(child)
-            if ccode is None or ccode == errno.ENOENT:
+    stack = fdwalk.DirStack()
+    try:
+        stack.push([fd], [path], iter(names))
+        while stack:
+            frame = stack.top()
+            top, it, dfd = frame.paths[0], frame.data, frame.fds[0]
+            descended = False
+            for name in it:
+                child = top + "/" + name
+                ccode = _remove(name, dfd)
+                if ccode is None or ccode == errno.ENOENT:
+                    continue
+                try:
+                    cst = os.lstat(name, dir_fd=dfd)
+                except OSError as err:
+                    if err.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
+                        first = PathError("lstat", child, err.errno)
+                    continue
+                if not stat.S_ISDIR(cst.st_mode):
+                    if first is None:
+                        first = PathError("remove", child, ccode)
+                    continue
+                try:
+                    cfd = os.open(name, fdwalk.DIR_FLAGS, dir_fd=dfd)
+                    try:
+                        cnames = os.listdir(cfd)
+                    except BaseException:
+                        os.close(cfd)
+                        raise
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    if first is None:
+                        first = PathError("open", child, err.errno)
+                    continue
+                stack.push([cfd], [child], iter(cnames), name)
+                descended = True
+                break
+            if descended:
                 continue
             try:
-                cst = os.lstat(child)
+                stack.pop()
             except OSError as err:
-                if err.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
-                    first = PathError("lstat", child, err.errno)
-                continue
-            if not stat.S_ISDIR(cst.st_mode):
-                if first is None:
-                    first = PathError("remove", child, ccode)
-                continue
-            try:
-                cnames = os.listdir(child)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                if first is None:
-                    first = PathError("open", child, err.errno)
-                continue
-            stack.append((child, iter(cnames)))
-            descended = True
-            break
-        if descended:
-            continue
-        stack.pop()
-        dcode = _remove(top)
-        if dcode is not None and dcode != errno.ENOENT and first is None:
-            first = PathError("remove", top, dcode)
+                raise first or PathError("open", getattr(err, "filename", None) or top,
+                                         err.errno or errno.EIO) from None
+            if stack:
+                dcode = _remove(frame.name, stack.top().fds[0])
+            else:
+                dcode = _remove(top)
+            if dcode is not None and dcode != errno.ENOENT and first is None:
+                first = PathError("remove", top, dcode)
+    finally:
+        stack.close()
     if first is not None:
         raise first
 

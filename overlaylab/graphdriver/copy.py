@@ -10,6 +10,9 @@ Quirks kept on purpose, because the lab exists to show them:
 - directory times are set when the directory is visited (pre-order), so a non-empty copied
   directory ends with mtime ≈ copy time;
 - only ``security.capability`` and ``trusted.overlay.opaque`` xattrs are copied.
+
+Deliberate difference (issue 9.2): nothing already in the destination is followed; see
+:func:`copy_dir`. Both walks here are iterative and descriptor-relative (``fdwalk``).
 """
 from __future__ import annotations
 
@@ -18,56 +21,18 @@ import os
 import stat
 from typing import List, Optional, Tuple
 
+from ..archive import fdwalk
+from ..archive.fdwalk import DirStack, at_path
 from ..goerrors import LinkError, PathError, SyscallError
 
 COPY_HARDLINK = 1
 
-#: (entry name, source directory fd, destination directory fd), for the *at() syscalls
-_At = Optional[Tuple[str, int, int]]
-#: directory fds are held for the directories being walked, up to this depth
-_MAX_FD_DEPTH = 64
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: directory descriptors held by a walk (per side); shallower ones are reopened through ".."
+_MAX_FD_DEPTH = fdwalk.MAX_HELD
+_DIR_FLAGS = fdwalk.DIR_FLAGS
 
 _COPIED_XATTRS = ("security.capability", "trusted.overlay.opaque")
 _COPY_CHUNK = 1 << 20
-
-
-def _entry_name(entry: "os.DirEntry[str]") -> str:
-    return entry.name
-
-
-def _entry_bytes(entry: "os.DirEntry[str]") -> bytes:
-    return os.fsencode(entry.name)
-
-
-def _sorted_entries(path: str) -> "List[os.DirEntry[str]]":
-    """The directory's entries sorted bytewise by name (Go's filepath.Walk order), with the
-    ``d_type`` that ``readdir`` gave (``DirEntry``). For ASCII names str order is byte order."""
-    with os.scandir(path) as it:
-        entries = list(it)
-    if "".join([e.name for e in entries]).isascii():
-        entries.sort(key=_entry_name)
-    else:
-        entries.sort(key=_entry_bytes)
-    return entries
-
-
-def _copy_regular(src: str, dst: str, mode: int) -> None:
-    try:
-        fin = os.open(src, os.O_RDONLY)
-    except OSError as err:
-        raise PathError("open", src, err.errno) from None
-    try:
-        try:
-            fout = os.open(dst, os.O_WRONLY | os.O_CREAT, mode & 0o7777)
-        except OSError as err:
-            raise PathError("open", dst, err.errno) from None
-        try:
-            _copy_bytes(fin, fout, src, dst)
-        finally:
-            os.close(fout)
-    finally:
-        os.close(fin)
 
 
 def _copy_bytes(fin: int, fout: int, src: str, dst: str) -> None:
@@ -87,64 +52,95 @@ def _copy_bytes(fin: int, fout: int, src: str, dst: str) -> None:
             return
 
 
-def _copy_regular_new(src: str, dst: str, st: os.stat_result, at: _At = None) -> bool:
-    """Content copy of a regular file to a ``dst`` that does not exist yet, with all the
-    metadata steps of ``_copy_entry`` done on the two open descriptors (the same inodes as
-    ``src`` and the new ``dst``, so the same results, in fewer path lookups). Returns False
-    if ``dst`` already exists, having done nothing: the caller then takes the path-based
-    route, whose quirks (no O_TRUNC, following a symlink at ``dst``) only matter there.
-    With ``at`` = (name, src dir fd, dst dir fd) the files are opened relative to their
-    directories (``openat``); errors still name the full paths."""
-    mode = st.st_mode
-    if at is None:
-        src_rel, dst_rel, sfd, dfd = src, dst, None, None
-    else:
-        src_rel = dst_rel = at[0]
-        sfd, dfd = at[1], at[2]
+def _exists_as(dfd: Optional[int], name: str, dst: str, fmt: int, op: str) -> None:
+    """``name`` already exists in the destination: fine if it is a ``fmt`` (a directory for
+    mkdir, a regular file for open: the reference's EEXIST-ignored and no-O_TRUNC quirks),
+    else ``<op> <dst>: file exists`` -- never followed, whatever it is (a symlink there
+    would lead the copy outside the destination)."""
     try:
-        fin = os.open(src_rel, os.O_RDONLY, dir_fd=sfd)
+        st = os.lstat(name, dir_fd=dfd)
+    except OSError as err:
+        raise PathError(op, dst, err.errno) from None
+    if stat.S_IFMT(st.st_mode) != fmt:
+        raise PathError(op, dst, errno.EEXIST)
+
+
+def _open_dst_file(dfd: Optional[int], name: str, dst: str, mode: int) -> int:
+    """``open(dst, O_WRONLY|O_CREAT)`` (no O_TRUNC: the re-Create quirk), but never through a
+    symlink, fifo or device already at ``dst``."""
+    try:
+        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       mode & 0o7777, dir_fd=dfd)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise PathError("open", dst, err.errno) from None
+    _exists_as(dfd, name, dst, stat.S_IFREG, "open")
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as err:
+        raise PathError("open", dst, err.errno) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the lstat
+        os.close(fd)
+        raise PathError("open", dst, errno.EEXIST)
+    return fd
+
+
+def _copy_xattrs_fd(fin: int, fout: int) -> None:
+    for name in _COPIED_XATTRS:
+        try:
+            value = os.getxattr(fin, name)
+        except OSError as err:
+            if err.errno == errno.ENODATA:
+                continue
+            raise SyscallError(err.errno) from None
+        try:
+            os.setxattr(fout, name, value)
+        except OSError as err:
+            raise SyscallError(err.errno) from None
+
+
+def _meta_fd(fin: Optional[int], fout: int, src: str, dst: str, st: os.stat_result) -> None:
+    """lchown, the two xattrs, chmod, utimes of the reference, on the open ``dst``."""
+    try:
+        os.fchown(fout, st.st_uid, st.st_gid)
+    except OSError as err:
+        raise PathError("lchown", dst, err.errno) from None
+    if fin is not None:
+        _copy_xattrs_fd(fin, fout)
+    else:
+        for name in _COPIED_XATTRS:
+            _copy_xattr(src, "/proc/self/fd/%d" % fout, name, True)
+    try:
+        os.fchmod(fout, st.st_mode & 0o7777)
+    except OSError as err:
+        raise PathError("chmod", dst, err.errno) from None
+    try:
+        os.utime(fout, ns=(max(st.st_atime_ns, 0), max(st.st_mtime_ns, 0)))
+    except OSError as err:
+        raise SyscallError(err.errno) from None
+
+
+def _copy_regular(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
+                  src: str, dst: str, st: os.stat_result) -> None:
+    """Content copy of a regular file, all on descriptors (the same inodes as the reference's
+    path-based steps, so the same results)."""
+    try:
+        fin = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
     except OSError as err:
         raise PathError("open", src, err.errno) from None
     try:
-        try:
-            fout = os.open(dst_rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=dfd)
-        except FileExistsError:
-            return False
-        except OSError as err:
-            raise PathError("open", dst, err.errno) from None
+        fout = _open_dst_file(dfd, dname, dst, st.st_mode)
         try:
             _copy_bytes(fin, fout, src, dst)
-            try:
-                os.fchown(fout, st.st_uid, st.st_gid)
-            except OSError as err:
-                raise PathError("lchown", dst, err.errno) from None
-            for name in _COPIED_XATTRS:
-                try:
-                    value = os.getxattr(fin, name)
-                except OSError as err:
-                    if err.errno == errno.ENODATA:
-                        continue
-                    raise SyscallError(err.errno) from None
-                try:
-                    os.setxattr(fout, name, value)
-                except OSError as err:
-                    raise SyscallError(err.errno) from None
-            try:
-                os.fchmod(fout, mode & 0o7777)
-            except OSError as err:
-                raise PathError("chmod", dst, err.errno) from None
-            try:
-                os.utime(fout, ns=(max(st.st_atime_ns, 0), max(st.st_mtime_ns, 0)))
-            except OSError as err:
-                raise SyscallError(err.errno) from None
+            _meta_fd(fin, fout, src, dst, st)
         finally:
             os.close(fout)
     finally:
         os.close(fin)
-    return True
 
 
-def _copy_xattr(src: str, dst: str, name: str) -> None:
+def _copy_xattr(src: str, dst: str, name: str, follow_dst: bool = False) -> None:
     try:
         value = os.getxattr(src, name, follow_symlinks=False)
     except OSError as err:
@@ -152,75 +148,112 @@ def _copy_xattr(src: str, dst: str, name: str) -> None:
             return
         raise SyscallError(err.errno) from None
     try:
-        os.setxattr(dst, name, value, follow_symlinks=False)
+        os.setxattr(dst, name, value, follow_symlinks=follow_dst)
     except OSError as err:
         raise SyscallError(err.errno) from None
 
 
-def _copy_entry(src: str, dst: str, st: os.stat_result, flags: int, at: _At = None) -> None:
+def _copy_entry(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
+                src: str, dst: str, st: os.stat_result, flags: int) -> Optional[Tuple[int, int]]:
+    """One entry of the walk, every syscall relative to the walked directories (``sfd``,
+    ``dfd``; ``None`` with full paths for the top) and none following a symlink. For a
+    directory returns its (source, destination) descriptors, for the walk to descend."""
     mode = st.st_mode
     fmt = stat.S_IFMT(mode)
-    is_symlink = False
     if fmt == stat.S_IFREG:
         if flags & COPY_HARDLINK:
             try:
-                os.link(src, dst)
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
             except OSError as err:
                 raise LinkError("link", src, dst, err.errno) from None
-            return
-        if _copy_regular_new(src, dst, st, at):
-            return
-        _copy_regular(src, dst, mode)
-    elif fmt == stat.S_IFDIR:
+            return None
+        _copy_regular(sfd, sname, dfd, dname, src, dst, st)
+        return None
+    if fmt == stat.S_IFDIR:
         try:
-            os.mkdir(dst, mode & 0o7777)
+            os.mkdir(dname, mode & 0o7777, dir_fd=dfd)
         except FileExistsError:
-            pass
+            _exists_as(dfd, dname, dst, stat.S_IFDIR, "mkdir")
         except OSError as err:
             raise PathError("mkdir", dst, err.errno) from None
-    elif fmt == stat.S_IFLNK:
-        is_symlink = True
         try:
-            target = os.readlink(src)
+            fout = os.open(dname, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as err:
+            raise PathError("open", dst, err.errno) from None
+        try:
+            fin = os.open(sname, _DIR_FLAGS, dir_fd=sfd)
+        except OSError as err:
+            os.close(fout)
+            raise PathError("open", src, err.errno) from None
+        try:
+            _meta_fd(fin, fout, src, dst, st)
+        except BaseException:
+            os.close(fin)
+            os.close(fout)
+            raise
+        return fin, fout
+    if fmt == stat.S_IFLNK:
+        try:
+            target = os.readlink(sname, dir_fd=sfd)
         except OSError as err:
             raise PathError("readlink", src, err.errno) from None
         try:
-            os.symlink(target, dst)
+            os.symlink(target, dname, dir_fd=dfd)
         except OSError as err:
             raise LinkError("symlink", target, dst, err.errno) from None
-    elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
-        # The full st_mode goes to mkfifo: for a socket that is S_IFSOCK|S_IFIFO -> EINVAL.
         try:
-            os.mkfifo(dst, mode)
+            os.chown(dname, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+        except OSError as err:
+            raise PathError("lchown", dst, err.errno) from None
+        for name in _COPIED_XATTRS:
+            _copy_xattr(at_path(sfd, sname, src), at_path(dfd, dname, dst), name)
+        try:
+            os.utime(dname, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        except OSError as err:
+            if err.errno != errno.ENOSYS:
+                raise SyscallError(err.errno) from None
+        return None
+    if fmt in (stat.S_IFIFO, stat.S_IFSOCK):
+        # Go's Mkfifo is mknod(st_mode|S_IFIFO): for a socket S_IFSOCK|S_IFIFO -> EINVAL.
+        try:
+            os.mknod(dname, mode | stat.S_IFIFO, 0, dir_fd=dfd)
         except OSError as err:
             raise SyscallError(err.errno) from None
     elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
         try:
-            os.mknod(dst, mode, st.st_rdev)
+            os.mknod(dname, mode, st.st_rdev, dir_fd=dfd)
         except OSError as err:
             raise SyscallError(err.errno) from None
     else:
         raise ValueError("Unknown file type for %s\n" % src)
-
+    # The node just made, by an O_PATH descriptor: nothing can swap a symlink in its place.
     try:
-        os.lchown(dst, st.st_uid, st.st_gid)
+        fout = os.open(dname, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as err:
         raise PathError("lchown", dst, err.errno) from None
-    for name in _COPIED_XATTRS:
-        _copy_xattr(src, dst, name)
-    if not is_symlink:
+    try:
         try:
-            os.chmod(dst, mode & 0o7777)
+            os.chown(dname, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+        except OSError as err:
+            raise PathError("lchown", dst, err.errno) from None
+        proc = "/proc/self/fd/%d" % fout if fdwalk.proc_ok() else None
+        for name in _COPIED_XATTRS:
+            _copy_xattr(at_path(sfd, sname, src), proc or at_path(dfd, dname, dst), name, proc is not None)
+        try:
+            if proc is not None:
+                os.chmod(proc, mode & 0o7777)
+            else:
+                os.chmod(dname, mode & 0o7777, dir_fd=dfd)
         except OSError as err:
             raise PathError("chmod", dst, err.errno) from None
-    try:
-        if is_symlink:
-            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-        else:
-            os.utime(dst, ns=(max(st.st_atime_ns, 0), max(st.st_mtime_ns, 0)))
-    except OSError as err:
-        if not (is_symlink and err.errno == errno.ENOSYS):
+        try:
+            os.utime(dname, ns=(max(st.st_atime_ns, 0), max(st.st_mtime_ns, 0)),
+                     dir_fd=dfd, follow_symlinks=False)
+        except OSError as err:
             raise SyscallError(err.errno) from None
+    finally:
+        os.close(fout)
+    return None
 
 
 def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
@@ -230,94 +263,111 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
     is a new inode with owner, the two xattrs, mode and times copied. The first error aborts
     and is raised; the partial copy is left for the caller (spec §2.10).
 
+    Deliberate difference: nothing already in the destination is followed. The reference's
+    path-based steps (``mkdir`` with EEXIST ignored, then ``chmod``/``utimes``; ``open``
+    without ``O_NOFOLLOW``) go through a symlink, fifo or device that sits where a directory
+    or file is to be copied, out of the destination (a re-Create of a container layer whose
+    upper holds ``etc -> /``). Here every syscall is relative to the descriptors of the two
+    directories being walked, none follows a symlink, and an existing entry that is not of
+    the copied type fails with ``<op> <dst>: file exists`` (as an existing symlink, fifo or
+    device already does in the reference). Existing directories and regular files are still
+    reused as the reference reuses them.
+
     Each directory is read once with ``scandir``; entries are visited in sorted order, each
     ``lstat``-ed when visited, as Go's ``filepath.Walk`` does, except that in hard-link mode
     an entry that ``readdir`` already reports as a regular file (``d_type``) is linked
     without the ``lstat`` (which would only have told the same; ``DT_UNKNOWN`` still gets it).
-    The hot syscalls (lstat, link, opening regular files) go through descriptors of the
-    source and destination directories (``*at``) instead of resolving full paths each time;
-    where such a descriptor cannot be had (permissions, a symlink, depth) full paths are used.
+    Iterative, with at most a bounded number of directory descriptors held (:mod:`fdwalk`),
+    so any depth is copied.
     """
     try:
         st = os.lstat(src_dir)
     except OSError as err:
         raise PathError("lstat", src_dir, err.errno) from None
-    _copy_entry(src_dir, dst_dir, st, flags)
-    if not stat.S_ISDIR(st.st_mode):
+    fds = _copy_entry(None, src_dir, None, dst_dir, src_dir, dst_dir, st, flags)
+    if fds is None:
         return
     hardlink = bool(flags & COPY_HARDLINK)
     link = os.link
     lstat = os.lstat
-    stack: list = []
+    stack = DirStack(_MAX_FD_DEPTH)
     try:
-        stack.append(_frame(src_dir, dst_dir, 0))
+        stack.push(fds, (src_dir, dst_dir), _listing(fds[0], src_dir))
         while stack:
-            dst, it, sfd, dfd = stack[-1]
-            dst_slash = dst if dst.endswith("/") else dst + "/"
-            use_fds = sfd is not None and dfd is not None
-            for entry in it:
+            frame = stack.top()
+            sfd, dfd = frame.fds
+            src_slash = _slash(frame.paths[0])
+            dst_slash = _slash(frame.paths[1])
+            for entry in frame.data:
                 name = entry.name
-                src = entry.path
+                src = src_slash + name
                 child = dst_slash + name
                 if hardlink:
                     try:
                         is_reg = entry.is_file(follow_symlinks=False)
                     except OSError:
                         is_reg = False  # lstat below reports it
-                    if is_reg:
-                        try:
-                            if use_fds:
-                                link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-                            else:
-                                link(src, child)
-                        except OSError as err:
-                            raise LinkError("link", src, child, err.errno) from None
-                        continue
+                if hardlink and is_reg:
+                    try:
+                        link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                    except OSError as err:
+                        raise LinkError("link", src, child, err.errno) from None
+                    continue
                 try:
-                    st = lstat(name, dir_fd=sfd) if use_fds else lstat(src)
+                    st = lstat(name, dir_fd=sfd)
                 except OSError as err:
                     raise PathError("lstat", src, err.errno) from None
-                _copy_entry(src, child, st, flags, (name, sfd, dfd) if use_fds else None)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(_frame(src, child, len(stack)))
+                fds = _copy_entry(sfd, name, dfd, name, src, child, st, flags)
+                if fds is not None:
+                    try:
+                        listing = _listing(fds[0], src)
+                    except BaseException:
+                        _close_fds(*fds)
+                        raise
+                    stack.push(fds, (src, child), listing, name)
                     break
             else:
-                stack.pop()
-                _close_fds(sfd, dfd)
+                try:
+                    stack.pop()
+                except OSError as err:
+                    raise PathError("open", getattr(err, "filename", None) or frame.paths[0],
+                                    err.errno) from None
     finally:
-        for frame in stack:
-            _close_fds(frame[2], frame[3])
+        stack.close()
 
 
-def _frame(src: str, dst: str, depth: int):
-    """A walk frame: (dst, iterator over the sorted entries of src, src dir fd, dst dir fd).
-    The listing is taken now, right after the directory itself was copied, like Walk."""
-    sfd = dfd = None
-    if depth < _MAX_FD_DEPTH:
-        try:
-            sfd = os.open(src, _DIR_FLAGS)
-            dfd = os.open(dst, _DIR_FLAGS)
-        except OSError:
-            pass
+def _slash(path: str) -> str:
+    return path if path.endswith("/") else path + "/"
+
+
+def _entry_name(entry: "os.DirEntry[str]") -> str:
+    return entry.name
+
+
+def _entry_bytes(entry: "os.DirEntry[str]") -> bytes:
+    return os.fsencode(entry.name)
+
+
+def _listing(fd: int, path: str):
+    """An iterator over the directory's entries sorted bytewise by name (Go's Walk order),
+    taken when the directory is entered, with the ``d_type`` readdir gave (``DirEntry``).
+    For ASCII names str order is byte order."""
     try:
-        entries = _list_dir(src)
-    except BaseException:
-        _close_fds(sfd, dfd)
-        raise
-    return (dst, iter(entries), sfd, dfd)
+        with os.scandir(fd) as it:
+            entries = list(it)
+    except OSError as err:
+        raise PathError("open", path, err.errno) from None
+    if "".join([e.name for e in entries]).isascii():
+        entries.sort(key=_entry_name)
+    else:
+        entries.sort(key=_entry_bytes)
+    return iter(entries)
 
 
 def _close_fds(*fds) -> None:
     for fd in fds:
         if fd is not None:
             os.close(fd)
-
-
-def _list_dir(path: str) -> "List[os.DirEntry[str]]":
-    try:
-        return _sorted_entries(path)
-    except OSError as err:
-        raise PathError("open", path, err.errno) from None
 
 
 def remove_all(path: str) -> None:
@@ -327,6 +377,10 @@ def remove_all(path: str) -> None:
     error wins, except that a directory that cannot be removed reports its own ``unlinkat``
     error when nothing below it failed, e.g. ``unlinkat H/id/merged: device or resource busy``
     for a still-mounted overlay.
+
+    Iterative, and every call below ``path`` is relative to the descriptor of the directory
+    being emptied (``unlinkat``, ``openat(O_NOFOLLOW)``), so any depth is removed and a
+    symlink is only ever removed, never followed.
     """
     try:
         os.unlink(path)
@@ -336,39 +390,106 @@ def remove_all(path: str) -> None:
     except OSError as err:
         if err.errno not in (errno.EISDIR, errno.EPERM, errno.EACCES):
             raise PathError("unlinkat", path, err.errno) from None
-    err = _remove_dir(path)
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        opened = PathError("open", path, err.errno)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            raise opened from None
+    err = _remove_tree(fd, path)
     if err is not None:
         raise err
 
 
-def _remove_dir(path: str):
-    # Like Go: recurse into the directory first (through a mount, if one sits here), then rmdir.
-    first = None
+def _remove_tree(fd: int, path: str) -> Optional[OSError]:
+    # Like Go: empty the directory first (through a mount, if one sits here), then rmdir.
+    stack = DirStack()
+    result: Optional[OSError] = None
     try:
-        entries = list(os.scandir(path))
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        entries = []
-        first = PathError("open", path, err.errno)
-    for entry in entries:
-        child = entry.path
-        try:
-            os.unlink(child)
-            child_err = None
-        except FileNotFoundError:
-            child_err = None
-        except OSError as err:
-            if err.errno in (errno.EISDIR, errno.EPERM, errno.EACCES):
-                child_err = _remove_dir(child)
+        names = _names(fd, path)
+        stack.push([fd], [path], [iter(names), getattr(names, "err", None), None])
+        while stack:
+            frame = stack.top()
+            dfd = frame.fds[0]
+            data = frame.data
+            top = frame.paths[0]
+            for name in data[0]:
+                child = top + "/" + name
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                    continue
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    if err.errno not in (errno.EISDIR, errno.EPERM, errno.EACCES):
+                        if data[1] is None:
+                            data[1] = PathError("unlinkat", child, err.errno)
+                        continue
+                try:
+                    cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    opened = PathError("open", child, err.errno)
+                    try:
+                        os.rmdir(name, dir_fd=dfd)
+                        opened = None
+                    except FileNotFoundError:
+                        opened = None
+                    except OSError:
+                        pass
+                    if data[1] is None:
+                        data[1] = opened
+                    continue
+                names = _names(cfd, child)
+                stack.push([cfd], [child], [iter(names), getattr(names, "err", None), name], name)
+                break
             else:
-                child_err = PathError("unlinkat", child, err.errno)
-        if child_err is not None and first is None:
-            first = child_err
+                try:
+                    stack.pop()
+                except OSError as err:
+                    failed = PathError("open", getattr(err, "filename", None) or top, err.errno)
+                    stack.close()
+                    return failed
+                name = data[2]
+                try:
+                    if name is None:
+                        os.rmdir(top)
+                    else:
+                        os.rmdir(name, dir_fd=stack.top().fds[0])
+                    own = None
+                except FileNotFoundError:
+                    own = None
+                except OSError as err:
+                    own = data[1] or PathError("unlinkat", top, err.errno)
+                if stack:
+                    parent = stack.top().data
+                    if parent[1] is None:
+                        parent[1] = own
+                else:
+                    result = own
+    finally:
+        stack.close()
+    return result
+
+
+class _Failed(list):
+    """An empty listing that remembers why the directory could not be read."""
+
+    def __init__(self, err: OSError):
+        super().__init__()
+        self.err = err
+
+
+def _names(fd: int, path: str) -> List[str]:
     try:
-        os.rmdir(path)
-        return None
-    except FileNotFoundError:
-        return None
+        return os.listdir(fd)
     except OSError as err:
-        return first or PathError("unlinkat", path, err.errno)
+        return _Failed(PathError("open", path, err.errno))

@@ -8,8 +8,10 @@ Layout under the driver home ``H`` (spec §2.1):
   ``upper/``, ``work/`` and ``merged/`` (the overlay mount point while the layer is in use).
 
 Reference behaviour is kept, quirks included, because the lab's job is to show how *this*
-driver behaves on a kernel and filesystem. The one deliberate difference: layer ids are checked
-(:func:`check_layer_id`) because the reference would happily ``rm -rf H/..``.
+driver behaves on a kernel and filesystem. Deliberate differences: layer ids are checked
+(:func:`check_layer_id`) because the reference would happily ``rm -rf H/..`` or mount with
+the options an id like ``x,lowerdir=/`` smuggles in; and copies never follow a symlink
+already in their destination (:func:`copy.copy_dir`).
 """
 from __future__ import annotations
 
@@ -54,10 +56,18 @@ class InvalidLayerID(ValueError):
     """A layer id that is not a single safe path component (a deliberate port addition)."""
 
 
+#: characters no layer id may hold: a path separator, NUL, and the separators of the overlay
+#: mount options that ids end up in (``lowerdir=H/<id>/root,...``; ``:`` splits lowerdirs)
+_ID_FORBIDDEN = ("/", "\0", ",", ":")
+
+
 def check_layer_id(layer_id: str, what: str = "layer id") -> None:
-    """Refuse ids that would escape the driver home: empty, ``.``, ``..``, ``/`` or NUL inside."""
-    if not isinstance(layer_id, str) or layer_id in ("", ".", "..") or "/" in layer_id or "\0" in layer_id:
-        raise InvalidLayerID("invalid %s %s: must be a non-empty name without '/'" % (what, go_quote(str(layer_id))))
+    """The one check of every id entering the driver: refuse ids that would escape the home
+    (empty, ``.``, ``..``, ``/`` or NUL inside) or change a mount's options (``,`` or ``:``)."""
+    if (not isinstance(layer_id, str) or layer_id in ("", ".", "..")
+            or any(c in layer_id for c in _ID_FORBIDDEN)):
+        raise InvalidLayerID("invalid %s %s: must be a non-empty name without '/', ',' or ':'"
+                             % (what, go_quote(str(layer_id))))
 
 
 def mount_options(lower_dir: str, upper_dir: str, work_dir: str, mount_label: str = "") -> str:
@@ -196,8 +206,12 @@ class OverlayDriver:
         """``Create`` cases A (no parent), B (parent is Shape R) and C (parent is Shape O).
 
         ``mount_label`` is ignored. Re-creating an existing id is not an error (quirk, §2.3):
-        A and B silently succeed; C re-copies the parent's upper over the existing one and, if
-        that meets an existing symlink, fifo or device, fails and **deletes the whole layer**.
+        A and B silently succeed; C re-copies the parent's upper over the existing one
+        (``MkdirAs`` of existing dirs succeeds, as in v1.10.3 and the recorded trace), reusing
+        existing directories and regular files, and if that meets anything else where it
+        copies -- a symlink, fifo or device -- fails with EEXIST and **deletes the whole
+        layer**. Unlike the reference, the copy never goes through such a symlink (a
+        container's ``etc -> /outside`` would otherwise have it write outside the home).
         """
         check_layer_id(layer_id)
         if parent:
@@ -276,6 +290,7 @@ class OverlayDriver:
                 self.active[layer_id] = ActiveMount(1, root, False)
                 return root
             lower_id = _read_file(os.path.join(d, "lower-id"))
+            check_layer_id(lower_id, "lower id")  # it goes into the mount options too
             lower_dir = os.path.normpath(os.path.join(self.dir(lower_id), "root"))
             upper_dir = os.path.join(d, "upper")
             work_dir = os.path.join(d, "work")

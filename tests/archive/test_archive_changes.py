@@ -263,3 +263,45 @@ def test_changes_size_logs_and_skips_unstatable(tmp_path, caplog):
 def test_changes_size_counts_symlink_target_length(tmp_path):
     os.symlink("0123456789", tmp_path / "l")
     assert changes_size(str(tmp_path), [Change("/l", A)]) == 10
+
+
+def _deep(top, comp, levels):
+    """Make ``levels`` nested ``comp`` directories below ``top`` by descriptor (past PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir(comp, dir_fd=fd)
+            nfd = os.open(comp, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+def test_changes_climb_back_from_a_deep_one_sided_subtree(tmp_path):
+    """A subtree only the new side has, deeper than the directories whose descriptors are
+    held: climbing back to a directory both sides have reopens the old side's descriptor by
+    name (the new side's through ``..``), and the walk goes on with the next sibling."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for top in (old, new):
+        (top / "a" / "y").mkdir(parents=True)
+        (top / "a" / "y" / "f").write_bytes(b"old")
+    (new / "a" / "y" / "f").write_bytes(b"new!")
+    (new / "a" / "x").mkdir()
+    _deep(str(new / "a" / "x"), "x" * 60, 100)
+    got = changes_dirs(str(new), str(old))
+    deep = "/a/x" + ("/" + "x" * 60) * 100
+    assert Change(deep, ChangeKind.ADD) in got
+    assert got[-1] == Change("/a/y/f", ChangeKind.MODIFY)
+    assert len(got) == 1 + 1 + 100 + 2  # C /a, A /a/x and the 100 below, C /a/y, C /a/y/f
+
+
+@pytest.mark.parametrize("which", ["go15", "driver"])
+def test_remove_all_of_a_tree_deeper_than_path_max(tmp_path, which):
+    from overlaylab.archive import gofs
+    from overlaylab.graphdriver import copy as copymod
+    top = tmp_path / "t"
+    top.mkdir()
+    _deep(str(top), "d" * 10, 1500)  # 16500 characters: no path-based call could reach the bottom
+    (gofs.remove_all if which == "go15" else copymod.remove_all)(str(top))
+    assert not top.exists()

@@ -51,7 +51,12 @@ def test_driver_cli_worked_example(backing_fs, tmp_path):
 def test_driver_cli_errors_are_one_line_and_nonzero(backing_fs):
     fs = backing_fs("tmpfs")
     home = os.path.join(fs.mountpoint, "overlay")
-    for args, text in ((("remove", ".."), 'invalid layer id "..": must be a non-empty name without \'/\''),
+    for args, text in ((("remove", ".."), 'invalid layer id "..": must be a non-empty name without \'/\', \',\' or \':\''),
+                       (("create", "x,lowerdir=/"), 'invalid layer id "x,lowerdir=/": must be a non-empty name'
+                                                     ' without \'/\', \',\' or \':\''),
+                       (("mount", "a:b"), 'invalid layer id "a:b": must be a non-empty name without \'/\', \',\' or \':\''),
+                       (("create", "x", "--parent", "p,q"), 'invalid parent id "p,q": must be a non-empty name'
+                                                           ' without \'/\', \',\' or \':\''),
                        (("mount", "nope"), "stat %s/nope: no such file or directory" % home),
                        (("create", "x", "--parent", "nope"), "lstat %s/nope: no such file or directory" % home)):
         res = _ol(home, *args)

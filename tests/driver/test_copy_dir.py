@@ -148,26 +148,83 @@ def test_content_copy_over_an_existing_longer_file_keeps_its_tail(tmp_path):
     assert st.st_ino == ino and stat.S_IMODE(st.st_mode) == 0o600
 
 
-def test_content_copy_through_an_existing_symlink_writes_its_target(tmp_path):
-    """open(O_CREAT) follows a symlink in the way; lchown then changes the link, chmod and
-    utimes the target (the path-based steps, as the reference does them)."""
+def _outside(tmp_path):
+    """A directory and a file outside the copy, and a snapshot of them to compare with."""
+    out = tmp_path / "outside"
+    out.mkdir(mode=0o700)
+    os.utime(str(out), ns=(10 ** 9, 10 ** 9))
+    (out / "victim").write_bytes(b"precious")
+    os.chmod(str(out / "victim"), 0o600)
+    return str(out), lambda: (sorted(os.listdir(str(out))), state(str(out), True),
+                              stat.S_IMODE(os.lstat(str(out)).st_mode), os.lstat(str(out)).st_mtime_ns)
+
+
+@pytest.mark.parametrize("flags", [0, COPY_HARDLINK])
+@pytest.mark.parametrize("where,kind,op", [
+    ("etc", "dir", "mkdir"),          # a directory to copy where a symlink to a dir sits
+    ("a/b/deep", "dir", "mkdir"),     # the same, below the top
+    ("victim", "file", "open"),       # a regular file where a symlink to a file sits
+    ("a/b/victim", "file", "open"),
+    ("etc", "fifo", None),            # a fifo where the symlink sits: EEXIST from mknod
+    ("etc", "link", None),            # a symlink where a symlink sits: EEXIST from symlink
+])
+def test_copy_never_follows_a_symlink_already_in_the_destination(tmp_path, flags, where, kind, op):
+    """Issue 9.2: whatever sits in the destination, the copy does not go through it. The
+    reference would chmod/utimes the link's target dir (mkdir EEXIST ignored) and write the
+    file through the link (open without O_NOFOLLOW); here it fails with EEXIST."""
+    outside, snapshot = _outside(tmp_path)
+    before = snapshot()
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
-    os.makedirs(src)
-    with open(os.path.join(src, "f"), "wb") as f:
-        f.write(b"data")
-    os.chmod(os.path.join(src, "f"), 0o640)
-    os.utime(os.path.join(src, "f"), ns=(10 ** 18, 10 ** 18))
-    os.makedirs(dst)
-    target = str(tmp_path / "target")
-    with open(target, "wb") as f:
-        f.write(b"")
-    os.symlink(target, os.path.join(dst, "f"))
-    copy_dir(src, dst, 0)
-    assert os.path.islink(os.path.join(dst, "f"))
-    with open(target, "rb") as f:
-        assert f.read() == b"data"
-    st = os.stat(target)
-    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_mtime_ns == 10 ** 18
+    os.makedirs(os.path.join(src, os.path.dirname(where)), exist_ok=True)
+    os.makedirs(os.path.join(dst, os.path.dirname(where)), exist_ok=True)
+    s = os.path.join(src, where)
+    if kind == "dir":
+        os.mkdir(s, 0o777)
+        with open(os.path.join(s, "hosts"), "wb") as f:
+            f.write(b"127.0.0.1 evil\n")
+        target = outside
+    elif kind == "file":
+        with open(s, "wb") as f:
+            f.write(b"overwritten")
+        os.chmod(s, 0o777)
+        target = os.path.join(outside, "victim")
+    elif kind == "fifo":
+        os.mkfifo(s, 0o777)
+        target = outside
+    else:
+        os.symlink("somewhere", s)
+        target = outside
+    os.symlink(target, os.path.join(dst, where))
+    with pytest.raises(OSError) as exc:
+        copy_dir(src, dst, flags)
+    d = os.path.join(dst, where)
+    if kind == "file" and flags & COPY_HARDLINK:
+        assert str(exc.value) == "link %s %s: file exists" % (s, d)
+    elif op is not None:
+        assert str(exc.value) == "%s %s: file exists" % (op, d)
+    elif kind == "fifo":
+        assert str(exc.value) == "file exists"
+    else:
+        assert str(exc.value) == "symlink somewhere %s: file exists" % d
+    assert os.readlink(d) == target
+    assert snapshot() == before
+
+
+def test_content_copy_over_an_existing_fifo_or_device_fails_without_opening_it(tmp_path):
+    """A fifo where a file is copied would block the open, a device would be written to."""
+    for kind in ("fifo", "chr"):
+        src, dst = str(tmp_path / ("src" + kind)), str(tmp_path / ("dst" + kind))
+        os.makedirs(src)
+        os.makedirs(dst)
+        with open(os.path.join(src, "f"), "wb") as f:
+            f.write(b"data")
+        if kind == "fifo":
+            os.mkfifo(os.path.join(dst, "f"))
+        else:
+            os.mknod(os.path.join(dst, "f"), stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null
+        with pytest.raises(OSError) as exc:
+            copy_dir(src, dst, 0)
+        assert str(exc.value) == "open %s: file exists" % os.path.join(dst, "f")
 
 
 def test_errors_name_the_full_paths(tmp_path):

@@ -53,12 +53,16 @@ def test_mount_options_are_exact():
     assert format_mount_label("", 'a"b') == 'context="a\\"b"'
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "/abs", "x\0y"])
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "/abs", "x\0y",
+                                 # overlay mount-option metacharacters (issue 9.6)
+                                 "x,lowerdir=/", "a:b", ",", ":"])
 def test_bad_layer_ids_are_refused(make_driver, bad):
     driver = make_driver("tmpfs")
     before = sorted(os.listdir(os.path.dirname(driver.home)))
     for call in (lambda: driver.create(bad, ""), lambda: driver.get(bad), lambda: driver.remove(bad),
-                 lambda: driver.get_metadata(bad), lambda: driver.put(bad)):
+                 lambda: driver.get_metadata(bad), lambda: driver.put(bad),
+                 lambda: driver.apply_diff(bad, "", io.BytesIO()), lambda: driver.diff(bad, ""),
+                 lambda: driver.changes(bad, ""), lambda: driver.diff_size(bad, "")):
         with pytest.raises(InvalidLayerID, match="invalid layer id"):
             call()
     with pytest.raises(InvalidLayerID, match="invalid parent id"):
@@ -66,6 +70,18 @@ def test_bad_layer_ids_are_refused(make_driver, bad):
     assert not driver.exists(bad)
     assert sorted(os.listdir(os.path.dirname(driver.home))) == before  # nothing outside the home
     assert os.listdir(driver.home) == []
+
+
+def test_a_lower_id_with_mount_option_metacharacters_is_refused(make_driver):
+    """Issue 9.6: the lower-id file goes into the mount options too: the same check applies."""
+    driver = make_driver("tmpfs")
+    driver.create("base", "")
+    driver.create("ctr", "base")
+    with open(os.path.join(driver.home, "ctr", "lower-id"), "w") as f:
+        f.write("base/root,lowerdir=/")
+    with pytest.raises(InvalidLayerID, match='^invalid lower id "base/root,lowerdir=/": '):
+        driver.get("ctr")
+    assert mounts_under(driver.home) == []
 
 
 # Layouts (spec §2.1, §2.11) ---------------------------------------------------------------------
@@ -336,3 +352,49 @@ def test_concurrent_get_put_keeps_counts_and_mounts_right(make_driver, monkeypat
     assert mounts_under(driver.home) == []
     assert worst[0] == 1, "a layer was mounted twice at once"
     assert set(live.values()) == {0}
+
+
+def _recreate_over_symlink(driver, tmp_path, what):
+    """A container layer whose upper the container left with ``what`` as a symlink outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    (outside / "hosts").write_bytes(b"precious\n")
+    os.utime(str(outside), ns=(10 ** 9, 10 ** 9))
+    snap = lambda: (sorted(os.listdir(str(outside))), (outside / "hosts").read_bytes(),  # noqa: E731
+                    os.lstat(str(outside)).st_mode, os.lstat(str(outside)).st_mtime_ns)
+    before = snap()
+    driver.create("base", "")
+    driver.create("init", "base")
+    m = driver.get("init")
+    os.mkdir(os.path.join(m, "etc"), 0o755)
+    with open(os.path.join(m, "etc", "hosts"), "w") as f:
+        f.write("127.0.0.1 localhost\n")
+    driver.put("init")
+    driver.create("ctr", "init")
+    m = driver.get("ctr")
+    if what == "etc":
+        os.unlink(os.path.join(m, "etc", "hosts"))
+        os.rmdir(os.path.join(m, "etc"))
+        os.symlink(str(outside), os.path.join(m, "etc"))
+    else:
+        os.unlink(os.path.join(m, "etc", "hosts"))
+        os.symlink(str(outside / "hosts"), os.path.join(m, "etc", "hosts"))
+    driver.put("ctr")
+    assert os.path.islink(os.path.join(driver.home, "ctr", "upper", what))
+    return snap, before
+
+
+@pytest.mark.parametrize("what,op", [("etc", "mkdir"), ("etc/hosts", "open")])
+def test_recreate_never_follows_a_symlink_left_in_the_upper(make_driver, tmp_path, what, op):
+    """Issue 9.2: re-Create (case C) of a layer whose upper holds ``etc -> /outside`` (or
+    ``etc/hosts -> /outside/hosts``) must not write or chmod outside the driver home. The
+    reference's copy goes through the link; here the copy fails with EEXIST at the link and
+    Create's cleanup deletes the whole layer (as the spec says of an existing symlink)."""
+    driver = make_driver("tmpfs")
+    snap, before = _recreate_over_symlink(driver, tmp_path, what)
+    with pytest.raises(OSError) as err:
+        driver.create("ctr", "init")
+    assert str(err.value) == "%s %s: file exists" % (op, os.path.join(driver.home, "ctr", "upper", what))
+    assert not driver.exists("ctr")
+    assert snap() == before
+    assert mounts_under(driver.home) == []
