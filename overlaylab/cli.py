@@ -4,18 +4,32 @@ from __future__ import annotations
 import click
 
 from . import __version__
+from .cliutil import run_main
 from .driver_cli import driver
+from .exitcodes import epilog
 from .lab_cli import COMMANDS as LAB_COMMANDS
 from .reports_cli import COMMANDS as REPORT_COMMANDS
 from .vagrant_cli import COMMANDS as VAGRANT_COMMANDS
 from .vm_cli import COMMANDS as VM_COMMANDS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The top-level group: one-line errors and the documented exit codes (:mod:`.cliutil`)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        run_main(self, args, prog_name, complete_var=complete_var, **extra)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]}, epilog=epilog())
 @click.version_option(__version__, prog_name="overlaylab")
 def main() -> None:
     """overlaylab: Docker 1.10.3's overlay graph driver in Python, and a lab that runs it on
-    many kernels and backing filesystems."""
+    many kernels and backing filesystems.
+
+    Errors are one line; OVERLAYLAB_DEBUG=1 adds the traceback of an unexpected one.
+    """
 
 
 main.add_command(driver)
