@@ -56,11 +56,15 @@ ROOT_WHY = ("the lab makes real filesystems: it needs root to set up loop device
             "mount them and overlay mounts on top (and to share / with qemu guests)")
 
 
-def require_root(command: str) -> None:
+DRIVER_ROOT_WHY = ("the driver mounts overlays, chowns layers to the mapped root ids and applies layers "
+                   "chrooted, as dockerd does")
+
+
+def require_root(command: str, why: str = ROOT_WHY) -> None:
     """Refuse up front, in one line, when not root (instead of a losetup error deep inside)."""
     if os.geteuid() != 0:
         raise click.UsageError("%s needs root (running as uid %d): %s; run it as root, e.g. with sudo"
-                               % (command, os.geteuid(), ROOT_WHY))
+                               % (command, os.geteuid(), why))
 
 
 def _debug() -> bool:

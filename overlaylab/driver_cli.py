@@ -35,7 +35,9 @@ class DriverContext:
     @property
     def driver(self):
         if self._driver is None:
+            from .cliutil import DRIVER_ROOT_WHY, require_root
             from .graphdriver import overlay
+            require_root("overlaylab driver", DRIVER_ROOT_WHY)
             # The daemon makes its root (the home's parent) before graphdriver.New; so do we.
             os.makedirs(os.path.dirname(self.home), 0o701, exist_ok=True)
             try:
@@ -53,7 +55,7 @@ def _fail(err: BaseException) -> "click.exceptions.Exit":
 def _run(fn):
     try:
         return fn()
-    except click.exceptions.Exit:
+    except (click.exceptions.Exit, click.ClickException):
         raise
     except (OSError, ValueError, RuntimeError, Exception) as err:  # one line, never a traceback
         raise _fail(err) from None
