@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -289,10 +290,14 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
 
 @click.command("list")
 @click.argument("what", type=HintedChoice(["kernels", "profiles", "scenarios"]))
-def list_cmd(what: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="A JSON list (profiles and scenarios as the run records them).")
+def list_cmd(what: str, as_json: bool) -> None:
     """List the kernel catalogue, the filesystem profiles or the scenario catalogue."""
     from tabulate import tabulate
-    if what == "profiles":
+    if as_json and what != "kernels":
+        items = load_profiles().values() if what == "profiles" else all_scenarios().values()
+        click.echo(json.dumps([item.to_dict() for item in items], indent=2, sort_keys=True))
+    elif what == "profiles":
         rows = [(p.name, p.kind, p.fstype, p.size_mib, p.description) for p in load_profiles().values()]
         click.echo(tabulate(rows, headers=["profile", "kind", "fstype", "MiB", "description"]))
     elif what == "scenarios":
@@ -300,19 +305,25 @@ def list_cmd(what: str) -> None:
         click.echo(tabulate(rows, headers=["scenario", "group", "description", "reference"]))
     else:
         from .vm_cli import kernels_list_cmd
-        kernels_list_cmd.callback()
+        kernels_list_cmd.callback(as_json=as_json)
 
 
 @click.command("show")
 @click.argument("run_ref", default="latest")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
-def show_cmd(run_ref: str, reports_dir: Optional[str]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The run's summary as JSON (what summary.json holds).")
+def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
     try:
         path = resolve_run_dir(run_ref, reports_dir)
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from None
     run = load_run(path)
+    if as_json:
+        from .reports import RunReport
+        from .reports.summary_json import render as render_summary
+        click.echo(render_summary(RunReport.from_run(run)), nl=False)
+        return
     click.echo(render_run(run))
     unmet = render_unmet(run)
     if unmet:
