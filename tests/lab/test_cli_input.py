@@ -232,10 +232,10 @@ def test_auto_provider_names_each_session_and_runner_records_it(tmp_path):
                 disks = {}
 
                 def run(self, command, timeout):
-                    if "probe-target" in command:
-                        return _Result(0, json.dumps({"record": "target", "facts": {}}))
                     import time
                     time.sleep(0.3)  # both targets are up at once
+                    if "probe-target" in command:
+                        return _Result(0, json.dumps({"record": "target", "facts": {}}))
                     return _Result(0, json.dumps({
                         "record": "cell", "profile": "tmpfs", "scenario": "driver-init", "group": "x",
                         "outcome": "PASS", "expected": "PASS", "met": True, "duration": 0.0, "error": "",
