@@ -153,7 +153,7 @@ def _progress_printer(total: int):
               show_default=True, help="auto: the host kernel locally, other kernels under qemu.")
 @click.option("-K", "--kernel", "kernels", multiple=True,
               help="Kernel catalogue entry (repeatable; `overlaylab list kernels`). Default: the host "
-                   "kernel plus every catalogue kernel (4 Debian kernels under qemu); with "
+                   "kernel plus every catalogue kernel (the Debian kernels, under qemu); with "
                    "--provider local, the host kernel alone.")
 @click.option("-B", "--box", "boxes", multiple=True,
               help="Vagrant box from vms/boxes.toml (repeatable; implies --provider vagrant).")
