@@ -317,7 +317,7 @@ def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
     try:
         path = resolve_run_dir(run_ref, reports_dir)
     except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.UsageError(str(err)) from None
     run = load_run(path)
     if as_json:
         from .reports import RunReport

@@ -89,6 +89,11 @@ def test_a_malformed_profiles_file_is_a_usage_error(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_show_of_a_run_that_does_not_exist_is_a_usage_error(tmp_path):
+    res = _cli(["show", "nosuchrun", "--reports-dir", str(tmp_path)], timeout=60)
+    assert res.returncode == 2 and _one_line(res.stderr).startswith("overlaylab show: error: ")
+
+
 def test_list_with_a_typo_suggests_the_choice():
     res = _cli(["list", "profile"], timeout=60)
     assert res.returncode == 2 and "(did you mean profiles?)" in _one_line(res.stderr)
