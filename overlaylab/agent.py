@@ -106,6 +106,10 @@ def _devices(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:  # say so once, not as a losetup/mount error per profile
+        emit({"record": "error", "error": "the lab agent needs root (running as uid %d): it sets up loop "
+                                          "devices, runs mkfs and mounts filesystems and overlays" % os.geteuid()})
+        return 2
     profiles = _load_profiles(args)
     unknown = [p for p in args.profile if p not in profiles]
     if unknown:

@@ -45,7 +45,9 @@ class DriverContext:
     @property
     def driver(self):
         if self._driver is None:
+            from .cliutil import DRIVER_ROOT_WHY, require_root
             from .graphdriver import overlay
+            require_root("overlaylab driver", DRIVER_ROOT_WHY)
             # The daemon makes its root (the home's parent) before graphdriver.New; so do we.
             os.makedirs(os.path.dirname(self.home), 0o701, exist_ok=True)
             try:
@@ -72,7 +74,7 @@ def _on_sigterm(signum, frame):
 def _run(fn):
     try:
         return fn()
-    except click.exceptions.Exit:
+    except (click.exceptions.Exit, click.ClickException):
         raise
     except KeyboardInterrupt as err:  # SIGINT or SIGTERM: the call has cleaned up on its way out
         term = isinstance(err, Terminated)

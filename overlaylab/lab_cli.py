@@ -1,6 +1,8 @@
 """``overlaylab run | list | show``: the lab's command line."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -8,8 +10,11 @@ from typing import Any, Dict, Optional, Sequence
 
 import click
 
-from .lab.profiles import default_profiles_path, load_profiles, profile_matcher, select_profiles
+from . import exitcodes
 from .cleanup import RUN_ENV
+from .cliutil import HintedChoice, did_you_mean, require_root
+from .lab.profiles import (ExpressionError, check_expression_words, default_profiles_path, load_profiles,
+                           profile_matcher, select_profiles)
 from .lab.results import RunStore, incomplete_note, load_run, resolve_run_dir
 from .lab.runner import Matrix, Runner
 from .lab.scenario import all_scenarios
@@ -22,17 +27,71 @@ def select_scenarios(patterns: Sequence[str]) -> Dict[str, Any]:
     exprs = [p for p in patterns if p and p.strip()]
     if not exprs:
         return catalogue
-    preds = [profile_matcher(e) for e in exprs]
+    preds = [profile_matcher(e, "scenario") for e in exprs]
     return {sid: sc for sid, sc in catalogue.items() if any(f(sc) for f in preds)}
 
 
+def check_expressions(option: str, exprs: Sequence[str], items: Dict[str, Any], what: str) -> None:
+    """Usage errors for ``-p``/``-k``: a malformed expression, or a word naming no profile or
+    scenario, in one line with the column of the bad token and the closest names."""
+    for expr in exprs:
+        if not expr or not expr.strip():
+            continue
+        try:
+            profile_matcher(expr, what)
+            check_expression_words(expr, items.values(), what)
+        except ExpressionError as err:
+            raise click.UsageError("%s %r: %s" % (option, expr, err.problem)) from None
+
+
+def check_kernels(provider: str, kernels: Sequence[str]) -> None:
+    """Usage errors for ``-K``: a name the catalogue does not have, or a VM kernel for the local
+    provider. (Vagrant takes any box name, so its names are left to Vagrant.)"""
+    if provider == "vagrant":
+        return
+    from .vm_cli import catalogue_kernels
+    known = catalogue_kernels()
+    for kernel in kernels:
+        if kernel not in known and kernel != "local":
+            raise click.UsageError("-K %s: no such kernel in vms/kernels.toml%s; have: %s"
+                                   % (kernel, did_you_mean(kernel, known), ", ".join(known)))
+        if provider == "local" and kernel not in ("host", "local"):
+            raise click.UsageError("-K %s: --provider local runs only the host kernel; "
+                                   "use --provider auto or qemu for catalogue kernels" % kernel)
+
+
+def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
+    """The exit code of a finished run (see :mod:`overlaylab.exitcodes`): 1 when a cell that
+    ran is not as expected (or, with a baseline, regressed), else 3 when the lab's own
+    infrastructure failed (ERROR cells, cells with no result), else 0."""
+    missing = len(rep.cells) < expected_cells
+    if comparison is not None:
+        regressions = comparison.regressions
+        if any(c.new is not None and c.new.outcome != "ERROR" for c in regressions):
+            return exitcodes.NOT_AS_EXPECTED
+        return exitcodes.INFRASTRUCTURE if regressions or missing else exitcodes.OK
+    failures = rep.gate_failures()
+    if any(c.outcome != "ERROR" for c in failures):
+        return exitcodes.NOT_AS_EXPECTED
+    return exitcodes.INFRASTRUCTURE if failures or missing else exitcodes.OK
+
+
 class AutoProvider:
-    """``--provider auto``: the host kernel locally, every other kernel under qemu."""
+    """``--provider auto``: the host kernel locally, every other kernel under qemu.
+
+    Targets run in parallel threads, so nothing here changes per call: the session that
+    :meth:`up` yields carries the name of the provider that made it (``session.provider``),
+    and :meth:`provider_for` says which one a kernel goes to (for a target that never came up).
+    """
 
     name = "auto"
 
     def __init__(self) -> None:
         self._providers: Dict[str, Any] = {}
+
+    @staticmethod
+    def provider_for(kernel: str) -> str:
+        return "local" if kernel in ("host", "local") else "qemu"
 
     def _get(self, name: str):
         if name not in self._providers:
@@ -40,10 +99,13 @@ class AutoProvider:
             self._providers[name] = get_provider_class(name)()
         return self._providers[name]
 
+    @contextlib.contextmanager
     def up(self, kernel: str, disks=(), keep: bool = False):
-        provider = self._get("local" if kernel in ("host", "local") else "qemu")
-        self.name = provider.name if hasattr(provider, "name") else "auto"
-        return provider.up(kernel, disks=disks, keep=keep)
+        name = self.provider_for(kernel)
+        with self._get(name).up(kernel, disks=disks, keep=keep) as session:
+            if not getattr(session, "provider", None):
+                session.provider = name
+            yield session
 
 
 def make_provider(name: str):
@@ -64,15 +126,18 @@ def _progress_printer(total: int, run_dir: Optional[str] = None, per_target: Opt
 
 
 @click.command("run")
-@click.option("--provider", type=click.Choice(["auto", "local", "qemu", "vagrant"]), default="auto",
+@click.option("--provider", type=HintedChoice(["auto", "local", "qemu", "vagrant"]), default="auto",
               show_default=True, help="auto: the host kernel locally, other kernels under qemu.")
-@click.option("-K", "--kernel", "kernels", multiple=True, help="Kernel catalogue entry (repeatable; default: host).")
+@click.option("-K", "--kernel", "kernels", multiple=True,
+              help="Kernel catalogue entry (repeatable; `overlaylab list kernels`). Default: the host "
+                   "kernel plus every catalogue kernel (the Debian kernels, under qemu); with "
+                   "--provider local, the host kernel alone.")
 @click.option("-B", "--box", "boxes", multiple=True,
               help="Vagrant box from vms/boxes.toml (repeatable; implies --provider vagrant).")
 @click.option("-p", "--profile", "profile_exprs", multiple=True,
               help="Filesystem profiles, a -k style expression (e.g. 'ext4 and not small').")
 @click.option("-k", "scenario_exprs", multiple=True, help="Scenarios, a -k style expression (e.g. 'diff or whiteout').")
-@click.option("-j", "--jobs", type=int, default=os.cpu_count() or 1, show_default=True,
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Targets run in parallel.")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
               help="Where runs/<run-id>/ goes (default ./reports, env OVERLAYLAB_REPORTS).")
@@ -90,8 +155,9 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     report.md, report.html, junit.xml and summary.json into the run directory.
 
     Exit status 0 when every cell met its expectation (a flaky cell that met it at least once
-    counts as met), 1 otherwise. With --baseline: 1 when a cell regressed against BASE (known
-    outcomes in BASE are fine), 0 otherwise.
+    counts as met); 1 when a cell is not as expected (with --baseline: regressed against BASE;
+    known outcomes in BASE are fine); 2 for a usage error (nothing is run or recorded); 3 when
+    the only problems are the lab's own (ERROR cells, cells with no result); 130 interrupted.
     """
     from .reports import RunReport, write_all
     from .reports.compare import BaselineError, compare, load_baseline, render_text
@@ -104,18 +170,27 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         except (BaselineError, OSError) as err:
             raise click.UsageError("--baseline: %s" % err)
     profiles_path = profiles_file or str(default_profiles_path())
-    all_profiles = load_profiles(profiles_path)
+    try:
+        all_profiles = load_profiles(profiles_path)
+    except (ValueError, OSError) as err:  # ProfileError, TOMLDecodeError, unreadable
+        raise click.UsageError("--profiles-file %s: %s" % (profiles_path, err)) from None
+    check_expressions("-p", profile_exprs, all_profiles, "profile")
+    check_expressions("-k", scenario_exprs, all_scenarios(), "scenario")
     profiles = select_profiles(all_profiles, list(profile_exprs) or None)
     scenarios = select_scenarios(scenario_exprs)
     if not profiles:
-        raise click.UsageError("no profile matches %s" % " / ".join(profile_exprs))
+        raise click.UsageError("-p %s: matches no profile (have: %s)" % (
+            " / ".join(repr(e) for e in profile_exprs), ", ".join(all_profiles)))
     if not scenarios:
-        raise click.UsageError("no scenario matches %s" % " / ".join(scenario_exprs))
+        raise click.UsageError("-k %s: matches no scenario (`overlaylab list scenarios`)" %
+                               " / ".join(repr(e) for e in scenario_exprs))
     if boxes:
         if provider not in ("auto", "vagrant"):
             raise click.UsageError("--box goes with --provider vagrant")
         provider = "vagrant"
         kernels = list(kernels) + list(boxes)
+    check_kernels(provider, kernels)
+    require_root("overlaylab run")
     if kernels:
         kernel_list = list(kernels)
     elif provider == "local":
@@ -146,8 +221,9 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
             raise
     from .procutil import become_subreaper
     become_subreaper()
+    # Every agent gets the profiles' text, so --profiles-file holds on every provider.
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
-                    profiles_text=profiles_text if provider == "vagrant" else None, repeat=repeat)
+                    profiles_text=profiles_text, repeat=repeat)
     status = "finished"
     # SIGTERM is turned into KeyboardInterrupt so every context manager tears its target down.
     old_term = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -192,16 +268,10 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     click.echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
     if status != "finished":
         click.echo(incomplete_note(run) or status, err=True)
-    if status != "finished":
-        raise click.exceptions.Exit(130)
-    if len(rep.cells) < matrix.cell_count:
-        raise click.exceptions.Exit(1)
-    if comparison is not None:
-        if comparison.regressions:
-            raise click.exceptions.Exit(1)
-        return
-    if rep.gate_failures():
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(exitcodes.INTERRUPTED)
+    code = exit_status(rep, matrix.cell_count, comparison)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 #: what a run needs free in its reports directory: run.json, results and reports per cell
@@ -259,11 +329,15 @@ def _report_disk_full(store: RunStore) -> None:
 
 
 @click.command("list")
-@click.argument("what", type=click.Choice(["kernels", "profiles", "scenarios"]))
-def list_cmd(what: str) -> None:
+@click.argument("what", type=HintedChoice(["kernels", "profiles", "scenarios"]))
+@click.option("--json", "as_json", is_flag=True, help="A JSON list (profiles and scenarios as the run records them).")
+def list_cmd(what: str, as_json: bool) -> None:
     """List the kernel catalogue, the filesystem profiles or the scenario catalogue."""
     from tabulate import tabulate
-    if what == "profiles":
+    if as_json and what != "kernels":
+        items = load_profiles().values() if what == "profiles" else all_scenarios().values()
+        click.echo(json.dumps([item.to_dict() for item in items], indent=2, sort_keys=True))
+    elif what == "profiles":
         rows = [(p.name, p.kind, p.fstype, p.size_mib, p.description) for p in load_profiles().values()]
         click.echo(tabulate(rows, headers=["profile", "kind", "fstype", "MiB", "description"]))
     elif what == "scenarios":
@@ -271,16 +345,22 @@ def list_cmd(what: str) -> None:
         click.echo(tabulate(rows, headers=["scenario", "group", "description", "reference"]))
     else:
         from .vm_cli import kernels_list_cmd
-        kernels_list_cmd.callback()
+        kernels_list_cmd.callback(as_json=as_json)
 
 
 @click.command("show")
 @click.argument("run_ref", default="latest")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
-def show_cmd(run_ref: str, reports_dir: Optional[str]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The run's summary as JSON (what summary.json holds).")
+def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
     from .reports_cli import _run_path, load_run_checked
     run = load_run_checked(_run_path(run_ref, reports_dir), warn=False)  # exit 2 naming a broken file
+    if as_json:
+        from .reports import RunReport
+        from .reports.summary_json import render as render_summary
+        click.echo(render_summary(RunReport.from_run(run)), nl=False)
+        return
     click.echo(render_run(run))
     unmet = render_unmet(run)
     if unmet:

@@ -124,13 +124,27 @@ def compare_cmd(base: str, new: str, reports_dir: Optional[str], fmt: str, show_
               help="Show how this cell's outcome moved across runs (* and ? glob in any part).")
 @click.option("--reindex", is_flag=True, help="Rebuild the index from every run directory first.")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
-def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str]) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: {runs, moving} (the index's rows), or with --cell {cell, history}.")
+def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str], as_json: bool) -> None:
     """Runs indexed under the reports directory (reports/index.sqlite), or one cell's history."""
     from .reports import history
     reports = reports_dir or default_reports_dir()
+    if not os.path.isdir(reports):
+        raise click.UsageError("no reports directory %s (runs go there; --reports-dir or OVERLAYLAB_REPORTS "
+                               "names another)" % reports)
     if reindex:
         n = history.reindex(reports, warn=lambda text: click.echo("warning: " + text, err=True))
         click.echo("indexed %d runs into %s" % (n, history.index_path(reports)), err=True)
+    if as_json:
+        if cell:
+            data = {"cell": cell, "history": history.cell_history(reports, cell)}
+        else:
+            data = {"runs": history.list_runs(reports),
+                    "moving": [{"cell": c, "runs": n, "outcomes": (o or "").split(",")}
+                               for c, n, o in history.moving_cells(reports)]}
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
     if cell:
         click.echo(history.render_cell_history(history.cell_history(reports, cell)))
     else:

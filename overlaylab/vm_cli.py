@@ -62,19 +62,28 @@ def kernels_fetch_cmd(names: Sequence[str], refresh: bool) -> None:
 
 
 @kernels_group.command("list")
-def kernels_list_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: name, kind, suite, description, cached.")
+def kernels_list_cmd(as_json: bool = False) -> None:
     """The catalogue, with what is in the cache (nothing is downloaded)."""
     from tabulate import tabulate
 
     from .kernels.cache import kernels_dir, read_json
     from .kernels.catalogue import load_catalogue
     index = (read_json(kernels_dir() / "index.json", {}) or {}).get("entries", {})
-    rows = []
+    rows, items = [], []
     for entry in load_catalogue().values():
         cached = index.get(entry.name, {})
         state = "%s (%s)" % (cached["release"], cached.get("version", "")) if cached else (
             "running: %s" % os.uname().release if entry.kind == "host" else "not fetched")
         rows.append((entry.name, entry.kind, entry.suite or "", entry.description, state))
+        items.append({"name": entry.name, "kind": entry.kind, "suite": entry.suite or None,
+                      "description": entry.description, "cached": bool(cached) or entry.kind == "host",
+                      "release": cached.get("release") or (os.uname().release if entry.kind == "host" else None),
+                      "version": cached.get("version")})
+    if as_json:
+        import json
+        click.echo(json.dumps(items, indent=2, sort_keys=True))
+        return
     click.echo(tabulate(rows, headers=["kernel", "kind", "suite", "description", "cached"]))
 
 

@@ -171,21 +171,30 @@ def load_profiles(path: Optional[Union[str, "os.PathLike[str]"]] = None) -> Dict
 
 # --- selection: a small pytest "-k" language ----------------------------------------------
 
-_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
+_TOKEN = re.compile(r"\(|\)|[^\s()]+")
+_OPERATORS = ("and", "or", "not", "(", ")")
 
 
-def _tokenize(expr: str) -> List[str]:
-    tokens, pos = [], 0
-    expr = expr.strip()
-    while pos < len(expr):
-        m = _TOKEN.match(expr, pos)
-        if not m:
-            break
-        tokens.append(m.group(1))
-        pos = m.end()
-        while pos < len(expr) and expr[pos].isspace():
-            pos += 1
-    return tokens
+class ExpressionError(ValueError):
+    """A malformed ``-p``/``-k`` expression (or one naming nothing): says what and at which column.
+
+    ``column`` is 1-based; the end of the expression is ``len(expr) + 1``. ``str()`` is one line:
+    ``profile expression 'ext4 and': unexpected end at column 9: expected a word, 'not' or '('``.
+    """
+
+    def __init__(self, expr: str, column: int, problem: str, what: str = "profile"):
+        self.expr, self.column, self.problem, self.what = expr, column, problem, what
+        super().__init__("%s expression %r: %s" % (what, expr, problem))
+
+
+def _tokenize(expr: str) -> List[Tuple[str, int]]:
+    """``(token, column)`` pairs; columns are 1-based positions in ``expr`` as given."""
+    return [(m.group(0), m.start() + 1) for m in _TOKEN.finditer(expr)]
+
+
+def expression_words(expr: str) -> List[Tuple[str, int]]:
+    """The words (not operators) of an expression, with their columns."""
+    return [(tok, col) for tok, col in _tokenize(expr) if tok not in _OPERATORS]
 
 
 def _word_matches(word: str, profile: FsProfile) -> bool:
@@ -201,18 +210,26 @@ def _word_matches(word: str, profile: FsProfile) -> bool:
 class _Parser:
     """``expr := and ('or' and)*; and := not ('and' not)*; not := 'not' not | '(' expr ')' | word``."""
 
-    def __init__(self, expr: str):
+    def __init__(self, expr: str, what: str = "profile"):
         self.expr = expr
+        self.what = what
         self.tokens = _tokenize(expr)
         self.i = 0
 
+    def _error(self, column: int, problem: str) -> ExpressionError:
+        return ExpressionError(self.expr, column, problem, self.what)
+
     def _peek(self) -> Optional[str]:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
+        return self.tokens[self.i][0] if self.i < len(self.tokens) else None
+
+    def _column(self) -> int:
+        return self.tokens[self.i][1] if self.i < len(self.tokens) else len(self.expr) + 1
 
     def _take(self) -> str:
         tok = self._peek()
         if tok is None:
-            raise ValueError("profile expression %r: unexpected end" % self.expr)
+            raise self._error(self._column(), "unexpected end at column %d: expected a word, 'not' or '('"
+                              % self._column())
         self.i += 1
         return tok
 
@@ -221,7 +238,9 @@ class _Parser:
             return lambda p: True
         fn = self._or()
         if self._peek() is not None:
-            raise ValueError("profile expression %r: unexpected %r" % (self.expr, self._peek()))
+            tok, col = self.tokens[self.i]
+            hint = "" if tok in _OPERATORS else " (join words with 'and' or 'or')"
+            raise self._error(col, "unexpected %r at column %d%s" % (tok, col, hint))
         return fn
 
     def _or(self):
@@ -239,29 +258,54 @@ class _Parser:
         return parts[0] if len(parts) == 1 else (lambda p, parts=parts: all(f(p) for f in parts))
 
     def _not(self):
+        col = self._column()
         tok = self._take()
         if tok == "not":
             inner = self._not()
             return lambda p: not inner(p)
         if tok == "(":
             inner = self._or()
-            if self._take() != ")":
-                raise ValueError("profile expression %r: missing ')'" % self.expr)
+            if self._peek() != ")":
+                raise self._error(self._column(), "missing ')' at column %d for the '(' at column %d"
+                                  % (self._column(), col))
+            self._take()
             return inner
         if tok in ("and", "or", ")"):
-            raise ValueError("profile expression %r: unexpected %r" % (self.expr, tok))
+            raise self._error(col, "unexpected %r at column %d: expected a word, 'not' or '('" % (tok, col))
         return lambda p, w=tok: _word_matches(w, p)
 
 
-def profile_matcher(expr: str):
-    """Compile a ``-k``-style expression into a predicate over :class:`FsProfile`.
+def profile_matcher(expr: str, what: str = "profile"):
+    """Compile a ``-k``-style expression into a predicate over :class:`FsProfile` (or anything
+    with ``name`` and ``keywords()``, such as a scenario: ``what`` names it in errors).
 
     Words match case-insensitively as a substring of the name or exactly one of the
     profile's keywords (kind, fstype, tags); ``=name`` matches one name exactly and a word
     with ``*?[`` is a glob over the name. ``not``, ``and``, ``or`` and parentheses combine
-    them with pytest's precedence.
+    them with pytest's precedence. A malformed expression raises :class:`ExpressionError`.
     """
-    return _Parser(expr).parse()
+    return _Parser(expr, what).parse()
+
+
+def check_expression_words(expr: str, items: Iterable[Any], what: str = "profile") -> None:
+    """Raise :class:`ExpressionError` for the first word of ``expr`` that matches none of
+    ``items`` (a typo: ``=ext5``, ``xfz``), with the closest names and keywords as a hint."""
+    from ..cliutil import close_matches
+    items = list(items)
+    for word, col in expression_words(expr):
+        if any(_word_matches(word, item) for item in items):
+            continue
+        vocabulary: List[str] = []
+        for item in items:
+            for k in [item.name] + list(item.keywords()):
+                if k not in vocabulary:
+                    vocabulary.append(k)
+        bare = word.lstrip("=").lower()
+        close = close_matches(bare, vocabulary)
+        if word.startswith("="):
+            close = ["=" + c for c in close]
+        hint = " (did you mean %s?)" % " or ".join(close) if close else ""
+        raise ExpressionError(expr, col, "%r at column %d matches no %s%s" % (word, col, what, hint), what)
 
 
 def select_profiles(profiles: Mapping[str, FsProfile],

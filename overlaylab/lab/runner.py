@@ -201,13 +201,24 @@ class Runner:
     def _append(self, record: Dict[str, Any]) -> None:
         self.store.append(record)  # thread-safe: parallel targets share the store
 
+    def _provider_name(self, kernel: str, session: Any = None) -> str:
+        """The provider that ran (or was to run) ``kernel``: the session's own name first (a
+        provider shared by parallel targets, like ``auto``, must not be asked per call)."""
+        name = getattr(session, "provider", None)
+        if name:
+            return name
+        provider_for = getattr(self.provider, "provider_for", None)
+        if provider_for is not None:
+            return provider_for(kernel)
+        return getattr(self.provider, "name", "?")
+
     def _agent_command(self, session: Any, args: Sequence[str]) -> str:
         if hasattr(session, "agent_command"):
             return session.agent_command(args)
         return "python3 -m overlaylab.agent " + " ".join(shlex.quote(a) for a in args)
 
     def _record_target(self, kernel: str, session: Any, started: float) -> None:
-        info = {"record": "target", "target": kernel, "provider": getattr(self.provider, "name", "?"),
+        info = {"record": "target", "target": kernel, "provider": self._provider_name(kernel, session),
                 "kernel_release": getattr(session, "kernel_release", ""),
                 "accel": getattr(session, "accel", None),
                 "boot_seconds": round(getattr(session, "boot_seconds", 0.0) or 0.0, 3),
@@ -251,7 +262,7 @@ class Runner:
         junk: List[str] = []
         state = {"problem": None, "started": time.monotonic()}
         extra = {"target": kernel, "kernel_release": getattr(session, "kernel_release", ""),
-                 "provider": getattr(self.provider, "name", "?")}
+                 "provider": self._provider_name(kernel, session)}
         if self.repeat > 1:
             extra["attempt"] = attempt
 
@@ -321,7 +332,7 @@ class Runner:
                 evidence["cleanup"] = cleaned
             for profile_name, sid in missing:
                 cell = self._error_cell(kernel, profile_name, sid, problem or "no result from the agent", evidence)
-                cell.update(extra)
+                cell.update(extra)  # with the session's provider
                 self._append(cell)
                 self.progress("cell", cell)
         if rerun:
@@ -359,7 +370,7 @@ class Runner:
     def _error_cell(self, kernel: str, profile: str, sid: str, error: str, evidence: Dict[str, Any]) -> Dict[str, Any]:
         sc = self.matrix.scenarios[sid]
         return {"record": "cell", "target": kernel, "profile": profile, "scenario": sid, "group": sc.group,
-                "provider": getattr(self.provider, "name", "?"), "outcome": "ERROR", "expected": "PASS",
+                "provider": self._provider_name(kernel), "outcome": "ERROR", "expected": "PASS",
                 "expected_why": "", "met": False, "duration": 0.0, "error": error, "log": [],
                 "evidence": evidence}
 
@@ -370,7 +381,7 @@ class Runner:
             value = getattr(err, attr, None)
             if value:
                 evidence[attr] = value
-        self._append({"record": "target", "target": kernel, "provider": getattr(self.provider, "name", "?"),
+        self._append({"record": "target", "target": kernel, "provider": self._provider_name(kernel),
                       "error": str(err), "evidence": evidence})
         for profile in self.matrix.profiles:
             for sid in self.matrix.scenarios_for(kernel):

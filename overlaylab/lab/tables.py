@@ -72,11 +72,26 @@ def render_run(run: Run, tablefmt: str = "simple") -> str:
     return "\n".join(out)
 
 
+def clip(text: str, width: int = 160) -> str:
+    """One line of at most about ``width`` characters that keeps what explains an error: the
+    first line, and if that is too long its head and its *tail* (where tools put the reason:
+    ``losetup: /tmp/.../ext4.img: failed to set up loop device: Permission denied``)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[0] + (" (+%d lines)" % (len(lines) - 1) if len(lines) > 1 else "")
+    if len(line) <= width:
+        return line
+    head = width // 3
+    tail = width - head - 3
+    return line[:head].rstrip() + " … " + line[-tail:].lstrip()
+
+
 def render_unmet(run: Run, limit: int = 30) -> str:
     rows = []
     for c in run.unmet()[:limit]:
         rows.append([c["target"], c["profile"], c["scenario"], c["outcome"], c.get("expected", "?"),
-                     (c.get("error") or "")[:100]])
+                     clip(c.get("error") or "")])
     if not rows:
         return ""
     more = len(run.unmet()) - limit

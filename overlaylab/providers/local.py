@@ -31,6 +31,7 @@ class LocalSession:
     console_log: Optional[str] = None
     agent_python: str = sys.executable
     agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
+    provider: str = "local"  # who ran it: what the runner records (the "auto" provider is shared)
 
     def run(self, command: str, timeout: float = 300.0):
         return run_with_timeout(self.host, command, timeout)
