@@ -10,10 +10,8 @@ import click
 from .lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir
 
 
-class BadInput(click.ClickException):
-    """A usage error in one line (``Error: ...``), exit status 2."""
-
-    exit_code = 2
+class BadInput(click.UsageError):
+    """A usage error in one line (``overlaylab CMD: error: ...``), exit status 2."""
 
     def __init__(self, message: str) -> None:
         # one line, whatever the cause's text holds: the CLI's error guard escapes control

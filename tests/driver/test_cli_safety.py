@@ -236,10 +236,10 @@ def test_sigterm_mid_native_apply_removes_tmproot_and_keeps_the_layer(backing_fs
 
 
 def test_lab_cli_error_lines_escape_terminal_sequences(tmp_path):
-    """The other CLIs' ``Error: …`` lines too (here ``compare`` echoing a name it was given)."""
+    """The other CLIs' ``overlaylab: error: …`` lines too (here ``compare`` echoing a name it was given)."""
     res = subprocess.run([sys.executable, "-m", "overlaylab", "compare", "--reports-dir", str(tmp_path),
                           str(tmp_path / "run\nError: fake\x1b]0;owned\x07")], capture_output=True, timeout=120)
     assert res.returncode != 0
     assert b"\x1b" not in res.stderr and b"\x07" not in res.stderr, res.stderr
     assert b"run\\nError: fake\\x1b]0;owned\\a" in res.stderr, res.stderr
-    assert res.stderr.startswith(b"Error: ") and res.stderr.count(b"\n") == 1  # one line
+    assert res.stderr.startswith(b"overlaylab compare: error: ") and res.stderr.count(b"\n") == 1  # one line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import shlex
 import sys
@@ -57,7 +58,7 @@ def assert_usage_error(res, *words):
     """Exit 2, nothing on stdout, one line on stderr that says what is wrong, no traceback."""
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    assert len(lines) == 1 and re.match(r"overlaylab [a-z]+: error: ", lines[0]), res.stderr
     assert "Traceback" not in res.stderr and res.stdout == "", (res.stdout, res.stderr)
     for w in words:
         assert w in lines[0], (w, lines[0])
