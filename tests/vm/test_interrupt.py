@@ -31,6 +31,15 @@ def _qemus_under(path):
     return out
 
 
+def _kill_everything(proc, tmp):
+    """Whatever the test's outcome: the runner's process group and any qemu under ``tmp``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _qemus_under(str(tmp)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_to_the_runner_alone_stops_a_qemu_run(kernel_61, tmp_path, sig):
     tmp = tmp_path / "tmp"
@@ -59,11 +68,7 @@ def test_a_stop_signal_to_the_runner_alone_stops_a_qemu_run(kernel_61, tmp_path,
         stopped_in = time.monotonic() - signalled
         out, err = proc.communicate(timeout=60)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in _qemus_under(str(tmp)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_everything(proc, tmp)
     assert proc.returncode == 130, out + err
     assert seen_after == set(), "a VM booted after the stop signal"
     assert stopped_in < 60, "took %.0f s to stop" % stopped_in
@@ -105,8 +110,4 @@ def test_after_the_runner_is_killed_cleanup_removes_the_vm_and_show_says_interru
                                capture_output=True, text=True, env=env, timeout=120)
         assert "interrupted: incomplete: 0 of 1 cells" in shown.stdout, shown.stdout + shown.stderr
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in _qemus_under(str(tmp)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_everything(proc, tmp)
