@@ -1,4 +1,4 @@
-"""User-namespace id maps and owner-aware mkdir, after moby's ``pkg/idtools`` (spec §6.1)."""
+"""User-namespace id maps and owner-aware mkdir, after moby v1.10.3 ``pkg/idtools`` (docs/reference-behaviour.md#idtools)."""
 from __future__ import annotations
 
 import os

@@ -1,10 +1,10 @@
 """The tar-layer package: a port of Docker v1.10.3's ``pkg/archive`` and
-``pkg/chrootarchive`` as the overlay graph driver uses them (spec §4).
+``pkg/chrootarchive`` as the overlay graph driver uses them (moby v1.10.3; docs/reference-behaviour.md#the-tar-layer).
 
-- :func:`changes_dirs`, :func:`changes_size`, :func:`aufs_changes` — what changed (§4.1, §4.2, §4.7)
-- :func:`export_changes`, :func:`tar_tree`, :func:`add_tar_file` — producing tars (§4.3, §4.4)
-- :func:`unpack_layer`, :func:`apply_layer_in_process` — applying a layer in-process (§4.5)
-- :func:`apply_uncompressed_layer` — applying a layer in a chrooted child (§4.6)
+- :func:`changes_dirs`, :func:`changes_size`, :func:`aufs_changes` — what changed (``changes.go``)
+- :func:`export_changes`, :func:`tar_tree`, :func:`add_tar_file` — producing tars (``changes.go``, ``archive.go``)
+- :func:`unpack_layer`, :func:`apply_layer_in_process` — applying a layer in-process (``diff.go``)
+- :func:`apply_uncompressed_layer` — applying a layer in a chrooted child (``pkg/chrootarchive``)
 
 The names are loaded on first use (PEP 562): the chrooted apply helper
 (``overlaylab.archive.applylayer``) starts once per ApplyDiff and must not pay for the

@@ -1,5 +1,5 @@
 """The chrooted apply helper: ``python -m overlaylab.archive.applylayer <dest>`` is this
-project's ``docker-applyLayer`` re-exec (spec §4.6).
+project's ``docker-applyLayer`` re-exec (moby v1.10.3 ``pkg/chrootarchive/diff_unix.go``).
 
 Protocol: options as JSON in ``$OPT``, the layer tar on stdin; on success
 ``{"layerSize":N}`` and a newline on stdout, stdin drained, exit 0; on failure the error text

@@ -1,5 +1,6 @@
-"""Filesystem changes between two trees: ``ChangesDirs`` (spec §4.1), ``ChangesSize``
-(§4.2) and the aufs-style ``Changes(layers, rw)`` (§4.7, not used by overlay).
+"""Filesystem changes between two trees: ``ChangesDirs``, ``ChangesSize`` and the aufs-style
+``Changes(layers, rw)`` (not used by overlay), after moby v1.10.3 ``pkg/archive/changes.go``
+(docs/reference-behaviour.md#naivediff).
 
 Quirks kept on purpose (they decide what ``docker diff``/``commit`` see):
 
@@ -78,7 +79,7 @@ class _Node:
         self.added = False
 
     def is_dir(self) -> bool:
-        # A bit test, so block devices and sockets count as directories (§4.1).
+        # A bit test, so block devices and sockets count as directories (``statDifferent``).
         return self.st is None or (self.st.st_mode & stat.S_IFDIR) != 0
 
 
@@ -302,7 +303,7 @@ def changes_dirs(new_dir: str, old_dir: str) -> List[Change]:
 def changes_size(new_dir: str, changes: Sequence[Change]) -> int:
     """``ChangesSize``: bytes of the added/modified non-directories, a hard-linked inode
     (``st_nlink > 1``, keyed by ``st_ino`` only) counted once; unstat-able paths are logged
-    and skipped (§4.2)."""
+    and skipped (as upstream)."""
     size = 0
     seen = set()
     for change in changes:
@@ -330,7 +331,7 @@ def _same_fs_time(a_ns: int, b_ns: int) -> bool:
 
 
 def aufs_changes(layers: Sequence[str], rw: str) -> List[Change]:
-    """``Changes(layers, rw)``: the aufs-style walk of a read-write layer (§4.7)."""
+    """``Changes(layers, rw)``: the aufs-style walk of a read-write layer (``pkg/archive/changes.go`` ``Changes``)."""
     changes: List[Change] = []
     changed_dirs = set()
     try:

@@ -1,8 +1,8 @@
 """``chrootarchive.ApplyUncompressedLayer``: apply a layer in a chrooted child process
-(spec §4.6).
+(moby v1.10.3 ``pkg/chrootarchive/diff_unix.go``; docs/reference-behaviour.md#the-tar-layer).
 
 By default the child is a ``fork()`` of this process that chroots and runs the same code as
-the re-exec'd helper (spec §7 names this way): in a TCG guest reading Python over 9p an
+the re-exec'd helper: in a TCG guest reading Python over 9p an
 interpreter start-up costs seconds per layer, a fork milliseconds. The protocol and every
 error text are the same. ``OVERLAYLAB_APPLY_REEXEC=1`` selects the re-exec instead.
 

@@ -1,4 +1,4 @@
-"""Errors of the tar-layer package (spec §4.5).
+"""Errors of the tar-layer package (moby v1.10.3 ``pkg/archive``; docs/reference-behaviour.md#error-classes).
 
 Filesystem failures keep their Go texts as ``goerrors.PathError``/``LinkError``/``SyscallError``
 (``OSError`` subclasses); everything about the archive itself is an :class:`ArchiveError`.

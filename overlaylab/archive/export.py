@@ -1,5 +1,5 @@
 """Producing layer tars: ``addTarFile``, ``ExportChanges`` and the full-tree ``Tar``
-(spec §4.3, §4.4).
+(moby v1.10.3 ``pkg/archive/changes.go``, ``archive.go``; docs/reference-behaviour.md#the-tar-layer).
 
 Both streams are written by a background thread into an ``os.pipe`` and returned as a
 binary readable file object, so arbitrarily large trees stream with bounded memory. Closing
@@ -75,7 +75,7 @@ def add_tar_file(
     uid_maps: IDMaps = None,
     gid_maps: IDMaps = None,
 ) -> None:
-    """``tarAppender.addTarFile`` (§4.4): one entry for ``path`` named ``name``.
+    """``tarAppender.addTarFile`` (``pkg/archive/archive.go``): one entry for ``path`` named ``name``.
 
     ``inode_map`` (``st_ino`` -> first name) turns later names of a hard-linked inode into
     ``TypeLink`` entries. Raises on any failure before anything was written for the entry.
@@ -264,7 +264,7 @@ def export_changes(
     uid_maps: IDMaps = None,
     gid_maps: IDMaps = None,
 ) -> TarStream:
-    """``ExportChanges`` (§4.3): a tar of ``changes`` taken from ``dir``, sorted by path;
+    """``ExportChanges`` (``pkg/archive/changes.go``; docs/reference-behaviour.md#whiteouts): a tar of ``changes`` taken from ``dir``, sorted by path;
     deletes become ``.wh.`` entries (mode 0, size 0, type ``\\0``, times now). Per-entry
     failures are logged at debug level and the entry is skipped, as in the reference, except
     where the entry could not be reached at all (out of descriptors or memory): then the
@@ -354,7 +354,7 @@ def tar_tree(
     uid_maps: IDMaps = None,
     gid_maps: IDMaps = None,
 ) -> TarStream:
-    """``Tar(dir, Uncompressed)`` (§4.4): every entry below ``dir`` in sorted walk order,
+    """``Tar(dir, Uncompressed)`` (``pkg/archive/archive.go``): every entry below ``dir`` in sorted walk order,
     relative names, directories with a trailing ``/``, the root itself skipped."""
 
     def produce(writer: TarWriter, stop: threading.Event) -> None:

@@ -1,6 +1,6 @@
 """Filesystem calls with the semantics (and error texts) of the Go functions the reference
-uses: ``os.RemoveAll``, ``system.Chtimes``/``LUtimesNano``/``Lgetxattr`` (spec §6.3),
-``ioutil.TempDir``, plus the scoped path resolution that stands in for the chroot (§4.6).
+uses: ``os.RemoveAll``, ``system.Chtimes``/``LUtimesNano``/``Lgetxattr`` (moby v1.10.3 ``pkg/system``),
+``ioutil.TempDir``, plus the scoped path resolution that stands in for the chroot (docs/reference-behaviour.md#the-tar-layer).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 from ..goerrors import PathError, SyscallError
 from . import fdwalk
 
-#: ``system.Chtimes`` replaces times outside [epoch, 2^63-1 ns] by the epoch (§6.3).
+#: ``system.Chtimes`` replaces times outside [epoch, 2^63-1 ns] by the epoch (moby v1.10.3 ``pkg/system/chtimes.go``).
 MAX_CHTIMES_NS = (1 << 63) - 1
 
 #: glibc's ``MAXSYMLINKS``-style bound used by Docker's ``FollowSymlinkInScope``.
@@ -193,7 +193,7 @@ def lgetxattr(path: str, name: str) -> Optional[bytes]:
 
 
 def capability(path: str) -> Optional[bytes]:
-    """The ``security.capability`` xattr of ``path``; any error counts as absent (§4.1, §4.4)."""
+    """The ``security.capability`` xattr of ``path``; any error counts as absent (as in ``collectFileInfoForChanges`` and ``addTarFile``)."""
     try:
         return os.getxattr(path, "security.capability", follow_symlinks=False)
     except OSError:

@@ -1,4 +1,4 @@
-"""Go's ``path/filepath`` string functions on Unix (spec §7).
+"""Go's ``path/filepath`` string functions on Unix (https://pkg.go.dev/path/filepath, Go 1.5).
 
 ``os.path.normpath`` keeps a leading ``//`` and treats nothing else differently in a way that
 matters here, but ``os.path.join`` restarts at an absolute component while Go's ``Join`` does

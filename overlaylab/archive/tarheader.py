@@ -1,4 +1,4 @@
-"""Tar headers and a streaming tar writer with Go 1.5 ``archive/tar`` encoding (spec §4.4).
+"""Tar headers and a streaming tar writer with Go 1.5 ``archive/tar`` encoding (docs/reference-behaviour.md#the-tar-layer).
 
 Python's ``tarfile`` strips the file-type bits out of the mode field and writes GNU or PAX
 layouts, while the reference (Go 1.5) writes USTAR headers whose mode field carries the type

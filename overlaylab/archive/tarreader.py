@@ -1,4 +1,4 @@
-"""A streaming tar reader with Go 1.5 ``archive/tar`` semantics (spec §4.5).
+"""A streaming tar reader with Go 1.5 ``archive/tar`` semantics (https://github.com/golang/go/tree/go1.5.3/src/archive/tar).
 
 What the reference's reader does and Python's ``tarfile`` does not (or differently):
 

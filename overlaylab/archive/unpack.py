@@ -1,5 +1,5 @@
 """Applying a layer tar to a directory: ``archive.UnpackLayer`` and ``createTarFile``
-(spec §4.5, §4.5.1), plus the in-process ``ApplyUncompressedLayer`` (§4.6).
+(moby v1.10.3 ``pkg/archive/diff.go``, ``archive.go``), plus the in-process ``ApplyUncompressedLayer``.
 
 The reference relies on the chroot of its apply helper for safety; run in-process it can be
 made to write outside the destination (``..`` names create parents before the breakout
@@ -53,7 +53,7 @@ _MAX_CHTIMES_NS = gofs.MAX_CHTIMES_NS
 
 @dataclass
 class TarOptions:
-    """The ``TarOptions`` fields UnpackLayer uses; JSON uses the Go field names (§4.0)."""
+    """The ``TarOptions`` fields UnpackLayer uses; JSON uses the Go field names (``archive.TarOptions``)."""
 
     uid_maps: Optional[List[IDMap]] = None
     gid_maps: Optional[List[IDMap]] = None
@@ -111,7 +111,7 @@ def _lstat(path: str) -> Optional[os.stat_result]:
 
 
 def mkdev(major: int, minor: int) -> int:
-    """``system.Mkdev``: the old 32-bit encoding, ``(minor & 0xfff00) << 12 | ...`` (§6.3)."""
+    """``system.Mkdev``: the old 32-bit encoding, ``(minor & 0xfff00) << 12 | ...`` (``pkg/system/mknod.go``)."""
     return ((minor & 0xFFF00) << 12) | ((major & 0xFFF) << 8) | (minor & 0xFF)
 
 
@@ -639,14 +639,14 @@ class _Unpacker:
 
 def unpack_layer(dest: str, stream, options: Optional[TarOptions] = None, display_root: str = "") -> int:
     """``archive.UnpackLayer``: apply the layer tar read from ``stream`` to ``dest`` and return
-    the sum of the entries' sizes (§4.5). Raises :class:`ArchiveError` (incl.
+    the sum of the entries' sizes (docs/reference-behaviour.md#the-tar-layer). Raises :class:`ArchiveError` (incl.
     :class:`BreakoutError`) or an ``OSError`` subclass carrying the Go error text.
     ``display_root`` is the layer's path for the texts when ``dest`` is a chroot's ``/``."""
     return _Unpacker(dest, options, display_root).run(stream)
 
 
 def apply_layer_in_process(dest: str, stream, options: Optional[TarOptions] = None) -> int:
-    """``archive.ApplyUncompressedLayer`` (§4.6): umask 0 while unpacking, restored after.
+    """``archive.ApplyUncompressedLayer`` (``pkg/archive/diff.go``): umask 0 while unpacking, restored after.
 
     The umask is process-wide: other threads creating files meanwhile get umask 0 too.
     """
@@ -677,7 +677,7 @@ class XattrError(SyscallError):
 
 
 def _set_xattrs(path: str, xattrs, display: str = "") -> None:
-    """Every ``SCHILY.xattr.*`` of the header, in name order; any failure is fatal (§4.5.1)."""
+    """Every ``SCHILY.xattr.*`` of the header, in name order; any failure is fatal (``createTarFile``)."""
     for key in sorted(xattrs or ()):
         value = xattrs[key]
         try:

@@ -1,4 +1,4 @@
-"""aufs whiteout names, as written into and read from layer tars (spec §4.0, ``whiteouts.go``)."""
+"""aufs whiteout names, as written into and read from layer tars (moby v1.10.3 ``pkg/archive/whiteouts.go``; docs/reference-behaviour.md#whiteouts)."""
 from __future__ import annotations
 
 #: A file ``.wh.<name>`` in a layer deletes ``<name>`` of the layers below.

@@ -1,4 +1,5 @@
-"""The graph-driver framework: a registry of drivers by name and driver selection (spec §1).
+"""The graph-driver framework: a registry of drivers by name and driver selection (moby v1.10.3
+``daemon/graphdriver/driver.go``; docs/reference-behaviour.md#driver-selection).
 
 Drivers register an init function at import time; ``get_driver`` initialises one by name with
 ``home = root/<name>``; ``new`` picks a driver for a root the way the daemon does (a provided
@@ -88,7 +89,7 @@ def _scan_prior_drivers(root: str) -> List[str]:
 
 def new(root: str, name: str = "", options: Sequence[str] = (), uid_maps: IDMaps = None,
         gid_maps: IDMaps = None):
-    """``New``: choose and initialise a driver for ``root`` (spec §1.4)."""
+    """``New``: choose and initialise a driver for ``root`` (docs/reference-behaviour.md#driver-selection)."""
     _load_builtin_drivers()
     if name:
         log.debug("[graphdriver] trying provided driver %s", go_quote(name))

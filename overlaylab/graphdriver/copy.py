@@ -1,4 +1,5 @@
-"""``copyDir`` of the overlay driver (``overlay/copy.go``, spec §2.10) and Go's ``os.RemoveAll``.
+"""``copyDir`` of the overlay driver (moby v1.10.3 ``daemon/graphdriver/overlay/copy.go``;
+docs/reference-behaviour.md#copydir-quirks) and Go's ``os.RemoveAll``.
 
 Quirks kept on purpose, because the lab exists to show them:
 
@@ -6,7 +7,7 @@ Quirks kept on purpose, because the lab exists to show them:
 - a **socket** is "copied" with ``mkfifo(st_mode)``, which the kernel rejects with EINVAL, so
   copying a tree that holds a socket fails with ``invalid argument``;
 - regular files are opened without ``O_TRUNC``, so copying over an existing longer file leaves
-  its tail (the re-Create quirk of §2.3);
+  its tail (the re-Create quirk, docs/reference-behaviour.md#create);
 - directory times are set when the directory is visited (pre-order), so a non-empty copied
   directory ends with mtime ≈ copy time;
 - only ``security.capability`` and ``trusted.overlay.opaque`` xattrs are copied.
@@ -261,7 +262,7 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
 
     With ``COPY_HARDLINK`` regular files are hard-linked (no metadata steps); everything else
     is a new inode with owner, the two xattrs, mode and times copied. The first error aborts
-    and is raised; the partial copy is left for the caller (spec §2.10).
+    and is raised; the partial copy is left for the caller (as ``copyDir`` does upstream).
 
     Deliberate difference: nothing already in the destination is followed. The reference's
     path-based steps (``mkdir`` with EEXIST ignored, then ``chmod``/``utimes``; ``open``

@@ -1,4 +1,5 @@
-"""The graphdriver framework's sentinel errors (spec §1.2), with their exact texts.
+"""The graphdriver framework's sentinel errors (moby v1.10.3 ``daemon/graphdriver/driver.go``;
+docs/reference-behaviour.md#error-classes), with their exact texts.
 
 The reference compares these by identity; here each is its own exception class, so callers
 branch with ``except ErrIncompatibleFS`` and ``is_sentinel`` answers what ``New`` asks.

@@ -1,4 +1,5 @@
-"""Backing-filesystem magic numbers and ``statfs(2)`` (spec §1.5)."""
+"""Backing-filesystem magic numbers and ``statfs(2)`` (moby v1.10.3
+``daemon/graphdriver/driver_linux.go`` ``GetFSMagic``, ``FsNames``)."""
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,4 @@
-"""NaiveDiffDriver (``daemon/graphdriver/fsdiff.go``, spec §3).
+"""NaiveDiffDriver (moby v1.10.3 ``daemon/graphdriver/fsdiff.go``; docs/reference-behaviour.md#naivediff).
 
 Derives Diff, Changes, DiffSize and ApplyDiff for any ProtoDriver from Get/Put plus the
 archive package: it mounts the layer (and the parent), compares the two trees, and exports or

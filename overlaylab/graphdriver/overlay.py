@@ -1,6 +1,7 @@
-"""The ``overlay`` graph driver of Docker v1.10.3 (``daemon/graphdriver/overlay``, spec §2).
+"""The ``overlay`` graph driver of Docker v1.10.3 (moby ``daemon/graphdriver/overlay/overlay.go`` at
+v1.10.3; its behaviour in our words: docs/reference-behaviour.md).
 
-Layout under the driver home ``H`` (spec §2.1):
+Layout under the driver home ``H`` (docs/reference-behaviour.md#layout):
 
 - Shape R, every image layer: ``H/<id>/root/`` holds the full flattened tree; unchanged regular
   files are hard links into the parent layer's ``root/``.
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 DRIVER_NAME = "overlay"
 PROC_FILESYSTEMS = "/proc/filesystems"
 
-# A package variable in the reference: the last Init in the process wins (spec §2.2 step 3).
+# A package variable in the reference: the last Init in the process wins (docs/reference-behaviour.md#init).
 backing_fs = "<unknown>"
 
 _REJECTED = {
@@ -71,13 +72,13 @@ def check_layer_id(layer_id: str, what: str = "layer id") -> None:
 
 
 def mount_options(lower_dir: str, upper_dir: str, work_dir: str, mount_label: str = "") -> str:
-    """The exact ``mount(2)`` data string of ``Get`` (spec §2.4 step 5), with the label suffix."""
+    """The exact ``mount(2)`` data string of ``Get`` (docs/reference-behaviour.md#mount-options), with the label suffix."""
     opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (lower_dir, upper_dir, work_dir)
     return format_mount_label(opts, mount_label)
 
 
 def format_mount_label(src: str, mount_label: str) -> str:
-    """``label.FormatMountLabel`` of an selinux build (spec §6.2)."""
+    """``label.FormatMountLabel`` of an selinux build (runc ``libcontainer/label/label_selinux.go``, vendored in moby v1.10.3)."""
     if not mount_label:
         return src
     if not src:
@@ -106,7 +107,7 @@ def supports_overlay() -> bool:
 
 def init(home: str, options: Sequence[str] = (), uid_maps: IDMaps = None,
          gid_maps: IDMaps = None) -> NaiveDiffDriverWithApply:
-    """``Init`` (spec §2.2): check overlay support and the backing fs, make the home, wrap the driver.
+    """``Init`` (docs/reference-behaviour.md#init): check overlay support and the backing fs, make the home, wrap the driver.
 
     Options are ignored, as in the reference, except the port's own ``overlay.safe_apply``
     (:func:`parse_options`).
@@ -179,7 +180,7 @@ class OverlayDriver:
 
     # Status and metadata -------------------------------------------------------------------
     def status(self) -> List[Tuple[str, str]]:
-        """One row, the process-global backing filesystem name (spec §2.8)."""
+        """One row, the process-global backing filesystem name (docs/reference-behaviour.md#put-remove-status)."""
         return [("Backing Filesystem", backing_fs)]
 
     def get_metadata(self, layer_id: str) -> Dict[str, str]:
@@ -205,7 +206,7 @@ class OverlayDriver:
     def create(self, layer_id: str, parent: str = "", mount_label: str = "") -> None:
         """``Create`` cases A (no parent), B (parent is Shape R) and C (parent is Shape O).
 
-        ``mount_label`` is ignored. Re-creating an existing id is not an error (quirk, §2.3):
+        ``mount_label`` is ignored. Re-creating an existing id is not an error (quirk, docs/reference-behaviour.md#create):
         A and B silently succeed; C re-copies the parent's upper over the existing one
         (``MkdirAs`` of existing dirs succeeds, as in v1.10.3 and the recorded trace), reusing
         existing directories and regular files, and if that meets anything else where it
@@ -272,7 +273,7 @@ class OverlayDriver:
 
     # Get / Put ----------------------------------------------------------------------------
     def get(self, layer_id: str, mount_label: str = "") -> str:
-        """Make the layer's view available and return its path (spec §2.4).
+        """Make the layer's view available and return its path (docs/reference-behaviour.md#mount-options).
 
         Shape R: ``H/<id>/root``, no mount. Shape O: mount the overlay on ``merged`` once per id;
         further Gets only count. The whole method holds the driver lock.
@@ -316,7 +317,7 @@ class OverlayDriver:
             return merged_dir
 
     def put(self, layer_id: str) -> None:
-        """Release one Get; the last Put of a mounted layer unmounts it (spec §2.5).
+        """Release one Get; the last Put of a mounted layer unmounts it (docs/reference-behaviour.md#put-remove-status).
 
         An unknown id is not an error: the merged dir is unmounted if the layer exists.
         """
@@ -345,7 +346,7 @@ class OverlayDriver:
 
     # ApplyDiff ----------------------------------------------------------------------------
     def apply_diff(self, layer_id: str, parent: str, stream: BinaryIO) -> int:
-        """Overlay's own ApplyDiff (spec §2.9): hard-link copy of the parent's root, extract, rename.
+        """Overlay's own ApplyDiff (docs/reference-behaviour.md#applydiff): hard-link copy of the parent's root, extract, rename.
 
         Raises :class:`ErrApplyDiffFallback` when there is no parent or the parent has no
         ``root/``; the wrapper then applies through the naive path instead.

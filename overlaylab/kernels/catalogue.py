@@ -116,7 +116,7 @@ def get_entry(name: str, path: Optional[os.PathLike] = None) -> KernelEntry:
         raise CatalogueError("no kernel %r in the catalogue (have: %s)" % (name, ", ".join(sorted(cat)))) from None
 
 
-# --- Debian version ordering (Debian Policy §5.6.12) -------------------------------------------
+# --- Debian version ordering (Debian Policy 5.6.12, https://www.debian.org/doc/debian-policy/ch-controlfields.html#version) -------------------------------------------
 
 def _order(c: str) -> int:
     if c == "~":

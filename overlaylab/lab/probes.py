@@ -3,13 +3,13 @@
 Every probe returns a :class:`Probe` ``(name, value, evidence, error)`` and never raises: a
 probe that cannot run returns ``value=None`` with ``error`` set. Backing-fs probes work in a
 scratch directory under the given directory and remove it (and unmount every scratch
-overlay) in ``finally`` blocks. The overlay-behaviour probes are the spec's §9 "generic lab
-probes" done with real mounts: upperdir acceptance, whiteouts, opaque directories, several
+overlay) in ``finally`` blocks. The overlay-behaviour probes are the classic overlay sanity
+checks (docs/reference-behaviour.md#field-failures) done with real mounts: upperdir acceptance, whiteouts, opaque directories, several
 lower directories, directory rename (EXDEV vs redirect_dir).
 
 :func:`driver_verdict` asks the ported driver itself: it runs
 ``overlaylab.graphdriver.overlay.init(<home_parent>/overlay)`` and classifies the answer as
-Docker 1.10.3 would (spec §2.2): accepted, ``ErrIncompatibleFS`` (btrfs/aufs/zfs) or
+Docker 1.10.3 would (``Init``, docs/reference-behaviour.md#init): accepted, ``ErrIncompatibleFS`` (btrfs/aufs/zfs) or
 ``ErrNotSupported`` (no ``nodev\\toverlay`` in /proc/filesystems), with the log lines.
 """
 from __future__ import annotations
@@ -160,7 +160,7 @@ def probe_kernel_config_backing() -> Probe:
 
 def probe_overlay_filesystem() -> Probe:
     """What 1.10.3's ``supportsOverlay`` sees: ``modprobe overlay`` (result ignored), then
-    whether /proc/filesystems has a line exactly ``nodev\\toverlay`` (spec §2.2 step 1)."""
+    whether /proc/filesystems has a line exactly ``nodev\\toverlay`` (docs/reference-behaviour.md#init)."""
     def go() -> Probe:
         mp = run(["modprobe", "overlay"], timeout=60)
         ev = ["modprobe overlay -> rc %d%s" % (mp.returncode, (": " + mp.stderr.strip()) if mp.stderr.strip() else "")]

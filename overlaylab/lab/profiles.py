@@ -1,6 +1,6 @@
 """Backing-filesystem profiles (``vms/filesystems.toml``) and the recipes they stand for.
 
-A profile is a name plus how to make the filesystem (design §2). Following containerd's
+A profile is a name plus how to make the filesystem (README, "Add a filesystem profile"). Following containerd's
 overlay snapshotter, every command and mount is built here as *plain data* by pure
 functions — mkfs argv, :class:`MountSpec` (source, target, type, option string) — and
 executed elsewhere (:mod:`overlaylab.lab.backingfs`), which records the same data as

@@ -27,7 +27,7 @@ log = logging.getLogger("overlaylab.lab.scenario")
 
 
 class Outcome(str, enum.Enum):
-    """What one cell (target x profile x scenario) came to (design.md §2)."""
+    """What one cell (target x profile x scenario) came to (README, "What a run looks like")."""
 
     PASS = "PASS"                # the behaviour the scenario checks holds
     FAIL = "FAIL"                # it does not: the driver or kernel misbehaves
@@ -101,7 +101,7 @@ def default_expect(scenario: "Scenario", facts: Facts) -> Expectation:
 class Scenario:
     id: str
     description: str            # one line, what it does
-    reference: str              # the reference behaviour it checks (spec section, issue)
+    reference: str              # the reference behaviour it checks (upstream file/function, issue, docs/ anchor)
     group: str                  # lifecycle | diff | quirks | failure-class
     func: Callable[["ScenarioContext"], Any]
     expect_func: Optional[ExpectFunc] = None

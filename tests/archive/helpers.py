@@ -85,7 +85,7 @@ def copy_dir(src: str, dst: str) -> None:
 
 
 def link_copy(src: str, dst: str) -> None:
-    """Overlay's ``copyDir`` with hard links (spec §2.10): dirs recreated with their metadata,
+    """Overlay's ``copyDir`` with hard links (docs/reference-behaviour.md#copydir-quirks): dirs recreated with their metadata,
     regular files hard-linked, symlinks recreated, times copied."""
     os.mkdir(dst)
     for dirpath, dirnames, filenames in os.walk(src):

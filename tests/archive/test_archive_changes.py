@@ -1,4 +1,4 @@
-"""ChangesDirs / ChangesSize / aufs Changes (spec §4.1, §4.2, §4.7, §5.3 changes_test.go)."""
+"""ChangesDirs / ChangesSize / aufs Changes (moby v1.10.3 pkg/archive/changes.go, changes_test.go)."""
 from __future__ import annotations
 
 import errno

@@ -1,4 +1,4 @@
-"""The chrooted apply helper (spec §4.6): result, error texts, temp dir clean-up."""
+"""The chrooted apply helper (moby v1.10.3 pkg/chrootarchive/diff_unix.go): result, error texts, temp dir clean-up."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Go's filepath.Clean/Join/Dir/Base semantics (spec §7)."""
+"""Go's filepath.Clean/Join/Dir/Base semantics (https://pkg.go.dev/path/filepath, Go 1.5)."""
 from __future__ import annotations
 
 import pytest

@@ -1,8 +1,8 @@
-"""Replay of the archive-level steps of the reference trace (spec §5.3 and
-``/work/shared/reference-trace``): the two image layers' ApplyDiff sizes, then Changes, Diff
+"""Replay of the archive-level steps of the reference trace (recorded
+from the Go driver, ``tests/data/reference-trace``): the two image layers' ApplyDiff sizes, then Changes, Diff
 and DiffSize of child-vs-base and of base-vs-nothing, compared with what Docker v1.10.3
 answered. Overlay image layers are plain directories whose child starts as a hard-link copy
-of the parent (§2.10), so no mount is needed for these steps."""
+of the parent (docs/reference-behaviour.md#applydiff), so no mount is needed for these steps."""
 from __future__ import annotations
 
 import hashlib

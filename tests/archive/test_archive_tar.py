@@ -1,4 +1,4 @@
-"""Tar encoding and export (spec §4.3, §4.4): Go 1.5 USTAR headers with file-type bits in the
+"""Tar encoding and export (docs/reference-behaviour.md#the-tar-layer): Go 1.5 USTAR headers with file-type bits in the
 mode, whiteouts, long names, PAX records, devices, hard links, streaming."""
 from __future__ import annotations
 

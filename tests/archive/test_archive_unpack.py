@@ -1,4 +1,4 @@
-"""UnpackLayer / createTarFile (spec §4.5, §4.5.1, §5.3 diff_test.go), including hostile
+"""UnpackLayer / createTarFile (moby v1.10.3 pkg/archive/diff.go, archive.go, diff_test.go), including hostile
 streams: every refusal is an ArchiveError/BreakoutError and nothing outside dest changes."""
 from __future__ import annotations
 

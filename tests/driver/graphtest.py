@@ -1,4 +1,4 @@
-"""Helpers of moby's ``graphtest`` (1.10.3 harness, 1.12 ``testutil.go``), ported (spec §5.1–5.2).
+"""Helpers of moby's ``graphtest`` (1.10.3 harness, 1.12 ``testutil.go``), ported (docs/reference-behaviour.md#graphtest).
 
 ``random_content`` only needs to agree with itself (not with Go's math/rand stream).
 """

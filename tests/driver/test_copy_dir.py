@@ -1,4 +1,4 @@
-"""copyDir (spec §2.10): the descriptor-based fast paths of ``copy_dir`` must give what the
+"""copyDir (docs/reference-behaviour.md#copydir-quirks): the descriptor-based fast paths of ``copy_dir`` must give what the
 plain path-based walk gives — on a filesystem whose readdir has d_type and on one without
 (DT_UNKNOWN), past the depth where directory descriptors are no longer held, and over a
 destination that already has files in it (the no-O_TRUNC quirk)."""
@@ -131,7 +131,7 @@ def test_without_dtype(backing_fs):
 
 
 def test_content_copy_over_an_existing_longer_file_keeps_its_tail(tmp_path):
-    """No O_TRUNC (spec §2.3 re-Create quirk): the existing file is written over, not replaced."""
+    """No O_TRUNC (the re-Create quirk, docs/reference-behaviour.md#create): the existing file is written over, not replaced."""
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     os.makedirs(src)
     with open(os.path.join(src, "f"), "wb") as f:

@@ -1,4 +1,4 @@
-"""The overlay driver's own behaviour (spec §2): layouts, Get/Put, errors, quirks, refusals."""
+"""The overlay driver's own behaviour (docs/reference-behaviour.md): layouts, Get/Put, errors, quirks, refusals."""
 from __future__ import annotations
 
 import io
@@ -84,7 +84,7 @@ def test_a_lower_id_with_mount_option_metacharacters_is_refused(make_driver):
     assert mounts_under(driver.home) == []
 
 
-# Layouts (spec §2.1, §2.11) ---------------------------------------------------------------------
+# Layouts (docs/reference-behaviour.md#layout) ---------------------------------------------------------------------
 def test_layouts_of_cases_a_b_c_and_apply(make_driver):
     driver = make_driver("ext4")
     h = driver.home
@@ -220,7 +220,7 @@ def test_recreate_quirk_deletes_layer_on_existing_symlink(make_driver):
 
 
 def test_socket_in_upper_breaks_case_c_copy(make_driver):
-    """The reference "copies" a socket with mkfifo(st_mode): EINVAL (spec §2.10)."""
+    """The reference "copies" a socket with mkfifo(st_mode): EINVAL (docs/reference-behaviour.md#copydir-quirks)."""
     driver = make_driver("tmpfs")
     driver.create("base", "")
     driver.create("init", "base")
@@ -249,7 +249,7 @@ def test_btrfs_is_refused_with_the_reference_log_line(backing_fs, caplog):
     assert "'overlay' is not supported over btrfs." in caplog.messages
     assert not os.path.exists(os.path.join(fs.mountpoint, "overlay"))
     # graphdriver.new() skips the sentinel in the priority loop; its last loop then passes the
-    # root itself as home (§1.4 step 4), whose *parent* is not btrfs, so overlay is accepted
+    # root itself as home (docs/reference-behaviour.md#driver-selection, step 4), whose *parent* is not btrfs, so overlay is accepted
     # there. Unreachable in Docker (vfs always succeeds first); reachable here, so pinned.
     fallback = graphdriver.new(fs.mountpoint)
     assert fallback.home == fs.mountpoint

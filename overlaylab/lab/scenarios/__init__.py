@@ -2,11 +2,11 @@
 
 Groups (one module each):
 
-- ``lifecycle``     Create/Get/Put/Remove/Status as the daemon uses them (graphtest §5.1, init layer)
+- ``lifecycle``     Create/Get/Put/Remove/Status as the daemon uses them (moby's graphtest, the init layer; docs/reference-behaviour.md#daemon-use)
 - ``diff``          Diff/Changes/DiffSize/ApplyDiff and what layer tars carry through them
 - ``quirks``        reference oddities the port keeps; PASS = the quirk reproduces as specified
                     (``hazards``: the native ApplyDiff's hard-link hazard and ``overlay.safe_apply``)
-- ``failure-class`` the known field failures (spec §9), each at a small scale; each checks the
+- ``failure-class`` the known field failures (docs/reference-behaviour.md#field-failures), each at a small scale; each checks the
                     healthy behaviour, so it FAILs where the kernel/fs breaks it, and its
                     expectation says so where that is the known behaviour
 

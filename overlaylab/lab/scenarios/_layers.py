@@ -118,7 +118,7 @@ class LayerTar:
 
     @property
     def payload_size(self) -> int:
-        """What ``ApplyDiff`` must return: the sum of the entries' header sizes (spec §4.5)."""
+        """What ``ApplyDiff`` must return: the sum of the entries' header sizes (``UnpackLayer``, docs/reference-behaviour.md#the-tar-layer)."""
         return sum(e.info.size for e in self.entries)
 
     def to_bytes(self) -> bytes:
@@ -377,7 +377,7 @@ def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
         yield seq[i:i + n]
 
 
-# graphtest helpers (1.12 testutil.go, spec §5.2), on a driver's mounted view -------------------
+# graphtest helpers (moby v1.12.0 graphtest/testutil.go), on a driver's mounted view -------------------
 
 def random_content(size: int, seed: int) -> bytes:
     """Deterministic bytes for a seed (only consistent with itself, not with Go's math/rand)."""
@@ -487,7 +487,7 @@ def expect_inodes(need: int):
         from ..scenario import Expectation, Outcome, default_expect
         base = default_expect(sc, facts)
         if base.outcome is Outcome.PASS and few_inodes(facts, need):
-            return Expectation(Outcome.FAIL, "needs ~%d inodes; the fs has too few (ENOSPC with free blocks, spec §9.3)"
+            return Expectation(Outcome.FAIL, "needs ~%d inodes; the fs has too few (ENOSPC with free blocks, moby#17486)"
                                % need)
         return base
     expect.inodes_needed = need  # type: ignore[attr-defined]

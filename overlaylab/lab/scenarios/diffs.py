@@ -1,6 +1,6 @@
-"""Diff scenarios: Diff/Changes/DiffSize/ApplyDiff (NaiveDiff over overlay, spec §3–§4) and what
+"""Diff scenarios: Diff/Changes/DiffSize/ApplyDiff (NaiveDiff over overlay, docs/reference-behaviour.md#naivediff) and what
 a layer tar can carry through them: whiteouts, opaque dirs, hard links, xattrs, special files,
-user-namespace owners, and the full-tree export. Plus the mount label of Get (§2.4 step 5).
+user-namespace owners, and the full-tree export. Plus the mount label of Get (docs/reference-behaviour.md#mount-options).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _names(members: List[tarfile.TarInfo]) -> List[str]:
 
 
 @scenario("diff-apply-roundtrip", "DiffApply with 10 files (base backdated): Diff(upper, base) applied on a new layer gives upper's content; ApplyDiff size == DiffSize",
-          "spec §5.2 DriverTestDiffApply (TestOverlayDiffApply10Files, skipped upstream for moby#21555)", "diff",
+          "moby v1.12.0 graphtest_unix.go DriverTestDiffApply (TestOverlayDiffApply10Files, skipped upstream for moby#21555)", "diff",
           timeout=60)
 def diff_apply_roundtrip(ctx: ScenarioContext) -> None:
     n = 10
@@ -79,7 +79,7 @@ def diff_apply_roundtrip(ctx: ScenarioContext) -> None:
 
 
 @scenario("changes", "Changes(upper, base) after rewriting, adding and deleting 20 files (base backdated) is exactly the 21 expected changes",
-          "spec §5.2 DriverTestChanges (TestOverlayChanges, skipped upstream); §4.1", "diff",
+          "moby v1.12.0 graphtest_unix.go DriverTestChanges (TestOverlayChanges, skipped upstream); pkg/archive ChangesDirs, docs/reference-behaviour.md#naivediff", "diff",
           timeout=60)
 def changes(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -101,7 +101,7 @@ def changes(ctx: ScenarioContext) -> None:
 
 
 @scenario("diff-size", "DiffSize counts added/modified bytes once per inode (hard links) and symlink target lengths; ApplyDiff returns the tar's payload size",
-          "spec §3 DiffSize, §4.2 ChangesSize, §4.5 size sum", "diff", timeout=30)
+          "moby v1.10.3 fsdiff.go DiffSize, pkg/archive ChangesSize, UnpackLayer size sum; docs/reference-behaviour.md#naivediff", "diff", timeout=30)
 def diff_size(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     tar = LayerTar().file("a", b"a" * 100).file("b", b"b" * 200).dir("d").file("d/keep", b"k" * 7)
@@ -133,7 +133,7 @@ def diff_size(ctx: ScenarioContext) -> None:
 
 
 @scenario("whiteouts-through-diff", "Deleting files and a dir in a container gives .wh. entries in Diff; applying that on a new layer removes them",
-          "spec §4.3 ExportChanges (Delete -> .wh.<name>), §4.5 step 6", "diff", needs_dtype=True, timeout=30)
+          "moby v1.10.3 pkg/archive ExportChanges (Delete -> .wh.<name>), UnpackLayer whiteouts; docs/reference-behaviour.md#whiteouts", "diff", needs_dtype=True, timeout=30)
 def whiteouts_through_diff(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     tar = (LayerTar().file("f1", b"1").dir("d").file("d/f2", b"2").file("d/f3", b"3")
@@ -172,7 +172,7 @@ def whiteouts_through_diff(ctx: ScenarioContext) -> None:
 
 
 @scenario("opaque-dir-through-apply", "A layer tar with d/.wh..wh..opq hides every child the parent layer had in d; entries after the marker stay",
-          "spec §4.5 step 6 (opaque marker), §5.3 TestApplyLayerWhiteouts", "diff", needs_mount=False, timeout=30, tags=("child-layer",))
+          "moby v1.10.3 pkg/archive UnpackLayer (opaque marker), diff_test.go TestApplyLayerWhiteouts; docs/reference-behaviour.md#whiteouts", "diff", needs_mount=False, timeout=30, tags=("child-layer",))
 def opaque_dir_through_apply(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().dir("d").file("d/a", b"a").file("d/b", b"b").dir("d/sub")
@@ -189,7 +189,7 @@ def opaque_dir_through_apply(ctx: ScenarioContext) -> None:
 
 
 @scenario("hardlinks-in-layer", "Tar hard links share one inode after apply (also across layers); the full-tree Diff re-exports them as TypeLink",
-          "spec §4.5.1 TypeLink, §2.10 copyHardlink, §4.4 step 5", "diff", needs_mount=False, timeout=30,
+          "moby v1.10.3 pkg/archive createTarFile TypeLink, addTarFile hard links, overlay copy.go copyHardlink; docs/reference-behaviour.md#the-tar-layer", "diff", needs_mount=False, timeout=30,
           tags=("child-layer",))
 def hardlinks_in_layer(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -232,7 +232,7 @@ def _getxattr(path: str, name: str):
 
 
 @scenario("xattrs-capability", "security.capability survives ApplyDiff, a child layer and Diff; trusted.overlay.opaque and the capability survive Create case C",
-          "spec §2.10 (two xattrs copied), §4.4 step 6, §4.5.1 step 2", "diff", needs_dtype=True, timeout=30)
+          "moby v1.10.3 overlay copy.go copyXattr (two xattrs), pkg/archive addTarFile/createTarFile xattrs; docs/reference-behaviour.md#copydir-quirks", "diff", needs_dtype=True, timeout=30)
 def xattrs_capability(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     cap = CAP_NET_RAW_XATTR
@@ -300,7 +300,7 @@ _SPECIAL_WANT = {"dev/null2": "crw-rw-rw- 1:3", "dev/loop200": "brw-rw---- 7:200
 
 
 @scenario("special-files", "A fifo, char and block devices and symlinks survive ApplyDiff, the hard-link copy of a child layer, Diff and Create case C",
-          "spec §2.10 copyDir types, §4.5.1 createTarFile, §4.4 typeflags", "diff", timeout=30)
+          "moby v1.10.3 overlay copy.go copyDir types, pkg/archive createTarFile, addTarFile typeflags; docs/reference-behaviour.md#copydir-quirks", "diff", timeout=30)
 def special_files(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     tar = (LayerTar().dir("dev").chardev("dev/null2", 1, 3).blockdev("dev/loop200", 7, 200).dir("run")
@@ -341,7 +341,7 @@ def special_files(ctx: ScenarioContext) -> None:
 
 
 @scenario("uid-gid-maps", "With userns remap IDMap(0,100000,65536): ApplyDiff shifts owners up, Diff(ctr, image) shifts them back, work/work belongs to remapped root",
-          "spec §6.1 idtools, §4.5 step 7c, §4.3 / §4.4 step 7, §2.4 step 7", "diff", timeout=30)
+          "moby v1.10.3 pkg/idtools ToHost/ToContainer, UnpackLayer and addTarFile owner mapping, Get's chown of work/work; docs/reference-behaviour.md#idtools", "diff", timeout=30)
 def uid_gid_maps(ctx: ScenarioContext) -> None:
     maps = [IDMap(0, 100000, 65536)]
     d = ctx.driver(uid_maps=maps, gid_maps=maps)
@@ -409,7 +409,7 @@ def _expect_mount_label(sc, facts) -> Expectation:
 
 
 @scenario("mount-label", "Get with an SELinux mount label appends ,context=\"<label>\" to the overlay options and the mount works",
-          "spec §2.4 step 5, §6.2 FormatMountLabel, §9.10", "diff", expect=_expect_mount_label, timeout=30)
+          "moby v1.10.3 overlay.go (*Driver).Get, runc label_selinux.go FormatMountLabel; docs/reference-behaviour.md#mount-options", "diff", expect=_expect_mount_label, timeout=30)
 def mount_label(ctx: ScenarioContext) -> None:
     from ...graphdriver import overlay as ovl
     d = ctx.driver()
@@ -447,7 +447,7 @@ def mount_label(ctx: ScenarioContext) -> None:
 
 
 @scenario("full-tree-export", "Diff(id, \"\") of an image and of a container is a full tar of the visible tree: every file, no whiteouts",
-          "spec §3 Diff with parent \"\", §4.4 Tar", "diff", needs_dtype=True, timeout=30)
+          "moby v1.10.3 fsdiff.go Diff with parent \"\", pkg/archive Tar; docs/reference-behaviour.md#naivediff", "diff", needs_dtype=True, timeout=30)
 def full_tree_export(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().file("a", b"a").dir("d").file("d/b", b"b").file("d/c", b"c")

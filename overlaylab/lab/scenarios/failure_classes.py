@@ -1,4 +1,4 @@
-"""The known failure classes of overlay in the field (spec §8.3, §9), each reproduced at a small
+"""The known failure classes of overlay in the field (docs/reference-behaviour.md#field-failures), each reproduced at a small
 scale. Every scenario checks the *healthy* behaviour a user needs, so where the kernel or the
 backing filesystem breaks it the cell FAILs, and the expectation says FAIL where that is the
 known behaviour (with the reason), so a run tells "broken as known" from "newly broken".
@@ -54,7 +54,7 @@ def _other_than_pass(sc, facts):
 # driver-init ----------------------------------------------------------------------------------
 
 @scenario("driver-init", "Init accepts the backing filesystem (home made 0700) or refuses it as 1.10.3 does (btrfs/aufs/zfs: ErrIncompatibleFS with its log line)",
-          "spec §2.2 Init, §1.5 GetFSMagic of the home's parent, §9.2", "failure-class", needs_mount=False, timeout=30)
+          "moby v1.10.3 overlay.go Init, driver_linux.go GetFSMagic of the home's parent, btrfs refusal of moby#9834; docs/reference-behaviour.md#init", "failure-class", needs_mount=False, timeout=30)
 def driver_init(ctx: ScenarioContext) -> None:
     logger = logging.getLogger("overlaylab.graphdriver")
     cap = LogCapture()
@@ -82,7 +82,7 @@ def driver_init(ctx: ScenarioContext) -> None:
 # overlay-on-overlay ---------------------------------------------------------------------------
 
 @scenario("overlay-on-overlay", "Image layers apply and a container's -init layer mounts (fails where the kernel refuses the fs as upperdir, e.g. docker-in-docker)",
-          "spec §8.3 overlay-on-overlay, §9.8; 'error creating overlay mount to …/merged: invalid argument'",
+          "overlay-on-overlay (moby#12488, moby#23930): 'error creating overlay mount to …/merged: invalid argument'; docs/reference-behaviour.md#field-failures",
           "failure-class", timeout=30)
 def overlay_on_overlay(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -107,7 +107,7 @@ def overlay_on_overlay(ctx: ScenarioContext) -> None:
 # dtype-whiteouts ------------------------------------------------------------------------------
 
 @scenario("dtype-whiteouts", "Deleting image files and a dir through the container hides them from readdir and stat",
-          "spec §9.1 (no d_type: whiteouts show up / deleted files reappear), moby#22937", "failure-class",
+          "no d_type: whiteouts show up / deleted files reappear (moby#22937, moby#10294); docs/reference-behaviour.md#whiteouts", "failure-class",
           needs_dtype=True, timeout=30)
 def dtype_whiteouts(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -149,7 +149,7 @@ INODE_NEED = 930
 
 
 @scenario("inode-exhaustion", "Pull a base and 3 image layers of 100 dirs each (every layer re-creates all dirs): all apply; where inodes run out the failure is a clean ENOSPC",
-          "spec §9.3 inode exhaustion (#17486, coreos/bugs#264), §2.10", "failure-class", needs_mount=False,
+          "inode exhaustion (moby#17486, coreos/bugs#264), overlay copy.go copyDir; docs/reference-behaviour.md#copydir-quirks", "failure-class", needs_mount=False,
           expect=expect_inodes(INODE_NEED), timeout=60, tags=("scale", "inodes"))
 def inode_exhaustion(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -203,12 +203,12 @@ def _expect_links(sc, facts) -> Expectation:
         return other
     if facts.fs_name == "extfs":
         return Expectation(Outcome.FAIL, "ext4 caps an inode at 65000 links: the child layer's hard-link copy fails "
-                                         "with 'too many links' (spec §9.4, coreos/bugs#474)")
+                                         "with 'too many links' (coreos/bugs#474)")
     return Expectation(Outcome.PASS)
 
 
 @scenario("too-many-links", "A file with 65000 names in an image layer; a child layer's ApplyDiff (hard-link copy of the parent) works",
-          "spec §9.4 EMLINK (coreos/bugs#474, moby#32732), §2.9 step 4", "failure-class", needs_mount=False,
+          "EMLINK (coreos/bugs#474, moby#32732), overlay.go (*Driver).ApplyDiff hard-link copy; docs/reference-behaviour.md#applydiff", "failure-class", needs_mount=False,
           expect=_expect_links, timeout=90, tags=("scale",))
 def too_many_links(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -256,7 +256,7 @@ def _expect_rename(sc, facts) -> Expectation:
 
 
 @scenario("dir-rename-exdev", "Renaming an image directory inside the container works (EXDEV where overlay's redirect_dir is off)",
-          "spec §9.5 (moby#25409, EXDEV 'Invalid cross-device link')", "failure-class", expect=_expect_rename, timeout=30)
+          "moby#25409 (EXDEV 'Invalid cross-device link'), kernel Documentation/filesystems/overlayfs.rst redirect_dir; docs/reference-behaviour.md#field-failures", "failure-class", expect=_expect_rename, timeout=30)
 def dir_rename_exdev(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().dir("d").file("d/x", b"lower x"))
@@ -288,12 +288,12 @@ def _expect_fd(sc, facts) -> Expectation:
     version = facts.kernel_version()
     if version != (0,) and version < (4, 19):
         return Expectation(Outcome.FAIL, "kernel %s < 4.19: a read-only fd keeps the lower inode after copy-up "
-                                         "(spec §9.6)" % facts.get("kernel_release"))
+                                         "(moby#31587)" % facts.get("kernel_release"))
     return Expectation(Outcome.PASS)
 
 
 @scenario("open-fd-copy-up", "A read-only fd opened before copy-up sees what another fd then writes to the image file",
-          "spec §9.6 open-file copy-up inconsistency (docker/docs#3709, moby#31587)", "failure-class",
+          "open-file copy-up inconsistency (docker/docs#3709, moby#31587); docs/reference-behaviour.md#field-failures", "failure-class",
           expect=_expect_fd, timeout=30)
 def open_fd_copy_up(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -329,7 +329,7 @@ def _expect_mtime(sc, facts) -> Expectation:
 
 
 @scenario("mtime-diff-bug", "Changes reports every rewrite, including a same-size rewrite stamped within the lower file's (0 ns) second",
-          "spec §4.1 statDifferent/sameFsTimeSpec, §9.9 (moby#21555)", "failure-class", expect=_expect_mtime, timeout=30)
+          "moby v1.10.3 pkg/archive statDifferent/sameFsTimeSpec (moby#21555); docs/reference-behaviour.md#naivediff", "failure-class", expect=_expect_mtime, timeout=30)
 def mtime_diff_bug(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().file("f", b"12345678").file("h", b"abcdefgh"))
@@ -358,7 +358,7 @@ DEEP_LAYERS = 126
 
 
 @scenario("deep-layer-limit", "126 image layers (one beyond the layer store's 125): the overlay driver applies them all and a container on top reads every layer",
-          "spec §0 maxLayerDepth=125 (layer store, not driver), §9.7 (moby#20298)", "failure-class", timeout=120,
+          "moby v1.10.3 layer/layer_store.go maxLayerDepth=125 (layer store, not driver), moby#20298; docs/reference-behaviour.md#daemon-use", "failure-class", timeout=120,
           expect=expect_inodes(400), tags=("scale", "inodes"))
 def deep_layer_limit(ctx: ScenarioContext) -> None:
     d = ctx.driver()
@@ -401,7 +401,7 @@ WRITE_FILL_MAX = 512 * MiB
 
 
 @scenario("enospc", "A layer bigger than the free space fails cleanly with 'no space left on device', leaves no tmproot, and the driver stays usable",
-          "spec §2.9 step 7 (tmp removed on error), §9.3 ('no space left on device')", "failure-class",
+          "moby v1.10.3 overlay.go (*Driver).ApplyDiff (tmp removed on error), 'no space left on device'; docs/reference-behaviour.md#applydiff", "failure-class",
           needs_mount=False, timeout=90, tags=("scale",))
 def enospc(ctx: ScenarioContext) -> None:
     d = ctx.driver()

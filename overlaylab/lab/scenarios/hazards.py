@@ -66,7 +66,7 @@ def _apply_hazard(ctx: ScenarioContext, options):
 
 
 @scenario("applydiff-hardlink-hazard", "A child layer's hard link to an inherited file changes the parent layer's inode (mode 6777, owner, security.capability): the reference's hazard, kept and warned about",
-          "moby v1.10.3 overlay.go ApplyDiff (copyDir with hard links) + pkg/archive createTarFile (Lchown/Chmod on the link)",
+          "moby v1.10.3 overlay.go ApplyDiff (copyDir with hard links) + pkg/archive createTarFile (Lchown/Chmod on the link); docs/reference-behaviour.md#applydiff",
           "quirks", expect=_expect_hazard, needs_mount=False, timeout=30, tags=("child-layer",))
 def applydiff_hardlink_hazard(ctx: ScenarioContext) -> None:
     _d, _root, before, after, child, warnings = _apply_hazard(ctx, ())
@@ -81,7 +81,7 @@ def applydiff_hardlink_hazard(ctx: ScenarioContext) -> None:
 
 
 @scenario("applydiff-safe-apply", "With overlay.safe_apply=true, a child layer's hard link to an inherited file gets the entry's metadata and the parent layer's file stays intact",
-          "port option overlay.safe_apply (README 'Where the port differs from the reference'); the hazard of moby v1.10.3 overlay.go ApplyDiff",
+          "port option overlay.safe_apply (README 'Where the port differs from the reference'); the hazard of moby v1.10.3 overlay.go ApplyDiff, docs/reference-behaviour.md#applydiff",
           "quirks", needs_mount=False, timeout=30, tags=("child-layer",))
 def applydiff_safe_apply(ctx: ScenarioContext) -> None:
     _d, root, before, after, child, warnings = _apply_hazard(ctx, ("overlay.safe_apply=true",))

@@ -1,8 +1,8 @@
 """Lifecycle scenarios: Create/Get/Put/Remove/Exists/Status/GetMetadata as the daemon uses them.
 
-graphtest's 1.10.3 tests (spec §5.1), 1.12's deep-layer read (§5.2), the daemon's init layer
-(§0), Remove while mounted (§2.6, §9.11), concurrent Get/Put (§2.4–2.5) and the exact
-Status/GetMetadata rows (§2.8).
+graphtest's 1.10.3 tests and 1.12's deep-layer read (docs/reference-behaviour.md#graphtest), the daemon's init
+layer (#daemon-use), Remove while mounted, concurrent Get/Put and the exact Status/GetMetadata
+rows (#put-remove-status, #mount-options).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _verify_base(ctx: ScenarioContext, driver, name: str) -> str:
 
 
 @scenario("create-empty", "Create a parentless layer: it exists, its root is an empty 0755 dir owned 0:0, Remove deletes it",
-          "spec §5.1 DriverTestCreateEmpty; §2.3 case A", "lifecycle", needs_mount=False, timeout=30)
+          "moby v1.10.3 graphtest_unix.go DriverTestCreateEmpty; (*Driver).Create case A, docs/reference-behaviour.md#create", "lifecycle", needs_mount=False, timeout=30)
 def create_empty(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     d.create("empty", "", "")
@@ -84,7 +84,7 @@ def create_empty(ctx: ScenarioContext) -> None:
 
 
 @scenario("create-base", "createBase/verifyBase: a sticky 01705 dir owned 1:2 and a setuid 04222 file survive in a root layer",
-          "spec §5.1 DriverTestCreateBase", "lifecycle", needs_mount=False, timeout=30)
+          "moby v1.10.3 graphtest_unix.go DriverTestCreateBase (createBase/verifyBase); docs/reference-behaviour.md#graphtest", "lifecycle", needs_mount=False, timeout=30)
 def create_base(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     _create_base(d, "Base")
@@ -95,7 +95,7 @@ def create_base(ctx: ScenarioContext) -> None:
 
 
 @scenario("create-snap", "A snapshot layer on createBase's layer shows the same modes, owners and exactly 2 entries through the mounted overlay",
-          "spec §5.1 DriverTestCreateSnap; §2.3 case B, §2.4", "lifecycle", timeout=30)
+          "moby v1.10.3 graphtest_unix.go DriverTestCreateSnap; (*Driver).Create case B and Get, docs/reference-behaviour.md#create", "lifecycle", timeout=30)
 def create_snap(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     _create_base(d, "Base")
@@ -111,7 +111,7 @@ def create_snap(ctx: ScenarioContext) -> None:
 
 
 @scenario("deep-layer-chain", "50 layers stacked (case B then 49 x case C); each layer's files are read back through the top",
-          "spec §5.2 DriverTestDeepLayerRead (TestOverlay50LayerRead)", "lifecycle", timeout=60,
+          "moby v1.12.0 graphtest_unix.go DriverTestDeepLayerRead (TestOverlay50LayerRead); docs/reference-behaviour.md#graphtest", "lifecycle", timeout=60,
           expect=expect_inodes(4200), tags=("inodes", "scale"))
 def deep_layer_chain(ctx: ScenarioContext) -> None:
     count = 50
@@ -202,7 +202,7 @@ def setup_init_layer(init_root: str, uid: int = 0, gid: int = 0) -> None:
 
 
 @scenario("init-layer-setup", "The daemon's -init layer (dirs, empty files, /etc/mtab symlink) then a case-C container layer: the merged view is right",
-          "spec §0 CreateRWLayer/setupInitLayer; §2.3 case C", "lifecycle", timeout=30)
+          "moby v1.10.3 layer/layer_store.go CreateRWLayer, daemon/daemon_unix.go setupInitLayer; Create case C, docs/reference-behaviour.md#daemon-use", "lifecycle", timeout=30)
 def init_layer_setup(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     tar = (LayerTar().dir("bin").file("bin/sh", b"#!shell\n", 0o755).dir("etc")
@@ -247,7 +247,7 @@ def init_layer_setup(ctx: ScenarioContext) -> None:
 
 
 @scenario("remove-while-mounted", "Remove of a mounted container layer fails with EBUSY on merged (reference text); after Put, Remove works",
-          "spec §2.6, §9.11; moby 1.10.3 Remove does not unmount", "lifecycle", timeout=30)
+          "moby v1.10.3 overlay.go (*Driver).Remove does not unmount; docs/reference-behaviour.md#put-remove-status", "lifecycle", timeout=30)
 def remove_while_mounted(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     # Top-level files only: Remove recurses through the live mount in readdir order of
@@ -300,7 +300,7 @@ def _mount_depths(infos) -> Tuple[Dict[str, int], Dict[str, int]]:
 
 
 @scenario("concurrent-get-put", "12 threads Get/Put 4 container layers 40 times each: one mount per layer at most, counts balance, nothing left mounted",
-          "spec §2.4–2.5 (driver mutex, active counts)", "lifecycle", timeout=60, tags=("scale",))
+          "moby v1.10.3 overlay.go (*Driver).Get/Put (driver mutex, active counts); docs/reference-behaviour.md#mount-options", "lifecycle", timeout=60, tags=("scale",))
 def concurrent_get_put(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     image, _ = image_layer(ctx, d, "", LayerTar().file("f", b"x"))
@@ -348,7 +348,7 @@ def concurrent_get_put(ctx: ScenarioContext) -> None:
 
 
 @scenario("status-and-metadata", "Status is exactly one 'Backing Filesystem' row; GetMetadata has RootDir for image layers and exactly 4 dirs for overlay layers",
-          "spec §2.8 Status/GetMetadata/Cleanup/String", "lifecycle", needs_mount=False, timeout=30, tags=("child-layer",))
+          "moby v1.10.3 overlay.go (*Driver).Status/GetMetadata/Cleanup/String; docs/reference-behaviour.md#put-remove-status", "lifecycle", needs_mount=False, timeout=30, tags=("child-layer",))
 def status_and_metadata(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     h = d.home

@@ -1,5 +1,5 @@
 """Quirks of the reference that the port keeps on purpose. PASS means the quirk reproduces
-exactly as specified (spec §2.3, §2.5, §2.9, §2.10); a FAIL means the port (or the kernel)
+exactly as the reference has it (docs/reference-behaviour.md#create, #put-remove-status, #applydiff, #copydir-quirks); a FAIL means the port (or the kernel)
 behaves differently from Docker 1.10.3 here.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ._layers import (
 
 
 @scenario("recreate-quirk", "Re-Create of a case-C layer over an existing symlink fails with EEXIST and deletes the whole layer; regular files are overwritten without truncation",
-          "spec §2.3 'Re-Create of an existing id (quirk)', §2.10 (no O_TRUNC)", "quirks", timeout=30)
+          "moby v1.10.3 overlay.go (*Driver).Create re-Create of an existing id, copy.go copyRegular (no O_TRUNC); docs/reference-behaviour.md#create", "quirks", timeout=30)
 def recreate_quirk(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().file("f", b"x"))
@@ -59,7 +59,7 @@ def recreate_quirk(ctx: ScenarioContext) -> None:
 
 
 @scenario("socket-copy-quirk", "A unix socket in an -init layer's upper makes Create case C fail with 'invalid argument' (mkfifo of a socket mode); the layer is removed",
-          "spec §2.10 fifo and socket row, §7 (mkfifo(st_mode) -> EINVAL)", "quirks", timeout=30)
+          "moby v1.10.3 overlay copy.go copyDir fifo/socket case (syscall.Mkfifo(st_mode) -> EINVAL); docs/reference-behaviour.md#copydir-quirks", "quirks", timeout=30)
 def socket_copy_quirk(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     base, _ = image_layer(ctx, d, "", LayerTar().dir("run").file("f", b"x"))
@@ -85,7 +85,7 @@ def socket_copy_quirk(ctx: ScenarioContext) -> None:
 
 
 @scenario("applydiff-fallback", "ApplyDiff with a Shape-O parent (and with no parent) falls back to the naive path: extraction through the mount into upper/",
-          "spec §2.9 (ErrApplyDiffFallback, 'Fall back to normal ApplyDiff')", "quirks", timeout=30)
+          "moby v1.10.3 overlay.go (*naiveDiffDriverWithApply).ApplyDiff (ErrApplyDiffFallback, 'Fall back to normal ApplyDiff'); docs/reference-behaviour.md#applydiff", "quirks", timeout=30)
 def applydiff_fallback(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     proto = getattr(d, "proto", d)
@@ -130,7 +130,7 @@ def applydiff_fallback(ctx: ScenarioContext) -> None:
 
 
 @scenario("put-unknown-id", "Put of a never-created id, an extra Put, and Put of a never-mounted overlay layer all return no error",
-          "spec §2.5 step 1 ('Put on a non-mounted device', always nil)", "quirks", needs_mount=False, timeout=30)
+          "moby v1.10.3 overlay.go (*Driver).Put ('Put on a non-mounted device', always nil); docs/reference-behaviour.md#put-remove-status", "quirks", needs_mount=False, timeout=30)
 def put_unknown_id(ctx: ScenarioContext) -> None:
     d = ctx.driver()
     logger = logging.getLogger("overlaylab.graphdriver")
