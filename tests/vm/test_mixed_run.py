@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -78,9 +79,14 @@ def test_mixed_run_records_the_real_provider_and_a_host_bundle_reproduces(tmp_pa
         with tarfile.open(path) as tar:
             repro = json.loads(tar.extractfile(
                 [m for m in tar.getmembers() if m.name.endswith("repro.json")][0]).read())
-        argv = repro["argv"]
+        assert repro["provider"] == "local", repro
+        dry = _cli(["repro", path, "--dry-run", "--profiles-file", str(fs)], env, timeout=120)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        argv = shlex.split(dry.stdout.strip().splitlines()[-1])
         assert argv[argv.index("--provider") + 1] == "local", argv
-        again = _cli(["repro", path, "--reports-dir", str(tmp_path / "repro-reports")], env, timeout=600)
+        # the run's profiles travel in the bundle; they are ours, so we name our own file
+        again = _cli(["repro", path, "--profiles-file", str(fs), "--reports-dir", str(tmp_path / "repro-reports")],
+                     env, timeout=600)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "REPRODUCED: host/tmpfs/driver-init is PASS again" in again.stdout
     finally:
