@@ -58,9 +58,11 @@ class DriverContext:
 
 
 def _fail(err: BaseException) -> "click.exceptions.Exit":
-    # One line, and no raw control character of a file name reaches the terminal.
+    # One line, and no raw control character of a file name reaches the terminal. An id the
+    # driver refuses is the caller's mistake: a usage error (2); what the driver answered, 1.
+    from .graphdriver.overlay import InvalidLayerID
     click.echo("overlaylab: error: %s" % safe_text(str(err).rstrip("\n")), err=True)
-    return click.exceptions.Exit(1)
+    return click.exceptions.Exit(2 if isinstance(err, InvalidLayerID) else 1)
 
 
 class Terminated(KeyboardInterrupt):
