@@ -18,7 +18,7 @@ from .lab.profiles import (ExpressionError, check_expression_words, default_prof
 from .lab.results import RunStore, incomplete_note, load_run, resolve_run_dir
 from .lab.runner import Matrix, Runner
 from .lab.scenario import all_scenarios
-from .lab.tables import render_run, render_unmet
+from .lab.tables import render_report
 
 
 def select_scenarios(patterns: Sequence[str]) -> Dict[str, Any]:
@@ -239,26 +239,15 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     if store.disk_full:
         _report_disk_full(store)
     run = load_run(store.path)
-    rep = RunReport.from_run(run)
-    view = rep.view_run()  # one row per cell; FLAKY where --repeat attempts disagree
-    click.echo(render_run(view))
-    unmet = render_unmet(view)
-    if unmet:
-        click.echo("\nNot as expected:\n" + unmet)
-    if repeat > 1:
-        from tabulate import tabulate
-        flaky = rep.flaky()
-        click.echo("\nRepeated %d times: %d of %d cells flaky" % (repeat, len(flaky), len(rep.cells)))
-        if flaky:
-            click.echo(tabulate([(c.id, "%.0f%%" % (100 * c.pass_rate), ", ".join(c.outcomes), c.expected)
-                                 for c in flaky], headers=["flaky cell", "pass rate", "outcomes", "expected"]))
+    rep = RunReport.from_run(run)  # the one fold: these tables, every report, the run index
+    click.echo(render_report(rep))
     try:
-        written = write_all(store.path, run=run)
+        written = write_all(store.path, rep=rep)
         click.echo("\nreports: " + ", ".join(os.path.basename(p) for p in written))
     except Exception as err:  # a report bug must not hide the run's result
         click.echo("\nwarning: writing the reports failed: %s: %s" % (type(err).__name__, err), err=True)
     try:
-        index_run(reports_dir_of(store.path), store.path)
+        index_run(reports_dir_of(store.path), store.path, rep=rep)
     except Exception as err:
         click.echo("warning: updating the run index failed: %s" % err, err=True)
     comparison = None
@@ -316,11 +305,7 @@ def _report_disk_full(store: RunStore) -> None:
     """The reports disk filled up: the table of everything that ran (kept in memory), exit 3."""
     from .reports import RunReport
     run = store.memory_run()
-    view = RunReport.from_run(run).view_run()
-    click.echo(render_run(view))
-    unmet = render_unmet(view)
-    if unmet:
-        click.echo("\nNot as expected:\n" + unmet)
+    click.echo(render_report(RunReport.from_run(run)))
     click.echo("\nrun %s failed: reports disk full (%s); %d cells ran, %d records could not be written "
                "(shown above, not stored)" % (store.run_id, store.path, len(run.cells), len(store.unwritten)),
                err=True)
@@ -355,16 +340,14 @@ def list_cmd(what: str, as_json: bool) -> None:
 def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
     from .reports_cli import _run_path, load_run_checked
+    from .reports import RunReport
     run = load_run_checked(_run_path(run_ref, reports_dir), warn=False)  # exit 2 naming a broken file
+    rep = RunReport.from_run(run)  # the fold `run` printed its tables from
     if as_json:
-        from .reports import RunReport
         from .reports.summary_json import render as render_summary
-        click.echo(render_summary(RunReport.from_run(run)), nl=False)
+        click.echo(render_summary(rep), nl=False)
         return
-    click.echo(render_run(run))
-    unmet = render_unmet(run)
-    if unmet:
-        click.echo("\nNot as expected:\n" + unmet)
+    click.echo(render_report(rep))
     if run.skipped_lines:
         click.echo("\n(%s)" % run.damage_note())
     note = incomplete_note(run)

@@ -8,7 +8,6 @@ agent that hangs) becomes ERROR cells with the evidence, and the other targets c
 from __future__ import annotations
 
 import base64
-import json
 import shlex
 import signal as signal_mod
 import threading
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..providers.transport import stream_lines
+from ..records import CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
 from .profiles import FsProfile
 from .results import RunStore
@@ -74,24 +74,6 @@ ProgressFn = Callable[[str, Dict[str, Any]], None]
 
 def _noop(event: str, info: Dict[str, Any]) -> None:
     pass
-
-
-def parse_records(stdout: str) -> Tuple[List[Dict[str, Any]], List[str]]:
-    records, junk = [], []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            junk.append(line)
-            continue
-        if isinstance(rec, dict) and "record" in rec:
-            records.append(rec)
-        else:
-            junk.append(line)
-    return records, junk
 
 
 def _tail(text: str, lines: int = 40) -> List[str]:
@@ -369,10 +351,8 @@ class Runner:
 
     def _error_cell(self, kernel: str, profile: str, sid: str, error: str, evidence: Dict[str, Any]) -> Dict[str, Any]:
         sc = self.matrix.scenarios[sid]
-        return {"record": "cell", "target": kernel, "profile": profile, "scenario": sid, "group": sc.group,
-                "provider": self._provider_name(kernel), "outcome": "ERROR", "expected": "PASS",
-                "expected_why": "", "met": False, "duration": 0.0, "error": error, "log": [],
-                "evidence": evidence}
+        return CellRecord(profile, sid, "ERROR", group=sc.group, error=error, evidence=evidence,
+                          target=kernel, provider=self._provider_name(kernel)).to_json()
 
     def _target_failed(self, kernel: str, err: BaseException) -> None:
         evidence: Dict[str, Any] = {"error_type": type(err).__name__,
@@ -381,8 +361,7 @@ class Runner:
             value = getattr(err, attr, None)
             if value:
                 evidence[attr] = value
-        self._append({"record": "target", "target": kernel, "provider": self._provider_name(kernel),
-                      "error": str(err), "evidence": evidence})
+        self._append(TargetRecord(kernel, self._provider_name(kernel), error=str(err), evidence=evidence).to_json())
         for profile in self.matrix.profiles:
             for sid in self.matrix.scenarios_for(kernel):
                 cell = self._error_cell(kernel, profile, sid, "target %s did not come up: %s" % (kernel, err), evidence)

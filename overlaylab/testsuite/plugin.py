@@ -41,7 +41,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def lab_cell(request, host, lab_profile, lab_scenario):
     """The agent's record for this cell on ``host`` (one agent run per host and profile)."""
-    from overlaylab.lab.runner import parse_records
+    from overlaylab.records import parse_records
     from overlaylab.providers.transport import run_with_timeout
     config = request.config
     key = (host.backend.get_pytest_id(), lab_profile)
