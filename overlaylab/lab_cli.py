@@ -1,7 +1,6 @@
 """``overlaylab run | list | show``: the lab's command line."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -76,46 +75,9 @@ def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
     return exitcodes.INFRASTRUCTURE if failures or missing else exitcodes.OK
 
 
-class AutoProvider:
-    """``--provider auto``: the host kernel locally, every other kernel under qemu.
-
-    Targets run in parallel threads, so nothing here changes per call: the session that
-    :meth:`up` yields carries the name of the provider that made it (``session.provider``),
-    and :meth:`provider_for` says which one a kernel goes to (for a target that never came up).
-    """
-
-    name = "auto"
-
-    def __init__(self) -> None:
-        self._providers: Dict[str, Any] = {}
-
-    @staticmethod
-    def provider_for(kernel: str) -> str:
-        return "local" if kernel in ("host", "local") else "qemu"
-
-    def _get(self, name: str):
-        if name not in self._providers:
-            from .providers import get_provider_class
-            self._providers[name] = get_provider_class(name)()
-        return self._providers[name]
-
-    @contextlib.contextmanager
-    def up(self, kernel: str, disks=(), keep: bool = False):
-        name = self.provider_for(kernel)
-        with self._get(name).up(kernel, disks=disks, keep=keep) as session:
-            if not getattr(session, "provider", None):
-                session.provider = name
-            yield session
-
-
 def make_provider(name: str):
-    if name == "auto":
-        return AutoProvider()
-    from .providers import get_provider_class
-    provider = get_provider_class(name)()
-    if not hasattr(provider, "name"):
-        provider.name = name
-    return provider
+    from .providers import make_provider as make
+    return make(name)
 
 
 def _progress_printer(total: int, run_dir: Optional[str] = None, per_target: Optional[Dict[str, int]] = None):
