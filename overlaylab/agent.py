@@ -31,9 +31,12 @@ from .lab.profiles import load_profiles, parse_profiles
 from .lab.scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .lab.shell import KernelLogCursor
 from .mountutil import mounts_under
+from .records import CellRecord, ProfileRecord, TargetRecord
 
 
-def emit(record: Dict[str, Any]) -> None:
+def emit(record: Any) -> None:
+    if not isinstance(record, dict):
+        record = record.to_json()
     sys.stdout.write(json.dumps(record, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
 
@@ -81,8 +84,8 @@ def _overlay_xattr_read(path: str) -> str:
 
 def cmd_probe_target(args: argparse.Namespace) -> int:
     probes = probe_mod.run_target_probes()
-    emit({"record": "target", "probes": _probe_dicts(probes), "facts": dict(_facts(probes)),
-          "python": sys.version.split()[0], "uname": list(os.uname())})
+    emit(TargetRecord(probes=_probe_dicts(probes), facts=dict(_facts(probes)),
+                      extra={"python": sys.version.split()[0], "uname": list(os.uname())}))
     return 0
 
 
@@ -143,17 +146,15 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
         try:
             with make_backing_fs(profile, workdir, device=device) as bfs:
                 fs_probes, facts = probe_profile(profile, bfs.mountpoint, target_probes)
-                emit({"record": "profile", "profile": profile.name, "fs": bfs.to_dict(),
-                      "probes": _probe_dicts(fs_probes), "facts": dict(facts),
-                      "setup_seconds": round(time.monotonic() - started, 3), "dmesg": klog.read_new()})
+                emit(ProfileRecord(profile.name, fs=bfs.to_dict(), probes=_probe_dicts(fs_probes),
+                                   facts=dict(facts), setup_seconds=round(time.monotonic() - started, 3),
+                                   dmesg=klog.read_new()))
                 scratch = os.path.join(workdir, "scratch")
                 os.makedirs(scratch, exist_ok=True)
                 for sid in wanted:
                     sc = catalogue[sid]
                     cell = run_scenario(sc, bfs.mountpoint, facts, scratch, kernel_log=klog)
-                    record = {"record": "cell", "profile": profile.name, "scenario": sid, "group": sc.group}
-                    record.update(cell.to_dict())
-                    emit(record)
+                    emit(cell.to_record(profile.name, sid, sc.group))
         except BackingFsUnavailable as err:
             _emit_unavailable(profile.name, wanted, catalogue, err, klog)
     finally:
@@ -172,15 +173,13 @@ def _emit_unavailable(profile: str, wanted: List[str], catalogue, err: BackingFs
                       klog: KernelLogCursor) -> None:
     """The profile could not be made: every cell is UNSUPPORTED (the kernel's) or ERROR (the lab's)."""
     detail = err.to_dict()
-    emit({"record": "profile", "profile": profile, "unavailable": detail, "fs": None, "probes": {},
-          "facts": {}, "dmesg": err.dmesg or klog.read_new()})
+    emit(ProfileRecord(profile, unavailable=detail, dmesg=err.dmesg or klog.read_new()))
     outcome = Outcome.ERROR if err.infrastructure else Outcome.UNSUPPORTED
     expected = Expectation(Outcome.UNSUPPORTED, "this kernel cannot make the %s profile (%s failed)" % (profile, err.step))
     for sid in wanted:
-        emit({"record": "cell", "profile": profile, "scenario": sid, "group": catalogue[sid].group,
-              "outcome": outcome.value, "expected": expected.outcome.value, "expected_why": expected.why,
-              "met": outcome == expected.outcome, "duration": 0.0, "error": str(err), "log": [],
-              "evidence": {"backing_fs": detail}})
+        emit(CellRecord(profile, sid, outcome.value, group=catalogue[sid].group, expected=expected.outcome.value,
+                        expected_why=expected.why, met=outcome == expected.outcome, error=str(err),
+                        evidence={"backing_fs": detail}))
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

@@ -39,7 +39,8 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - 3.9/3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from .paths import PROJECT_ROOT
+
 ENV_BOXES = "OVERLAYLAB_BOXES"
 ENV_VAGRANT_CONFIG = "OVERLAYLAB_VAGRANT_CONFIG"
 BUILD_SCRIPT = PROJECT_ROOT / "vms" / "boxes" / "build-box.sh"

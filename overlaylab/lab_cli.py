@@ -1,7 +1,6 @@
 """``overlaylab run | list | show``: the lab's command line."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from .lab.profiles import (ExpressionError, check_expression_words, default_prof
 from .lab.results import RunStore, incomplete_note, load_run, resolve_run_dir
 from .lab.runner import Matrix, Runner
 from .lab.scenario import all_scenarios
-from .lab.tables import render_run, render_unmet
+from .lab.tables import render_report
 
 
 def select_scenarios(patterns: Sequence[str]) -> Dict[str, Any]:
@@ -76,46 +75,9 @@ def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
     return exitcodes.INFRASTRUCTURE if failures or missing else exitcodes.OK
 
 
-class AutoProvider:
-    """``--provider auto``: the host kernel locally, every other kernel under qemu.
-
-    Targets run in parallel threads, so nothing here changes per call: the session that
-    :meth:`up` yields carries the name of the provider that made it (``session.provider``),
-    and :meth:`provider_for` says which one a kernel goes to (for a target that never came up).
-    """
-
-    name = "auto"
-
-    def __init__(self) -> None:
-        self._providers: Dict[str, Any] = {}
-
-    @staticmethod
-    def provider_for(kernel: str) -> str:
-        return "local" if kernel in ("host", "local") else "qemu"
-
-    def _get(self, name: str):
-        if name not in self._providers:
-            from .providers import get_provider_class
-            self._providers[name] = get_provider_class(name)()
-        return self._providers[name]
-
-    @contextlib.contextmanager
-    def up(self, kernel: str, disks=(), keep: bool = False):
-        name = self.provider_for(kernel)
-        with self._get(name).up(kernel, disks=disks, keep=keep) as session:
-            if not getattr(session, "provider", None):
-                session.provider = name
-            yield session
-
-
 def make_provider(name: str):
-    if name == "auto":
-        return AutoProvider()
-    from .providers import get_provider_class
-    provider = get_provider_class(name)()
-    if not hasattr(provider, "name"):
-        provider.name = name
-    return provider
+    from .providers import make_provider as make
+    return make(name)
 
 
 def _progress_printer(total: int, run_dir: Optional[str] = None, per_target: Optional[Dict[str, int]] = None):
@@ -239,26 +201,15 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     if store.disk_full:
         _report_disk_full(store)
     run = load_run(store.path)
-    rep = RunReport.from_run(run)
-    view = rep.view_run()  # one row per cell; FLAKY where --repeat attempts disagree
-    click.echo(render_run(view))
-    unmet = render_unmet(view)
-    if unmet:
-        click.echo("\nNot as expected:\n" + unmet)
-    if repeat > 1:
-        from tabulate import tabulate
-        flaky = rep.flaky()
-        click.echo("\nRepeated %d times: %d of %d cells flaky" % (repeat, len(flaky), len(rep.cells)))
-        if flaky:
-            click.echo(tabulate([(c.id, "%.0f%%" % (100 * c.pass_rate), ", ".join(c.outcomes), c.expected)
-                                 for c in flaky], headers=["flaky cell", "pass rate", "outcomes", "expected"]))
+    rep = RunReport.from_run(run)  # the one fold: these tables, every report, the run index
+    click.echo(render_report(rep))
     try:
-        written = write_all(store.path, run=run)
+        written = write_all(store.path, rep=rep)
         click.echo("\nreports: " + ", ".join(os.path.basename(p) for p in written))
     except Exception as err:  # a report bug must not hide the run's result
         click.echo("\nwarning: writing the reports failed: %s: %s" % (type(err).__name__, err), err=True)
     try:
-        index_run(reports_dir_of(store.path), store.path)
+        index_run(reports_dir_of(store.path), store.path, rep=rep)
     except Exception as err:
         click.echo("warning: updating the run index failed: %s" % err, err=True)
     comparison = None
@@ -316,11 +267,7 @@ def _report_disk_full(store: RunStore) -> None:
     """The reports disk filled up: the table of everything that ran (kept in memory), exit 3."""
     from .reports import RunReport
     run = store.memory_run()
-    view = RunReport.from_run(run).view_run()
-    click.echo(render_run(view))
-    unmet = render_unmet(view)
-    if unmet:
-        click.echo("\nNot as expected:\n" + unmet)
+    click.echo(render_report(RunReport.from_run(run)))
     click.echo("\nrun %s failed: reports disk full (%s); %d cells ran, %d records could not be written "
                "(shown above, not stored)" % (store.run_id, store.path, len(run.cells), len(store.unwritten)),
                err=True)
@@ -355,16 +302,14 @@ def list_cmd(what: str, as_json: bool) -> None:
 def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
     from .reports_cli import _run_path, load_run_checked
+    from .reports import RunReport
     run = load_run_checked(_run_path(run_ref, reports_dir), warn=False)  # exit 2 naming a broken file
+    rep = RunReport.from_run(run)  # the fold `run` printed its tables from
     if as_json:
-        from .reports import RunReport
         from .reports.summary_json import render as render_summary
-        click.echo(render_summary(RunReport.from_run(run)), nl=False)
+        click.echo(render_summary(rep), nl=False)
         return
-    click.echo(render_run(run))
-    unmet = render_unmet(run)
-    if unmet:
-        click.echo("\nNot as expected:\n" + unmet)
+    click.echo(render_report(rep))
     if run.skipped_lines:
         click.echo("\n(%s)" % run.damage_note())
     note = incomplete_note(run)

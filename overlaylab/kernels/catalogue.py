@@ -47,7 +47,8 @@ class KernelEntry:
 
 def default_catalogue_path() -> Path:
     """``vms/kernels.toml`` of the project checkout this package lives in."""
-    return Path(__file__).resolve().parents[2] / "vms" / "kernels.toml"
+    from ..paths import PROJECT_ROOT
+    return PROJECT_ROOT / "vms" / "kernels.toml"
 
 
 def parse_entry(name: str, data: dict, base_dir: Optional[Path] = None) -> KernelEntry:

@@ -27,12 +27,13 @@ from ..mountutil import (
     MS_NOSUID,
     MS_RDONLY,
 )
+from ..paths import PACKAGE_DIR
 
 KINDS = ("block", "tmpfs", "overlay")
 
 ENV_PROFILES = "OVERLAYLAB_FILESYSTEMS"
 
-_PKG_DIR = Path(__file__).resolve().parent.parent  # .../overlaylab
+_PKG_DIR = PACKAGE_DIR  # .../overlaylab
 
 
 def default_profiles_path() -> Path:

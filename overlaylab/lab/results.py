@@ -19,10 +19,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-SCHEMA_VERSION = 1
+from ..records import OUTCOMES, SCHEMA_VERSION
+
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
-OUTCOMES = ("PASS", "FAIL", "REFUSED", "UNSUPPORTED", "ERROR")
 
 
 def now_iso() -> str:
@@ -176,8 +176,9 @@ class RunStore:
         self.meta.update(meta)
         self._write_meta()
 
-    def append(self, record: Dict[str, Any]) -> None:
-        record = dict(record)
+    def append(self, record: Any) -> None:
+        """Store one record (a :mod:`overlaylab.records` record, or its JSON dict)."""
+        record = dict(record) if isinstance(record, dict) else record.to_json()
         record.setdefault("schema", SCHEMA_VERSION)
         record.setdefault("run_id", self.run_id)
         line = json.dumps(record, sort_keys=True, default=str) + "\n"

@@ -1,15 +1,13 @@
 """Running the matrix: for each kernel, bring a target up, run the agent per profile, store cells.
 
 The runner never touches the kernel itself: it only talks to the agent through the target's
-testinfra host (with a timeout on every call), so the same code drives the host, a qemu guest
-or a Vagrant box. Whatever goes wrong with a target (no kernel, a VM that does not boot, an
+:class:`~overlaylab.providers.session.Session` (with a timeout on every call), so the same code
+drives the host, a qemu guest or a Vagrant box. Whatever goes wrong with a target (no kernel, a VM that does not boot, an
 agent that hangs) becomes ERROR cells with the evidence, and the other targets carry on.
 """
 from __future__ import annotations
 
 import base64
-import json
-import shlex
 import signal as signal_mod
 import threading
 import time
@@ -18,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..providers.session import Session
 from ..providers.transport import stream_lines
+from ..records import CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
 from .profiles import FsProfile
 from .results import RunStore
@@ -74,24 +74,6 @@ ProgressFn = Callable[[str, Dict[str, Any]], None]
 
 def _noop(event: str, info: Dict[str, Any]) -> None:
     pass
-
-
-def parse_records(stdout: str) -> Tuple[List[Dict[str, Any]], List[str]]:
-    records, junk = [], []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            junk.append(line)
-            continue
-        if isinstance(rec, dict) and "record" in rec:
-            records.append(rec)
-        else:
-            junk.append(line)
-    return records, junk
 
 
 def _tail(text: str, lines: int = 40) -> List[str]:
@@ -201,33 +183,22 @@ class Runner:
     def _append(self, record: Dict[str, Any]) -> None:
         self.store.append(record)  # thread-safe: parallel targets share the store
 
-    def _provider_name(self, kernel: str, session: Any = None) -> str:
+    def _provider_name(self, kernel: str, session: Optional[Session] = None) -> str:
         """The provider that ran (or was to run) ``kernel``: the session's own name first (a
         provider shared by parallel targets, like ``auto``, must not be asked per call)."""
-        name = getattr(session, "provider", None)
-        if name:
-            return name
-        provider_for = getattr(self.provider, "provider_for", None)
-        if provider_for is not None:
-            return provider_for(kernel)
-        return getattr(self.provider, "name", "?")
+        if session is not None and session.provider:
+            return session.provider
+        from ..providers import provider_name
+        return provider_name(self.provider, kernel)
 
-    def _agent_command(self, session: Any, args: Sequence[str]) -> str:
-        if hasattr(session, "agent_command"):
-            return session.agent_command(args)
-        return "python3 -m overlaylab.agent " + " ".join(shlex.quote(a) for a in args)
-
-    def _record_target(self, kernel: str, session: Any, started: float) -> None:
-        info = {"record": "target", "target": kernel, "provider": self._provider_name(kernel, session),
-                "kernel_release": getattr(session, "kernel_release", ""),
-                "accel": getattr(session, "accel", None),
-                "boot_seconds": round(getattr(session, "boot_seconds", 0.0) or 0.0, 3),
-                "up_seconds": round(time.monotonic() - started, 3),
-                "disks": dict(getattr(session, "disks", {}) or {}),
-                "boot_retries": list(getattr(session, "boot_retries", []) or [])}
+    def _record_target(self, kernel: str, session: Session, started: float) -> None:
+        info = TargetRecord(kernel, self._provider_name(kernel, session), session.kernel_release, extra={
+            "accel": session.accel, "boot_seconds": round(session.boot_seconds or 0.0, 3),
+            "up_seconds": round(time.monotonic() - started, 3), "disks": dict(session.disks or {}),
+            "boot_retries": list(session.boot_retries or [])}).to_json()
         try:
             with progress_mod.phase("probes", "kernel facts"):
-                res = session.run(self._agent_command(session, ["probe-target"]), 120)
+                res = session.run(session.agent_command(["probe-target"]), 120)
             records, _ = parse_records(res.stdout)
             for rec in records:
                 if rec.get("record") == "target":
@@ -239,9 +210,9 @@ class Runner:
         self._append(info)
         self.progress("target-up", info)
 
-    def _agent_args(self, session: Any, profiles: Sequence[FsProfile], scenarios: Sequence[str]) -> List[str]:
+    def _agent_args(self, session: Session, profiles: Sequence[FsProfile], scenarios: Sequence[str]) -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
-        disks = getattr(session, "disks", {}) or {}
+        disks = session.disks or {}
         for profile in profiles:
             args += ["--profile", profile.name]
             if profile.name in disks:
@@ -252,7 +223,7 @@ class Runner:
             args += ["--scenario", sid]
         return args
 
-    def _run_profiles(self, kernel: str, session: Any, profiles: Sequence[FsProfile], attempt: int = 1) -> None:
+    def _run_profiles(self, kernel: str, session: Session, profiles: Sequence[FsProfile], attempt: int = 1) -> None:
         """One agent process for all profiles of a target (interpreter start-up in a TCG guest
         over 9p costs seconds), its records stored and shown line by line as they arrive."""
         scenarios = self.matrix.scenarios_for(kernel)
@@ -261,7 +232,7 @@ class Runner:
         done: Dict[Tuple[str, str], Dict[str, Any]] = {}
         junk: List[str] = []
         state = {"problem": None, "started": time.monotonic()}
-        extra = {"target": kernel, "kernel_release": getattr(session, "kernel_release", ""),
+        extra = {"target": kernel, "kernel_release": session.kernel_release,
                  "provider": self._provider_name(kernel, session)}
         if self.repeat > 1:
             extra["attempt"] = attempt
@@ -293,7 +264,7 @@ class Runner:
         stderr = ""
         died = False
         try:
-            res = self._stream(session, self._agent_command(session, self._agent_args(session, profiles, list(scenarios))),
+            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, list(scenarios))),
                                timeout, on_line)
             stderr = res.stderr
             elapsed = time.monotonic() - state["started"]
@@ -338,10 +309,10 @@ class Runner:
         if rerun:
             self._run_profiles(kernel, session, rerun, attempt)
 
-    def _cleanup_after_agent(self, session: Any) -> List[Any]:
+    def _cleanup_after_agent(self, session: Session) -> List[Any]:
         """``agent cleanup --run RUN`` on the target: what the dead agent left, removed."""
         try:
-            res = session.run(self._agent_command(session, ["cleanup", "--run", self.store.run_id]), 300)
+            res = session.run(session.agent_command(["cleanup", "--run", self.store.run_id]), 300)
             records, _ = parse_records(res.stdout)
             return [item for r in records if r.get("record") == "cleanup" for item in r.get("items", [])] + \
                 ["problem: " + p for r in records if r.get("record") == "cleanup" for p in r.get("problems", [])]
@@ -349,16 +320,16 @@ class Runner:
             return ["cleanup failed: %s: %s" % (type(err).__name__, err)]
 
     @staticmethod
-    def _stream(session: Any, command: str, timeout: float, on_line: Callable[[str], None]):
-        if getattr(session, "host", None) is not None:
+    def _stream(session: Session, command: str, timeout: float, on_line: Callable[[str], None]):
+        if session.host is not None:
             return stream_lines(session.host, command, timeout, on_line)
         res = session.run(command, timeout)  # a session without a testinfra host: no streaming
         for line in res.stdout.splitlines():
             on_line(line)
         return res
 
-    def _console_tail(self, session: Any) -> List[str]:
-        path = getattr(session, "console_log", None)
+    def _console_tail(self, session: Session) -> List[str]:
+        path = session.console_log
         if not path:
             return []
         try:
@@ -369,10 +340,8 @@ class Runner:
 
     def _error_cell(self, kernel: str, profile: str, sid: str, error: str, evidence: Dict[str, Any]) -> Dict[str, Any]:
         sc = self.matrix.scenarios[sid]
-        return {"record": "cell", "target": kernel, "profile": profile, "scenario": sid, "group": sc.group,
-                "provider": self._provider_name(kernel), "outcome": "ERROR", "expected": "PASS",
-                "expected_why": "", "met": False, "duration": 0.0, "error": error, "log": [],
-                "evidence": evidence}
+        return CellRecord(profile, sid, "ERROR", group=sc.group, error=error, evidence=evidence,
+                          target=kernel, provider=self._provider_name(kernel)).to_json()
 
     def _target_failed(self, kernel: str, err: BaseException) -> None:
         evidence: Dict[str, Any] = {"error_type": type(err).__name__,
@@ -381,8 +350,7 @@ class Runner:
             value = getattr(err, attr, None)
             if value:
                 evidence[attr] = value
-        self._append({"record": "target", "target": kernel, "provider": self._provider_name(kernel),
-                      "error": str(err), "evidence": evidence})
+        self._append(TargetRecord(kernel, self._provider_name(kernel), error=str(err), evidence=evidence).to_json())
         for profile in self.matrix.profiles:
             for sid in self.matrix.scenarios_for(kernel):
                 cell = self._error_cell(kernel, profile, sid, "target %s did not come up: %s" % (kernel, err), evidence)

@@ -11,7 +11,6 @@ kernel refuses as upperdir), so a run can tell "broken as known" from "newly bro
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import shutil
@@ -23,20 +22,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ..records import CellRecord, Outcome
+
 log = logging.getLogger("overlaylab.lab.scenario")
-
-
-class Outcome(str, enum.Enum):
-    """What one cell (target x profile x scenario) came to (README, "What a run looks like")."""
-
-    PASS = "PASS"                # the behaviour the scenario checks holds
-    FAIL = "FAIL"                # it does not: the driver or kernel misbehaves
-    REFUSED = "REFUSED"          # the driver refused, as designed (e.g. ErrIncompatibleFS on btrfs)
-    UNSUPPORTED = "UNSUPPORTED"  # the environment cannot provide the prerequisite
-    ERROR = "ERROR"              # the lab itself failed: timeout, crash, hang, harness bug
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class ScenarioFailure(AssertionError):
@@ -237,10 +225,10 @@ class CellOutcome:
     def met(self) -> bool:
         return self.outcome == self.expected.outcome
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"outcome": self.outcome.value, "expected": self.expected.outcome.value,
-                "expected_why": self.expected.why, "met": self.met, "duration": round(self.duration, 3),
-                "error": self.error, "log": self.log, "evidence": self.evidence}
+    def to_record(self, profile: str, scenario: str, group: str) -> CellRecord:
+        return CellRecord(profile, scenario, self.outcome.value, group=group, expected=self.expected.outcome.value,
+                          expected_why=self.expected.why, met=self.met, duration=round(self.duration, 3),
+                          error=self.error, log=self.log, evidence=self.evidence)
 
 
 @contextlib.contextmanager

@@ -5,15 +5,12 @@ from typing import Any, Dict, List
 
 from tabulate import tabulate
 
-from .results import OUTCOMES, Run, counts
-
-SHORT = {"PASS": "PASS", "FAIL": "FAIL", "REFUSED": "REFUSED", "UNSUPPORTED": "UNSUP", "ERROR": "ERROR"}
-UNMET_MARK = "!"  # the outcome differs from what the facts led us to expect
+from ..records import OUTCOMES, UNMET_MARK, short_label
+from .results import Run, counts
 
 
 def cell_text(cell: Dict[str, Any]) -> str:
-    text = SHORT.get(cell["outcome"], cell["outcome"])
-    return text if cell.get("met") else text + UNMET_MARK
+    return short_label(cell["outcome"], bool(cell.get("met")))
 
 
 def matrix_rows(run: Run, target: str) -> List[List[str]]:
@@ -97,3 +94,21 @@ def render_unmet(run: Run, limit: int = 30) -> str:
     more = len(run.unmet()) - limit
     text = tabulate(rows, headers=["kernel", "profile", "scenario", "got", "expected", "error"])
     return text + ("\n(+%d more)" % more if more > 0 else "")
+
+
+def render_report(rep: Any) -> str:
+    """What ``run`` prints at its end and ``show`` prints again: the tables of a folded run
+    (a :class:`overlaylab.reports.model.RunReport`: one row per cell, FLAKY where ``--repeat``
+    attempts disagree), the cells not as expected and, for a repeated run, the flaky cells."""
+    view = rep.view_run()
+    out = [render_run(view)]
+    unmet = render_unmet(view)
+    if unmet:
+        out.append("\nNot as expected:\n" + unmet)
+    if rep.repeat > 1:
+        flaky = rep.flaky()
+        out.append("\nRepeated %d times: %d of %d cells flaky" % (rep.repeat, len(flaky), len(rep.cells)))
+        if flaky:
+            out.append(tabulate([(c.id, "%.0f%%" % (100 * c.pass_rate), ", ".join(c.outcomes), c.expected)
+                                 for c in flaky], headers=["flaky cell", "pass rate", "outcomes", "expected"]))
+    return "\n".join(out)

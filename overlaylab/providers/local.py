@@ -6,23 +6,23 @@ project on ``PYTHONPATH``; it makes each profile on a loop device itself.
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, List, Iterator, Optional, Sequence, Tuple
 
 import testinfra
 
+from ..paths import PROJECT_ROOT as _ROOT
+from .session import SessionMethods
 from .transport import run_with_timeout
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROJECT_ROOT = str(_ROOT)
 
 
 @dataclass
-class LocalSession:
+class LocalSession(SessionMethods):
     host: object
     kernel_release: str
     disks: Dict[str, str] = field(default_factory=dict)
@@ -31,15 +31,11 @@ class LocalSession:
     console_log: Optional[str] = None
     agent_python: str = sys.executable
     agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
+    boot_retries: List[str] = field(default_factory=list)
     provider: str = "local"  # who ran it: what the runner records (the "auto" provider is shared)
 
     def run(self, command: str, timeout: float = 300.0):
         return run_with_timeout(self.host, command, timeout)
-
-    def agent_command(self, args: Sequence[str]) -> str:
-        env = " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in self.agent_env.items())
-        return "env %s %s -m overlaylab.agent %s" % (env, shlex.quote(self.agent_python),
-                                                      " ".join(shlex.quote(a) for a in args))
 
 
 class LocalProvider:

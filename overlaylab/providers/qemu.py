@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..kernels.cache import KernelImage
@@ -44,9 +43,11 @@ from ..lab.progress import keep_path, phase
 from ..vm import qemu as qemu_mod
 from ..vm.initramfs import InitramfsInfo, build_initramfs
 from ..vm.qemu import READY_MARKER, QemuVM, VMBootError
+from ..paths import PROJECT_ROOT as _ROOT
+from .session import SessionMethods
 from .transport import run_with_timeout
 
-PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+PROJECT_ROOT = str(_ROOT)
 GUEST_RUN_DIR = "/run/overlaylab"
 GUEST_MODROOT = GUEST_RUN_DIR + "/modroot"
 # The kernel's words for a corrupted initramfs read; intermittent under TCG, retried once.
@@ -191,7 +192,7 @@ def validate_disks(disks: Sequence[Tuple[str, int]]) -> List[Tuple[str, int]]:
 # --- the provider ------------------------------------------------------------------------------
 
 @dataclass
-class QemuSession:
+class QemuSession(SessionMethods):
     host: object
     disks: Dict[str, str]
     kernel_release: str
@@ -208,18 +209,23 @@ class QemuSession:
     boot_retries: List[str] = field(default_factory=list)
     vm: Optional[QemuVM] = field(default=None, repr=False)
     agent_python: str = sys.executable
+    # the agent runs with the host's interpreter (shared over 9p) and the project on PYTHONPATH
     agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
+    provider: str = "qemu"
+    _closed: bool = field(default=False, repr=False)
 
     def run(self, command: str, timeout: float = 300.0):
         """``run_with_timeout(self.host, command, timeout)``."""
         return run_with_timeout(self.host, command, timeout)
 
-    def agent_command(self, args: Sequence[str]) -> str:
-        """The shell command that runs ``python3 -m overlaylab.agent ARGS`` in the guest with
-        the host's interpreter (shared over 9p) and the project on PYTHONPATH."""
-        env = " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in self.agent_env.items())
-        return "env %s %s -m overlaylab.agent %s" % (env, shlex.quote(self.agent_python),
-                                                      " ".join(shlex.quote(a) for a in args))
+    def close(self) -> None:
+        """Stop testinfra's ssh ControlMaster of this session (the VM is the provider's)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["ssh", "-F", self.ssh_config, "-O", "exit", "127.0.0.1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
 
     def poweroff(self, timeout: float = 10.0) -> bool:
         """Ask the guest init to sync and power off; True if qemu exited in time."""
@@ -372,10 +378,7 @@ class QemuProvider:
                     finally:
                         if keep:
                             session.poweroff()
-                        with contextlib.suppress(OSError, subprocess.SubprocessError):
-                            # stop testinfra's ssh ControlMaster for this run
-                            subprocess.run(["ssh", "-F", ssh_config, "-O", "exit", "127.0.0.1"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+                        session.close()
                 return
         except VMBootError as e:
             # the run directory goes away: keep the whole console log as evidence

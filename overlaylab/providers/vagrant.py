@@ -47,10 +47,11 @@ import vagrant
 from .. import boxes as boxes_mod
 from ..boxes import BoxSpec, Catalogue
 from ..lab.progress import keep_path, phase
+from ..paths import PACKAGE_DIR, PROJECT_ROOT
+from .session import SessionMethods
+from .session import agent_command as session_agent_command
 from .transport import run_with_timeout
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_DIR = PROJECT_ROOT / "overlaylab"
 LIBVIRT_URI = "qemu:///system"
 GUEST_AGENT_PATH = "/var/tmp/overlaylab.pyz"
 MIN_GUEST_PYTHON = (3, 9)
@@ -235,9 +236,7 @@ def agent_command(args: Sequence[str], agent_path: str = GUEST_AGENT_PATH, pytho
     """How the guest runs the agent: as root (sudo), the shipped zipapp on PYTHONPATH."""
     env = {"PYTHONPATH": agent_path, "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8",
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    return "sudo -n env %s %s -m overlaylab.agent %s" % (
-        " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in env.items()), shlex.quote(python),
-        " ".join(shlex.quote(a) for a in args))
+    return session_agent_command(args, python, env, sudo=True)
 
 
 # --- libvirt leftovers -------------------------------------------------------------------------
@@ -275,7 +274,7 @@ def remove_leftovers(left: Dict[str, List[str]]) -> None:
 # --- the session and the provider --------------------------------------------------------------
 
 @dataclass
-class VagrantSession:
+class VagrantSession(SessionMethods):
     host: Any
     machine: str
     vagrant: TimedVagrant
@@ -293,6 +292,8 @@ class VagrantSession:
     agent_path: str = GUEST_AGENT_PATH
     timings: Dict[str, float] = field(default_factory=dict)
     cleanup: Dict[str, Any] = field(default_factory=dict)
+    boot_retries: List[str] = field(default_factory=list)
+    provider: str = "vagrant"
 
     @property
     def domain(self) -> str:

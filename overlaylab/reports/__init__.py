@@ -34,9 +34,11 @@ def _write(path: str, text: str) -> None:
 
 
 def write_all(run_path: str, out_dir: Optional[str] = None, run: Optional[Run] = None,
-              formats=("markdown", "html", "junit", "json")) -> List[str]:
-    """Write the reports of the run at ``run_path`` (into the run directory by default)."""
-    rep = RunReport.from_run(run if run is not None else load_run(run_path))
+              formats=("markdown", "html", "junit", "json"), rep: Optional[RunReport] = None) -> List[str]:
+    """Write the reports of the run at ``run_path`` (into the run directory by default), from
+    ``rep`` when the caller has folded the run already."""
+    if rep is None:
+        rep = RunReport.from_run(run if run is not None else load_run(run_path))
     out_dir = out_dir or run_path
     os.makedirs(out_dir, exist_ok=True)
     written = []

@@ -65,9 +65,10 @@ def _insert(conn: sqlite3.Connection, rep: RunReport) -> None:
          round(cv.duration, 3), cv.error[:500]) for cv in rep.cells.values()])
 
 
-def index_run(reports_dir: str, run_path: str) -> None:
-    """Add (or refresh) one run in the index."""
-    rep = RunReport.from_run(load_run(run_path))
+def index_run(reports_dir: str, run_path: str, rep: Optional[RunReport] = None) -> None:
+    """Add (or refresh) one run in the index (from ``rep`` when the caller has folded it)."""
+    if rep is None:
+        rep = RunReport.from_run(load_run(run_path))
     conn = connect(reports_dir)
     try:
         with conn:

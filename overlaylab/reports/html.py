@@ -13,10 +13,10 @@ import json
 import re
 from typing import Any, Dict, List
 
+from ..records import SHORT
 from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
                     evidence_sections, fs_sections, probe_rows)
 
-SHORT = {"PASS": "PASS", "FAIL": "FAIL", "REFUSED": "REF", "UNSUPPORTED": "UNSUP", "ERROR": "ERR", FLAKY: "FLAKY"}
 
 CSS = """
 :root { --pass:#1a7f37; --fail:#c62828; --refused:#a14a00; --unsupported:#555f6a; --error:#6b2fa8;

@@ -13,25 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..lab.results import OUTCOMES, Run
+from ..lab.results import Run
+from ..records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES, SHORT,  # noqa: F401
+                       SYMBOLS, UNMET_MARK)
 
-FLAKY = "FLAKY"
-ALL_OUTCOMES = OUTCOMES + (FLAKY,)
-
-# One symbol per outcome: for markdown (GitHub renders these everywhere) and the legend.
-SYMBOLS = {"PASS": "✅", "FAIL": "❌", "REFUSED": "⛔", "UNSUPPORTED": "➖", "ERROR": "💥", FLAKY: "🔀"}
-NOT_RUN = "·"
-UNMET_MARK = "!"
-MEANING = {
-    "PASS": "the scenario worked",
-    "FAIL": "the driver or kernel misbehaved (a real failure; may be a known one)",
-    "REFUSED": "the driver refused, as designed (e.g. ErrIncompatibleFS over btrfs)",
-    "UNSUPPORTED": "the environment cannot provide a prerequisite (e.g. no xfs V4 in this kernel)",
-    "ERROR": "the lab's infrastructure failed (timeout, crash, hang, target down)",
-    FLAKY: "the outcome differed between repeats (--repeat)",
-}
 GROUP_ORDER = ("lifecycle", "diff", "quirks", "failure-class")
-BAD_OUTCOMES = ("FAIL", "ERROR")
 
 CellKey = Tuple[str, str, str]
 

@@ -1,8 +1,6 @@
 """pytest plugin (entry point ``pytest11``): options and fixtures of the catalogue suite."""
 from __future__ import annotations
 
-import os
-import shlex
 import sys
 
 import pytest
@@ -41,25 +39,27 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def lab_cell(request, host, lab_profile, lab_scenario):
     """The agent's record for this cell on ``host`` (one agent run per host and profile)."""
-    from overlaylab.lab.runner import parse_records
+    from overlaylab.paths import PROJECT_ROOT
+    from overlaylab.providers.session import agent_command
+    from overlaylab.records import parse_records
     from overlaylab.providers.transport import run_with_timeout
     config = request.config
     key = (host.backend.get_pytest_id(), lab_profile)
     if key not in _cache:
         local = host.backend.NAME == "local"
         python = config.getoption("--lab-python") or (sys.executable if local else "python3")
-        env = ""
+        env = {}
         pythonpath = config.getoption("--lab-pythonpath")
         if pythonpath or local:
-            env = "env PYTHONPATH=%s " % shlex.quote(pythonpath or os.path.dirname(os.path.dirname(
-                os.path.dirname(os.path.abspath(__file__)))))
+            env["PYTHONPATH"] = pythonpath or str(PROJECT_ROOT)
         # Only the cells that survived -k/deselection for this profile.
         wanted = sorted({item.callspec.params["lab_scenario"] for item in request.session.items
                          if getattr(item, "callspec", None) is not None
                          and item.callspec.params.get("lab_profile") == lab_profile})
-        command = "%s%s -m overlaylab.agent run --profile %s%s" % (
-            env, shlex.quote(python), shlex.quote(lab_profile),
-            "".join(" --scenario %s" % shlex.quote(s) for s in wanted))
+        args = ["run", "--profile", lab_profile]
+        for sid in wanted:
+            args += ["--scenario", sid]
+        command = agent_command(args, python, env)
         result = run_with_timeout(host, command, config.getoption("--lab-timeout"))
         records, _ = parse_records(result.stdout)
         facts = {}

@@ -181,7 +181,8 @@ def start_vm(kernel: str, disks: Sequence[Tuple[str, int]], hard_timeout: float 
     log_path = d / "keeper.log"
     with open(log_path, "wb") as log:
         env = dict(os.environ)
-        project = str(Path(__file__).resolve().parents[2])
+        from ..paths import PROJECT_ROOT
+        project = str(PROJECT_ROOT)
         env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.Popen([sys.executable, "-m", KEEPER_MODULE, str(d)], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, close_fds=True, start_new_session=True,

@@ -21,6 +21,7 @@ from overlaylab.lab.runner import Matrix, Runner
 from overlaylab.lab.scenario import all_scenarios
 from overlaylab.lab.tables import clip
 from overlaylab.mountutil import mounts_under
+from overlaylab.providers.session import SessionBase
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
@@ -209,7 +210,7 @@ class _StubProvider:
             raise RuntimeError(self.boot_error)
         provider = self
 
-        class Session:
+        class Session(SessionBase):
             kernel_release = "9.9-stub"
             disks = {}
 
@@ -249,7 +250,7 @@ def test_run_follows_the_exit_code_table(tmp_path, monkeypatch, stub, code):
 def test_auto_provider_names_each_session_and_runner_records_it(tmp_path):
     """Two targets in parallel through one AutoProvider: the host's records say local, the
     VM kernel's say qemu (the runner asks the session, not the shared provider)."""
-    from overlaylab.lab_cli import AutoProvider
+    from overlaylab.providers.auto import AutoProvider
 
     class Stub:
         def __init__(self, name):
@@ -257,7 +258,7 @@ def test_auto_provider_names_each_session_and_runner_records_it(tmp_path):
 
         @contextlib.contextmanager
         def up(self, kernel, disks=(), keep=False):
-            class Session:
+            class Session(SessionBase):
                 kernel_release = "1.0-" + self.name
                 disks = {}
 
@@ -290,7 +291,7 @@ def test_auto_provider_names_each_session_and_runner_records_it(tmp_path):
 
 
 def test_a_target_that_never_came_up_is_named_by_its_provider(tmp_path):
-    from overlaylab.lab_cli import AutoProvider
+    from overlaylab.providers.auto import AutoProvider
 
     class Down:
         @contextlib.contextmanager
@@ -368,7 +369,7 @@ def test_every_agent_gets_the_profiles_text():
     store = __import__("types").SimpleNamespace(run_id="20261202-000000-abcd")
     runner = Runner(_StubProvider(outcome="PASS"), store, Matrix(["k"], profiles, {}), profiles_text=MYTMP)
 
-    class Session:
+    class Session(SessionBase):
         disks = {}
     args = runner._agent_args(Session(), list(profiles.values()), ["driver-init"])
     b64 = args[args.index("--profiles-b64") + 1]

@@ -16,6 +16,7 @@ import pytest
 from overlaylab import cleanup as cleanup_mod
 from overlaylab.lab.backingfs import unmount_tree
 from overlaylab.mountutil import mounts_under
+from overlaylab.providers.session import SessionBase
 
 OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
 REAL_LOSETUP = shutil.which("losetup", path="/usr/sbin:/sbin:/usr/bin:/bin")
@@ -400,7 +401,7 @@ def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
 
     calls = []
 
-    class Session:
+    class Session(SessionBase):
         kernel_release, disks = "9.9-test", {}
 
         def run(self, command, timeout):

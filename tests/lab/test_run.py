@@ -17,6 +17,7 @@ from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import Matrix, Runner, parse_records
 from overlaylab.lab.scenario import all_scenarios
 from overlaylab.mountutil import mounts_under
+from overlaylab.providers.session import SessionBase
 
 OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
 
@@ -143,7 +144,7 @@ class _Result:
         self.rc, self.stdout, self.stderr = rc, stdout, stderr
 
 
-class _Session:
+class _Session(SessionBase):
     kernel_release = "9.9-test"
     disks = {}
 
