@@ -55,8 +55,17 @@ class Run:
     targets: List[Dict[str, Any]] = field(default_factory=list)
     profiles: List[Dict[str, Any]] = field(default_factory=list)
     cells: List[Dict[str, Any]] = field(default_factory=list)
-    skipped_lines: int = 0
     damaged: List[Tuple[int, str]] = field(default_factory=list)  # (line number, why) of skipped lines
+
+    @property
+    def skipped_lines(self) -> int:
+        return len(self.damaged)
+
+    def add(self, record: Dict[str, Any]) -> None:
+        """File one record under its kind (``cell``, ``profile``, ``target``; others are ignored)."""
+        bucket = {"cell": self.cells, "profile": self.profiles, "target": self.targets}.get(record.get("record"))
+        if bucket is not None:
+            bucket.append(record)
 
     def damage_note(self) -> str:
         """"skipped N damaged lines of FILE: line 3 (why), ..." ("" when none were)."""
@@ -268,13 +277,7 @@ class RunStore:
         take it all)."""
         run = Run(path=self.path, meta=dict(self.meta))
         for record in self.records:
-            kind = record.get("record")
-            if kind == "cell":
-                run.cells.append(record)
-            elif kind == "profile":
-                run.profiles.append(record)
-            elif kind == "target":
-                run.targets.append(record)
+            run.add(record)
         return run
 
 
@@ -389,16 +392,9 @@ def load_run(path: str) -> Run:
     try:
         for lineno, record, why, _line in scan_records(results):
             if record is None:
-                run.skipped_lines += 1
                 run.damaged.append((lineno, why))
-                continue
-            kind = record.get("record")
-            if kind == "cell":
-                run.cells.append(record)
-            elif kind == "profile":
-                run.profiles.append(record)
-            elif kind == "target":
-                run.targets.append(record)
+            else:
+                run.add(record)
     except OSError as err:
         raise RunFileError("cannot read %s: %s" % (results, err.strerror or err)) from None
     return run

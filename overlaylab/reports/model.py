@@ -240,8 +240,7 @@ class RunReport:
                 rec["error"] = cv.rate_text()
             cells.append(rec)
         return Run(path=self.run.path, meta=self.run.meta, targets=self.run.targets,
-                   profiles=self.run.profiles, cells=cells, skipped_lines=self.run.skipped_lines,
-                   damaged=self.run.damaged)
+                   profiles=self.run.profiles, cells=cells, damaged=self.run.damaged)
 
 
 def _ordered(items: Iterable[Any]) -> List[Any]:
