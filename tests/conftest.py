@@ -16,8 +16,8 @@ import pytest
 
 from tests.needs import backing_fs_unavailable
 
-from overlaylab.lab.backingfs import BackingFsUnavailable, make_backing_fs
-from overlaylab.lab.profiles import load_profiles
+from overlaylab.agent.backingfs import BackingFsUnavailable, make_backing_fs
+from overlaylab.agent.profiles import load_profiles
 from overlaylab.mountutil import mounts_under
 
 SESSION_TMP = tempfile.mkdtemp(prefix="overlaylab-tests.")

@@ -40,7 +40,7 @@ def test_present_tool_passes(monkeypatch):
 
 
 def test_kernel_limits_skip_even_under_ci(monkeypatch):
-    from overlaylab.lab.backingfs import BackingFsUnavailable
+    from overlaylab.agent.backingfs import BackingFsUnavailable
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.skip.Exception, match="this kernel cannot"):
         needs.backing_fs_unavailable(BackingFsUnavailable("xfs-v4-noftype", "mount", "wrong fs type"))

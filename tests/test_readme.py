@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from overlaylab.lab.backingfs import unmount_tree
+from overlaylab.agent.backingfs import unmount_tree
 from overlaylab.mountutil import mounts_under
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def _norm(lines):
 
 
 def _scenario_module_runner(block, tmp):
-    """"Add a scenario": the block is a module of overlaylab/lab/scenarios/ (relative imports).
+    """"Add a scenario": the block is a module of overlaylab/agent/scenarios/ (relative imports).
     Load it as one in a child process (so its registration never leaks into this session) and
     run the new scenario on a real tmpfs profile, as the agent does."""
     path = os.path.join(tmp, "my_check.py")
@@ -150,13 +150,13 @@ def _scenario_module_runner(block, tmp):
         f.write(block.text)
     return """if True:
     import importlib.util, sys
-    import overlaylab.lab.scenarios
-    from overlaylab.agent import probe_profile
-    from overlaylab.lab import probes
-    from overlaylab.lab.backingfs import make_backing_fs
-    from overlaylab.lab.profiles import load_profiles
-    from overlaylab.lab.scenario import all_scenarios, run_scenario
-    spec = importlib.util.spec_from_file_location("overlaylab.lab.scenarios.my_check", %r)
+    import overlaylab.agent.scenarios
+    from overlaylab.agent.main import probe_profile
+    from overlaylab.agent import probes
+    from overlaylab.agent.backingfs import make_backing_fs
+    from overlaylab.agent.profiles import load_profiles
+    from overlaylab.agent.scenario import all_scenarios, run_scenario
+    spec = importlib.util.spec_from_file_location("overlaylab.agent.scenarios.my_check", %r)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)

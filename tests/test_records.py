@@ -1,11 +1,12 @@
-"""overlaylab.records: one vocabulary, records that round-trip, old runs that still load."""
+"""overlaylab.agent.records: one vocabulary, records that round-trip, old runs that still load."""
 from __future__ import annotations
 
 import json
 
-from overlaylab import records
-from overlaylab.lab import results, scenario, tables
-from overlaylab.records import CellRecord, Outcome, ProfileRecord, TargetRecord
+from overlaylab.agent import records
+from overlaylab.agent import scenario
+from overlaylab.lab import results, tables
+from overlaylab.agent.records import CellRecord, Outcome, ProfileRecord, TargetRecord
 from overlaylab.reports import html, model
 
 # A cell as schema-1 runs stored it (the agent's keys plus the runner's).

@@ -70,7 +70,7 @@ def _doc_anchors() -> Dict[str, Set[str]]:
 
 
 def _catalogue():
-    for name in ("overlaylab.lab.scenario", "overlaylab.agent.scenario"):
+    for name in ("overlaylab.agent.scenario", "overlaylab.agent.scenario"):
         try:
             mod = importlib.import_module(name)
         except ImportError:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from overlaylab.goerrors import LinkError, PathError, is_exist, is_not_exist
 from overlaylab.graphdriver import overlay
-from overlaylab.lab.probes import getdents64
+from overlaylab.agent.probes import getdents64
 from overlaylab.mountutil import mounts_under
 
 TYPE_NAMES = {

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ..records import OUTCOMES, SCHEMA_VERSION
+from ..agent.records import OUTCOMES, SCHEMA_VERSION
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -177,7 +177,7 @@ class RunStore:
             raise
 
     def start(self, **meta: Any) -> None:
-        from ..procutil import owner
+        from ..agent.procutil import owner
         self.meta = {"schema": SCHEMA_VERSION, "run_id": self.run_id, "status": "running",
                      "started": now_iso(), "host": host_info(),
                      # who writes this run: a reader that finds it gone marks the run interrupted
@@ -186,7 +186,7 @@ class RunStore:
         self._write_meta()
 
     def append(self, record: Any) -> None:
-        """Store one record (a :mod:`overlaylab.records` record, or its JSON dict)."""
+        """Store one record (a :mod:`overlaylab.agent.records` record, or its JSON dict)."""
         record = dict(record) if isinstance(record, dict) else record.to_json()
         record.setdefault("schema", SCHEMA_VERSION)
         record.setdefault("run_id", self.run_id)
@@ -409,7 +409,7 @@ def _mark_if_runner_gone(run: Run) -> None:
         return
     if (meta.get("host") or {}).get("hostname") not in (None, socket.gethostname()):
         return  # written on another machine: we cannot know
-    from ..procutil import owner_alive
+    from ..agent.procutil import owner_alive
     if owner_alive(runner):
         return
     meta["status"] = "interrupted"

@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..providers.session import Session
 from ..providers.transport import stream_lines
-from ..records import CellRecord, TargetRecord, parse_records
+from ..agent.records import CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
-from .profiles import FsProfile
+from ..agent.profiles import FsProfile
 from .results import RunStore
-from .scenario import Scenario
+from ..agent.scenario import Scenario
 
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
 
@@ -124,7 +124,7 @@ class Runner:
         Further stop signals are ignored meanwhile: the teardown must finish."""
         from concurrent.futures import wait as wait_futures
 
-        from ..procutil import signal_descendants, stop_agents, wait_descendants_gone
+        from ..agent.procutil import signal_descendants, stop_agents, wait_descendants_gone
         self.stopping.set()
         for future in futures:
             future.cancel()

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from tabulate import tabulate
 
-from ..records import OUTCOMES, UNMET_MARK, short_label
+from ..agent.records import OUTCOMES, UNMET_MARK, short_label
 from .results import Run, counts
 
 

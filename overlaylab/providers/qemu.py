@@ -329,7 +329,7 @@ class QemuProvider:
             accel, accel_reason = self.choose_accel(boot_image)
             state["detail"] = accel
         workdir = tempfile.mkdtemp(prefix="overlaylab-qemu-", dir=self.workdir_base)
-        from .. import cleanup as cleanup_mod  # the marker lets `overlaylab cleanup` find it all
+        from ..agent import cleanup as cleanup_mod  # the marker lets `overlaylab cleanup` find it all
         lease = cleanup_mod.mark(workdir, "qemu", kernel=kernel.name)
         # kept in the run directory when there is one (lab/progress.py), else in the workdir
         console_log = keep_path("console-%s.log") or os.path.join(workdir, "console.log")

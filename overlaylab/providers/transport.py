@@ -139,7 +139,7 @@ def stream_lines(host, command: str, timeout: float, on_line: Callable[[str], No
     except BaseException:
         # A local agent below gets SIGTERM itself and the time to tear down (unmount, detach)
         # before the group is killed; its `timeout` wrapper would SIGKILL it 5 s after a signal.
-        from ..procutil import stop_agents
+        from ..agent.procutil import stop_agents
         stop_agents(p.pid, timeout=120)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, 9)

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Dict, List
 
-from ..records import SHORT
+from ..agent.records import SHORT
 from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
                     evidence_sections, fs_sections, probe_rows)
 
@@ -199,7 +199,7 @@ def _cell_data(rep: RunReport, cv: CellView, descriptions: Dict[str, str]) -> Di
 
 def _descriptions() -> Dict[str, str]:
     try:
-        from ..lab.scenario import all_scenarios
+        from ..agent.scenario import all_scenarios
         return {sid: sc.description for sid, sc in all_scenarios().items()}
     except Exception:  # a report must not fail because the catalogue changed
         return {}

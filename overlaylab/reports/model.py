@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..lab.results import Run
-from ..records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES, SHORT,  # noqa: F401
+from ..agent.records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES, SHORT,  # noqa: F401
                        SYMBOLS, UNMET_MARK)
 
 GROUP_ORDER = ("lifecycle", "diff", "quirks", "failure-class")

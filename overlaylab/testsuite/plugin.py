@@ -29,8 +29,8 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     if {"lab_profile", "lab_scenario"} <= set(metafunc.fixturenames):
-        from overlaylab.lab.profiles import load_profiles, select_profiles
-        from overlaylab.lab.scenario import all_scenarios
+        from overlaylab.agent.profiles import load_profiles, select_profiles
+        from overlaylab.agent.scenario import all_scenarios
         profiles = select_profiles(load_profiles(), metafunc.config.getoption("--lab-profiles"))
         params = [(p, s) for p in profiles for s in all_scenarios()]
         metafunc.parametrize(("lab_profile", "lab_scenario"), params, ids=["%s-%s" % ps for ps in params])
@@ -41,7 +41,7 @@ def lab_cell(request, host, lab_profile, lab_scenario):
     """The agent's record for this cell on ``host`` (one agent run per host and profile)."""
     from overlaylab.paths import PROJECT_ROOT
     from overlaylab.providers.session import agent_command
-    from overlaylab.records import parse_records
+    from overlaylab.agent.records import parse_records
     from overlaylab.providers.transport import run_with_timeout
     config = request.config
     key = (host.backend.get_pytest_id(), lab_profile)

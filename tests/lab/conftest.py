@@ -16,8 +16,8 @@ from typing import Iterator, Optional, Union
 import pytest
 
 from overlaylab import mountutil
-from overlaylab.lab.backingfs import BackingFs, make_backing_fs, unmount_tree
-from overlaylab.lab.profiles import FsProfile, load_profiles
+from overlaylab.agent.backingfs import BackingFs, make_backing_fs, unmount_tree
+from overlaylab.agent.profiles import FsProfile, load_profiles
 from tests.needs import need, which
 
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from overlaylab import mountutil
-from overlaylab.lab.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs
-from overlaylab.lab.probes import read_kernel_config, parse_kernel_config
-from overlaylab.lab.profiles import overlay_mount_spec
+from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs
+from overlaylab.agent.probes import read_kernel_config, parse_kernel_config
+from overlaylab.agent.profiles import overlay_mount_spec
 
 from tests.needs import kernel_cannot
 
@@ -248,7 +248,7 @@ def test_overlay_profile_whose_base_fails(lab_profiles, lab_workdir):
 
 def test_interrupt_during_setup_still_tears_down(lab_profiles, lab_workdir, monkeypatch):
     """Ctrl-C while mkfs runs (after losetup): the loop device and image still go."""
-    from overlaylab.lab import backingfs
+    from overlaylab.agent import backingfs
 
     real_run = backingfs.run
     seen = {}
@@ -272,7 +272,7 @@ def test_interrupt_during_setup_still_tears_down(lab_profiles, lab_workdir, monk
 
 @pytest.mark.parametrize("source", ["/dev/kmsg", "dmesg"])
 def test_kernel_log_cursor_sees_only_new_lines(source, monkeypatch):
-    from overlaylab.lab import shell
+    from overlaylab.agent import shell
 
     if source == "dmesg":
         real_open = os.open
@@ -295,7 +295,7 @@ def test_kernel_log_cursor_sees_only_new_lines(source, monkeypatch):
 
 
 def test_run_never_raises():
-    from overlaylab.lab.shell import run
+    from overlaylab.agent.shell import run
 
     r = run(["no-such-command-overlaylab"])
     assert r.returncode == 127 and not r.ok and "no-such-command" in r.stderr

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from overlaylab import exitcodes
-from overlaylab.lab.profiles import ExpressionError, load_profiles, profile_matcher
+from overlaylab.agent.profiles import ExpressionError, load_profiles, profile_matcher
 from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import Matrix, Runner
-from overlaylab.lab.scenario import all_scenarios
+from overlaylab.agent.scenario import all_scenarios
 from overlaylab.lab.tables import clip
 from overlaylab.mountutil import mounts_under
 from overlaylab.providers.session import SessionBase
@@ -233,12 +233,12 @@ class _StubProvider:
     (dict(boot_error="no ready marker after 60 s"), 3),
 ], ids=["met", "not-as-expected", "error-cell", "target-down"])
 def test_run_follows_the_exit_code_table(tmp_path, monkeypatch, stub, code):
-    import overlaylab.lab_cli as lab_cli
-    import overlaylab.vm_cli as vm_cli
+    import overlaylab.cli.lab as lab_cli
+    import overlaylab.cli.vm as vm_cli
     from overlaylab.cli import main
     monkeypatch.setattr(lab_cli, "make_provider", lambda name: _StubProvider(**stub))
     monkeypatch.setattr(vm_cli, "prefetch", lambda kernels, **kw: [])
-    monkeypatch.setattr("overlaylab.procutil.become_subreaper", lambda: None)
+    monkeypatch.setattr("overlaylab.agent.procutil.become_subreaper", lambda: None)
     res = CliRunner().invoke(main, ["run", "--provider", "qemu", "-K", "debian-6.1", "-p", "=tmpfs",
                                     "-k", "=driver-init", "--reports-dir", str(tmp_path)])
     assert res.exit_code == code, res.output
@@ -365,7 +365,7 @@ MYTMP = textwrap.dedent("""\
 
 def test_every_agent_gets_the_profiles_text():
     """Whatever the provider, the agent's command line carries the profiles' content."""
-    profiles = {"mytmp": __import__("overlaylab.lab.profiles", fromlist=["x"]).parse_profiles(MYTMP)["mytmp"]}
+    profiles = {"mytmp": __import__("overlaylab.agent.profiles", fromlist=["x"]).parse_profiles(MYTMP)["mytmp"]}
     store = __import__("types").SimpleNamespace(run_id="20261202-000000-abcd")
     runner = Runner(_StubProvider(outcome="PASS"), store, Matrix(["k"], profiles, {}), profiles_text=MYTMP)
 
@@ -392,6 +392,6 @@ def test_profiles_file_is_honoured_by_local_agents(tmp_path):
         mount = json.dumps(run.profile_record("host", "mytmp")["fs"])
         assert "size=48m" in mount and "mode=0711" in mount
     finally:
-        from overlaylab.lab.backingfs import unmount_tree
+        from overlaylab.agent.backingfs import unmount_tree
         unmount_tree(str(agent_tmp))
     assert mounts_under(str(agent_tmp)) == []

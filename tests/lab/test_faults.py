@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from overlaylab import cleanup as cleanup_mod
-from overlaylab.lab.backingfs import unmount_tree
+from overlaylab.agent import cleanup as cleanup_mod
+from overlaylab.agent.backingfs import unmount_tree
 from overlaylab.mountutil import mounts_under
 from overlaylab.providers.session import SessionBase
 
@@ -102,7 +102,7 @@ def _start_run(reports, env, *args):
 
 
 def _agents_of(pid):
-    from overlaylab.procutil import descendants, is_agent
+    from overlaylab.agent.procutil import descendants, is_agent
     return [p for p in descendants(pid) if is_agent(p)]
 
 
@@ -390,10 +390,10 @@ def test_a_run_first_removes_what_dead_runs_left(tmp_path, lab_tmp):
 
 def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
     """rc 137 one second in is a kill from outside (signal 9), not the agent's time limit."""
-    from overlaylab.lab.profiles import load_profiles
+    from overlaylab.agent.profiles import load_profiles
     from overlaylab.lab.results import RunStore, load_run
     from overlaylab.lab.runner import Matrix, Runner
-    from overlaylab.lab.scenario import all_scenarios
+    from overlaylab.agent.scenario import all_scenarios
 
     class Res:
         def __init__(self, rc, stdout="", stderr=""):

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from overlaylab import mountutil
-from overlaylab.lab import probes as P
-from overlaylab.lab.backingfs import BackingFsUnavailable
-from overlaylab.lab.probes import Probe, check_expectations, probes_by_name, run_all_probes
+from overlaylab.agent import probes as P
+from overlaylab.agent.backingfs import BackingFsUnavailable
+from overlaylab.agent.probes import Probe, check_expectations, probes_by_name, run_all_probes
 
 from tests.needs import backing_fs_unavailable, kernel_cannot
 

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from overlaylab.lab import profiles as P
-from overlaylab.lab.profiles import (
+from overlaylab.agent import profiles as P
+from overlaylab.agent.profiles import (
     FsProfile,
     MountSpec,
     ProfileError,

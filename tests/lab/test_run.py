@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from overlaylab.lab.profiles import load_profiles
+from overlaylab.agent.profiles import load_profiles
 from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import Matrix, Runner, parse_records
-from overlaylab.lab.scenario import all_scenarios
+from overlaylab.agent.scenario import all_scenarios
 from overlaylab.mountutil import mounts_under
 from overlaylab.providers.session import SessionBase
 
@@ -51,7 +51,7 @@ def lab_tmp(tmp_path):
     d = tmp_path / "agent-tmp"
     d.mkdir()
     yield str(d)
-    from overlaylab.lab.backingfs import unmount_tree
+    from overlaylab.agent.backingfs import unmount_tree
     unmount_tree(str(d))
     for line in _loops_under(str(d)):
         subprocess.run(["losetup", "-d", line.split(":")[0]])

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from overlaylab.lab import probes as probe_mod
-from overlaylab.lab.scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
+from overlaylab.agent import probes as probe_mod
+from overlaylab.agent.scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
 
 EXPECTED_IDS = {
     # lifecycle
@@ -190,7 +190,7 @@ def test_inode_starved_filesystems(catalogue):
 def profile_facts(bfs, profile) -> Facts:
     """What the agent gives run_scenario: probe values, the driver's Init verdict, and the
     profile and inode count (which the inode expectations use)."""
-    from overlaylab.agent import probe_profile
+    from overlaylab.agent.main import probe_profile
     return probe_profile(profile, bfs.mountpoint, probe_mod.run_target_probes())[1]
 
 

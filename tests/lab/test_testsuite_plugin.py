@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from overlaylab.lab.profiles import load_profiles
-from overlaylab.lab.scenario import all_scenarios
+from overlaylab.agent.profiles import load_profiles
+from overlaylab.agent.scenario import all_scenarios
 from overlaylab.testsuite.plugin import cell_properties, report_cell
 
 RUN_JUNIT_PROPERTIES = ["kernel", "kernel_release", "profile", "scenario", "group", "outcome", "expected",

@@ -27,7 +27,7 @@ PROFILES = "=tmpfs or =btrfs"
 SCENARIOS = "=driver-init or =create-empty or =mount-label"
 
 # The reports commands, whether or not overlaylab/cli.py registers them yet.
-_BOOT = ("import sys\nfrom overlaylab.cli import main\nfrom overlaylab.reports_cli import COMMANDS\n"
+_BOOT = ("import sys\nfrom overlaylab.cli import main\nfrom overlaylab.cli.reports import COMMANDS\n"
          "for c in COMMANDS:\n    main.commands.setdefault(c.name, c)\nsys.argv[0] = 'overlaylab'\nmain()\n")
 
 _RUN_LINE = re.compile(r"^run (\S+) \((\w+)\): (.+)$", re.M)
@@ -77,7 +77,7 @@ def lab():
         repeat_out = cli(base + ["--repeat", "2"], env=env)
         yield Lab(reports, agent_tmp, run_dir_of(plain_out.stdout), plain_out, run_dir_of(repeat_out.stdout), repeat_out)
     finally:
-        from overlaylab.lab.backingfs import unmount_tree
+        from overlaylab.agent.backingfs import unmount_tree
         from overlaylab.mountutil import mounts_under
         leaked_mounts = [m.mountpoint for m in mounts_under(agent_tmp)]
         unmount_tree(agent_tmp)

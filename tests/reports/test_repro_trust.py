@@ -100,7 +100,7 @@ def test_repeat_and_provider_come_from_the_fields(tmp_path):
     assert shlex.split(res.stdout)[3:] == ["run", "--provider", "auto", "-K", "host", "-p", "=tmpfs", "-k",
                                            "=driver-init", "--repeat", "3"]
     # what the repro builds is an `overlaylab run` that the run command itself parses to this one cell
-    from overlaylab.lab_cli import run_cmd
+    from overlaylab.cli.lab import run_cmd
     ctx = run_cmd.make_context("run", shlex.split(res.stdout)[4:])
     assert ctx.params["kernels"] == ("host",) and ctx.params["profile_exprs"] == ("=tmpfs",)
     assert ctx.params["scenario_exprs"] == ("=driver-init",) and ctx.params["repeat"] == 3
@@ -222,7 +222,7 @@ def test_profiles_the_bundle_brings_are_used_only_when_trusted(tmp_path):
 def test_a_run_with_its_own_profiles_file_bundles_it(lab, tmp_path):
     from .conftest import copy_run
     profiles = tmp_path / "lab-profiles.toml"
-    from overlaylab.lab.profiles import default_profiles_path
+    from overlaylab.agent.profiles import default_profiles_path
     profiles.write_text(default_profiles_path().read_text())
     reports = str(tmp_path / "reports")
     meta = json.load(open(os.path.join(lab.plain, "run.json")))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 from click.testing import CliRunner
 
-from overlaylab import hostsetup as H
-from overlaylab.vagrant_cli import COMMANDS
+from overlaylab.providers.vagrant import hostsetup as H
+from overlaylab.cli.vagrant import COMMANDS
 
 
 def ready() -> H.HostState:

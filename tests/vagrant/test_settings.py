@@ -11,7 +11,7 @@ import pytest
 
 from tests.needs import missing, need_tool
 
-from overlaylab import boxes as B
+from overlaylab.providers.vagrant import boxes as B
 from overlaylab.providers import vagrant as V
 
 ROOT = B.PROJECT_ROOT
@@ -112,21 +112,21 @@ def test_vagrant_config_entry_point_prints_json_with_stdlib_python():
     """The Vagrantfile runs this with the host's python3, no virtualenv."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OVERLAYLAB_ACCEL="tcg")
     out = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, %r); "
-                          "from overlaylab.boxes import main; main(['vagrant-config'])" % str(ROOT)],
+                          "from overlaylab.providers.vagrant.boxes import main; main(['vagrant-config'])" % str(ROOT)],
                          stdout=subprocess.PIPE, check=True, env=env, timeout=60).stdout
     data = json.loads(out)
     names = [m["name"] for m in data["machines"]]
     assert {"bullseye", "bookworm", "trixie"} <= set(names)
     assert all(m["driver"] == "qemu" for m in data["machines"])
     # one disk per block profile of vms/filesystems.toml; tmpfs needs none
-    from overlaylab.lab.profiles import load_profiles
+    from overlaylab.agent.profiles import load_profiles
     blocks = [p.name for p in load_profiles().values() if p.kind == "block"]
     assert [d["profile"] for d in data["machines"][0]["disks"]] == blocks
 
 
 def test_vagrantfile_reads_the_settings_and_never_makes_a_network():
     text = (ROOT / "Vagrantfile").read_text()
-    assert "OVERLAYLAB_VAGRANT_CONFIG" in text and "overlaylab.boxes" in text
+    assert "OVERLAYLAB_VAGRANT_CONFIG" in text and "overlaylab.providers.vagrant.boxes" in text
     assert "mgmt_attach = false" in text
     assert "private_network" not in text and "public_network" not in text
     assert not re.search(r"\b(10|192\.168|172\.(1[6-9]|2\d|3[01]))\.\d+\.\d+", text)
@@ -165,7 +165,7 @@ def test_zipapp_holds_the_working_tree_package_and_runs_the_agent(tmp_path):
     V.build_agent_zipapp(pyz)
     import zipfile
     names = zipfile.ZipFile(pyz).namelist()
-    assert "overlaylab/agent.py" in names and "__main__.py" in names and "tomli.py" in names
+    assert "overlaylab/agent/main.py" in names and "__main__.py" in names and "tomli.py" in names
     assert not any("__pycache__" in n for n in names)
     res = subprocess.run([sys.executable, "-I", "-m", "overlaylab.agent", "--help"], env={"PYTHONPATH": str(pyz)},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60, cwd=str(tmp_path))

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from overlaylab import boxes as B
-from overlaylab.lab.profiles import default_profiles_path, load_profiles
+from overlaylab.providers.vagrant import boxes as B
+from overlaylab.agent.profiles import default_profiles_path, load_profiles
 from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import Matrix, Runner
-from overlaylab.lab.scenario import all_scenarios
+from overlaylab.agent.scenario import all_scenarios
 from overlaylab.providers import vagrant as V
 
 pytestmark = [pytest.mark.vagrant, pytest.mark.timeout(1500)]
@@ -50,9 +50,9 @@ def _new_since(before):
 @pytest.fixture(scope="module")
 def host_ready():
     if not shutil.which("vagrant"):
-        from overlaylab.hostsetup import host_setup
+        from overlaylab.providers.vagrant.hostsetup import host_setup
         host_setup()
-    from overlaylab.hostsetup import host_setup
+    from overlaylab.providers.vagrant.hostsetup import host_setup
     host_setup(echo=lambda s: None)  # idempotent: starts libvirtd/virtlogd if needed
     t0 = time.monotonic()
     res = B.build_box(BOX)  # reused when cached and current

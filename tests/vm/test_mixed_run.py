@@ -90,7 +90,7 @@ def test_mixed_run_records_the_real_provider_and_a_host_bundle_reproduces(tmp_pa
         assert again.returncode == 0, again.stdout + again.stderr
         assert "REPRODUCED: host/tmpfs/driver-init is PASS again" in again.stdout
     finally:
-        from overlaylab.lab.backingfs import unmount_tree
+        from overlaylab.agent.backingfs import unmount_tree
         unmount_tree(agent_tmp)
         leftovers = mounts_under(agent_tmp)
         if not leftovers:

@@ -2,7 +2,7 @@
 # Build a Vagrant (libvirt) box disk image from Debian packages: debootstrap the suite with its
 # own kernel, configure it for Vagrant, and write a bootable qcow2 (GRUB on a dos label).
 #
-# Driven by `overlaylab boxes build NAME` (overlaylab/boxes.py), which passes everything in the
+# Driven by `overlaylab boxes build NAME` (overlaylab/providers/vagrant/boxes.py), which passes everything in the
 # environment; nothing here names a mirror, the caller derives it from the system's apt sources:
 #   SUITE        Debian suite (bullseye, bookworm, trixie)
 #   MIRROR       the Debian archive URI (from /etc/apt, see overlaylab/kernels/aptsources.py)

@@ -11,8 +11,8 @@ from typing import Any, Iterable, List, Optional
 
 import click
 
-from .exitcodes import INFRASTRUCTURE, INTERRUPTED, USAGE
-from .goerrors import safe_text
+from ..exitcodes import INFRASTRUCTURE, INTERRUPTED, USAGE
+from ..goerrors import safe_text
 
 DEBUG_ENV = "OVERLAYLAB_DEBUG"
 

@@ -9,15 +9,15 @@ from typing import Any, Dict, Optional, Sequence
 
 import click
 
-from . import exitcodes
-from .cleanup import RUN_ENV
-from .cliutil import HintedChoice, did_you_mean, require_root
-from .lab.profiles import (ExpressionError, check_expression_words, default_profiles_path, load_profiles,
+from .. import exitcodes
+from ..agent.cleanup import RUN_ENV
+from .util import HintedChoice, did_you_mean, require_root
+from ..agent.profiles import (ExpressionError, check_expression_words, default_profiles_path, load_profiles,
                            profile_matcher, select_profiles)
-from .lab.results import RunStore, incomplete_note, load_run, resolve_run_dir
-from .lab.runner import Matrix, Runner
-from .lab.scenario import all_scenarios
-from .lab.tables import render_report
+from ..lab.results import RunStore, incomplete_note, load_run, resolve_run_dir
+from ..lab.runner import Matrix, Runner
+from ..agent.scenario import all_scenarios
+from ..lab.tables import render_report
 
 
 def select_scenarios(patterns: Sequence[str]) -> Dict[str, Any]:
@@ -48,7 +48,7 @@ def check_kernels(provider: str, kernels: Sequence[str]) -> None:
     provider. (Vagrant takes any box name, so its names are left to Vagrant.)"""
     if provider == "vagrant":
         return
-    from .vm_cli import catalogue_kernels
+    from .vm import catalogue_kernels
     known = catalogue_kernels()
     for kernel in kernels:
         if kernel not in known and kernel != "local":
@@ -76,14 +76,14 @@ def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
 
 
 def make_provider(name: str):
-    from .providers import make_provider as make
+    from ..providers import make_provider as make
     return make(name)
 
 
 def _progress_printer(total: int, run_dir: Optional[str] = None, per_target: Optional[Dict[str, int]] = None):
     """A live bar per target on a terminal, plain lines otherwise; lasting lines per finished
     profile and target on both, and all of it timestamped in ``run.log`` (lab/progress.py)."""
-    from .lab.progress import ProgressDisplay
+    from ..lab.progress import ProgressDisplay
     return ProgressDisplay(total, run_dir, per_target)
 
 
@@ -121,10 +121,10 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     known outcomes in BASE are fine); 2 for a usage error (nothing is run or recorded); 3 when
     the only problems are the lab's own (ERROR cells, cells with no result); 130 interrupted.
     """
-    from .reports import RunReport, write_all
-    from .reports.compare import BaselineError, compare, load_baseline, render_text
-    from .reports.history import index_run
-    from .reports.model import reports_dir_of
+    from ..reports import RunReport, write_all
+    from ..reports.compare import BaselineError, compare, load_baseline, render_text
+    from ..reports.history import index_run
+    from ..reports.model import reports_dir_of
     baseline = None
     if baseline_ref:
         try:
@@ -158,7 +158,7 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     elif provider == "local":
         kernel_list = ["host"]
     else:  # the lab's reason to exist: the host and every catalogue kernel
-        from .vm_cli import catalogue_kernels
+        from .vm import catalogue_kernels
         kernel_list = catalogue_kernels()
     vm_scenarios = None
     if not scenario_exprs:  # VM kernels skip the scale tier unless scenarios are chosen
@@ -175,13 +175,13 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     on_event = _progress_printer(matrix.cell_count * repeat, store.path, {
         k: len(profiles) * len(matrix.scenarios_for(k)) * repeat for k in kernel_list})
     if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in kernel_list):
-        from .vm_cli import prefetch
+        from .vm import prefetch
         try:  # cached kernels are instant; a missing one turns into ERROR cells
             prefetch(kernel_list, echo=on_event.echo, progress=on_event, run_dir=store.path)
         except BaseException:
             on_event.stop()  # give the terminal back (cursor, live rows) before going
             raise
-    from .procutil import become_subreaper
+    from ..agent.procutil import become_subreaper
     become_subreaper()
     # Every agent gets the profiles' text, so --profiles-file holds on every provider.
     runner = Runner(make_provider(provider), store, matrix, jobs=jobs, progress=on_event, keep=keep,
@@ -232,7 +232,7 @@ SPACE_PER_CELL_BYTES = 16 << 10
 
 def _check_reports_space(reports_dir: Optional[str], cells: int) -> None:
     """Refuse (exit 2) to start a run whose results would not fit in the reports directory."""
-    from .lab.results import default_reports_dir
+    from ..lab.results import default_reports_dir
     path = os.path.abspath(reports_dir or default_reports_dir())
     probe = path
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
@@ -252,7 +252,7 @@ def _check_reports_space(reports_dir: Optional[str], cells: int) -> None:
 
 def _clean_dead_runs() -> None:
     """What dead runs left on this machine (their owners are gone) goes first."""
-    from .cleanup import cleanup
+    from ..agent.cleanup import cleanup
     try:
         for entry in cleanup():
             for item in entry["items"]:
@@ -265,7 +265,7 @@ def _clean_dead_runs() -> None:
 
 def _report_disk_full(store: RunStore) -> None:
     """The reports disk filled up: the table of everything that ran (kept in memory), exit 3."""
-    from .reports import RunReport
+    from ..reports import RunReport
     run = store.memory_run()
     click.echo(render_report(RunReport.from_run(run)))
     click.echo("\nrun %s failed: reports disk full (%s); %d cells ran, %d records could not be written "
@@ -291,7 +291,7 @@ def list_cmd(what: str, as_json: bool) -> None:
         rows = [(s.id, s.group, s.description, s.reference) for s in all_scenarios().values()]
         click.echo(tabulate(rows, headers=["scenario", "group", "description", "reference"]))
     else:
-        from .vm_cli import kernels_list_cmd
+        from .vm import kernels_list_cmd
         kernels_list_cmd.callback(as_json=as_json)
 
 
@@ -301,12 +301,12 @@ def list_cmd(what: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The run's summary as JSON (what summary.json holds).")
 def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
     """Re-print a past run's tables (RUN: a run id, a run directory, or 'latest')."""
-    from .reports_cli import _run_path, load_run_checked
-    from .reports import RunReport
+    from .reports import _run_path, load_run_checked
+    from ..reports import RunReport
     run = load_run_checked(_run_path(run_ref, reports_dir), warn=False)  # exit 2 naming a broken file
     rep = RunReport.from_run(run)  # the fold `run` printed its tables from
     if as_json:
-        from .reports.summary_json import render as render_summary
+        from ..reports.summary_json import render as render_summary
         click.echo(render_summary(rep), nl=False)
         return
     click.echo(render_report(rep))

@@ -3,7 +3,7 @@
 A profile is a name plus how to make the filesystem (README, "Add a filesystem profile"). Following containerd's
 overlay snapshotter, every command and mount is built here as *plain data* by pure
 functions — mkfs argv, :class:`MountSpec` (source, target, type, option string) — and
-executed elsewhere (:mod:`overlaylab.lab.backingfs`), which records the same data as
+executed elsewhere (:mod:`overlaylab.agent.backingfs`), which records the same data as
 evidence. Nothing in this module touches the system.
 """
 from __future__ import annotations
@@ -291,7 +291,7 @@ def profile_matcher(expr: str, what: str = "profile"):
 def check_expression_words(expr: str, items: Iterable[Any], what: str = "profile") -> None:
     """Raise :class:`ExpressionError` for the first word of ``expr`` that matches none of
     ``items`` (a typo: ``=ext5``, ``xfz``), with the closest names and keywords as a hint."""
-    from ..cliutil import close_matches
+    from ..cli.util import close_matches
     items = list(items)
     for word, col in expression_words(expr):
         if any(_word_matches(word, item) for item in items):

@@ -25,12 +25,12 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import cleanup as cleanup_mod
-from .lab import probes as probe_mod
-from .lab.backingfs import BackingFsUnavailable, make_backing_fs
-from .lab.profiles import load_profiles, parse_profiles
-from .lab.scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
-from .lab.shell import KernelLogCursor
-from .mountutil import mounts_under
+from . import probes as probe_mod
+from .backingfs import BackingFsUnavailable, make_backing_fs
+from .profiles import load_profiles, parse_profiles
+from .scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
+from .shell import KernelLogCursor
+from ..mountutil import mounts_under
 from .records import CellRecord, ProfileRecord, TargetRecord
 
 

@@ -21,8 +21,8 @@ from typing import List, Optional
 
 import click
 
-from .goerrors import quote_name, safe_text
-from .idtools import IDMap
+from ..goerrors import quote_name, safe_text
+from ..idtools import IDMap
 
 
 def _parse_map(spec: str) -> IDMap:
@@ -45,8 +45,8 @@ class DriverContext:
     @property
     def driver(self):
         if self._driver is None:
-            from .cliutil import DRIVER_ROOT_WHY, require_root
-            from .graphdriver import overlay
+            from .util import DRIVER_ROOT_WHY, require_root
+            from ..graphdriver import overlay
             require_root("overlaylab driver", DRIVER_ROOT_WHY)
             # The daemon makes its root (the home's parent) before graphdriver.New; so do we.
             os.makedirs(os.path.dirname(self.home), 0o701, exist_ok=True)
@@ -60,7 +60,7 @@ class DriverContext:
 def _fail(err: BaseException) -> "click.exceptions.Exit":
     # One line, and no raw control character of a file name reaches the terminal. An id the
     # driver refuses is the caller's mistake: a usage error (2); what the driver answered, 1.
-    from .graphdriver.overlay import InvalidLayerID
+    from ..graphdriver.overlay import InvalidLayerID
     click.echo("overlaylab: error: %s" % safe_text(str(err).rstrip("\n")), err=True)
     return click.exceptions.Exit(2 if isinstance(err, InvalidLayerID) else 1)
 
@@ -179,8 +179,8 @@ def remove_cmd(dc: DriverContext, layer_id: str) -> None:
 
 
 def _layer_rows(home: str):
-    from .goerrors import PathError
-    from .mountutil import mountinfo
+    from ..goerrors import PathError
+    from ..mountutil import mountinfo
     mounted = {m.mountpoint for m in mountinfo()}
     rows = []
     try:

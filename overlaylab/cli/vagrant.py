@@ -20,7 +20,7 @@ def boxes_group() -> None:
 def build_cmd(names: Sequence[str], all_boxes: bool, force: bool, no_add: bool, quiet: bool) -> None:
     """Debootstrap each box's suite with its own kernel (from the system's Debian mirror), make a
     libvirt .box in the user cache and add it to Vagrant. Idempotent."""
-    from .boxes import BoxError, load_catalogue, build_box
+    from ..providers.vagrant.boxes import BoxError, load_catalogue, build_box
     catalogue = load_catalogue()
     if all_boxes:
         names = [n for n, s in catalogue.boxes.items() if s.build == "debootstrap"]
@@ -47,7 +47,7 @@ def build_cmd(names: Sequence[str], all_boxes: bool, force: bool, no_add: bool, 
 def list_cmd() -> None:
     """The catalogue's boxes: cached .box, added to Vagrant, kernel, Python, build time."""
     from tabulate import tabulate
-    from .boxes import list_boxes
+    from ..providers.vagrant.boxes import list_boxes
     rows = [(r["name"], r["vagrant_box"], r["suite"], "yes" if r["cached"] else "no",
              "yes" if r["added"] else "no", r["kernel"], r["python"],
              "" if r["build_seconds"] is None else "%.0f s" % r["build_seconds"], r["description"])
@@ -61,7 +61,7 @@ def list_cmd() -> None:
 def host_setup_cmd(dry_run: bool) -> None:
     """Make this host able to run the Vagrant provider without systemd: install missing packages,
     fix /dev/kvm permissions, start virtlogd and libvirtd. Idempotent; safe where they run."""
-    from .hostsetup import host_setup
+    from ..providers.vagrant.hostsetup import host_setup
     try:
         host_setup(dry_run=dry_run, echo=click.echo)
     except (RuntimeError, PermissionError) as err:

@@ -37,7 +37,7 @@ from .backingfs import unmount_tree
 from .profiles import MountSpec, overlay_mount_spec
 from .shell import KernelLogCursor, run
 
-log = logging.getLogger("overlaylab.lab.probes")
+log = logging.getLogger("overlaylab.agent.probes")
 
 OVERLAY_FS_LINE = "nodev\toverlay"
 OVERLAY_PARAMS_DIR = "/sys/module/overlay/parameters"

@@ -44,13 +44,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import testinfra
 import vagrant
 
-from .. import boxes as boxes_mod
-from ..boxes import BoxSpec, Catalogue
-from ..lab.progress import keep_path, phase
-from ..paths import PACKAGE_DIR, PROJECT_ROOT
-from .session import SessionMethods
-from .session import agent_command as session_agent_command
-from .transport import run_with_timeout
+from . import boxes as boxes_mod
+from .boxes import BoxSpec, Catalogue
+from ...lab.progress import keep_path, phase
+from ...paths import PACKAGE_DIR, PROJECT_ROOT
+from ..session import SessionMethods
+from ..session import agent_command as session_agent_command
+from ..transport import run_with_timeout
 
 LIBVIRT_URI = "qemu:///system"
 GUEST_AGENT_PATH = "/var/tmp/overlaylab.pyz"
@@ -353,7 +353,7 @@ class VagrantProvider:
         os.chmod(run_dir, 0o755)  # libvirt writes the console log here
         token = secrets.token_hex(4)
         prefix = "overlaylab-%s-" % token
-        from .. import cleanup as cleanup_mod  # the lease names the prefix of this run's domains
+        from ...agent import cleanup as cleanup_mod  # the lease names the prefix of this run's domains
         lease = cleanup_mod.mark(run_dir, "vagrant", domain_prefix=prefix, box=spec.name)
         port = free_port()
         console_log = os.path.join(run_dir, "console.log")

@@ -1,7 +1,7 @@
 """Make a profile's backing filesystem for real, record what was made, and always tear it down.
 
 ``make_backing_fs(profile, workdir, device=None)`` is the executor for the recipes that
-:mod:`overlaylab.lab.profiles` builds as data:
+:mod:`overlaylab.agent.profiles` builds as data:
 
 - block, on the host: sparse image in ``workdir`` -> ``losetup --find --show`` -> mkfs ->
   mount; in a VM: ``device="/dev/vdb"`` -> mkfs on it -> mount.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
 from .. import mountutil
-from ..procutil import signals_deferred
+from .procutil import signals_deferred
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
 from .profiles import (
     FsProfile,
@@ -41,7 +41,7 @@ from .profiles import (
 )
 from .shell import CmdResult, KernelLogCursor, run
 
-log = logging.getLogger("overlaylab.lab.backingfs")
+log = logging.getLogger("overlaylab.agent.backingfs")
 
 MKFS_TIMEOUT = 300.0
 

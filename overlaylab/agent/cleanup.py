@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from . import mountutil
+from .. import mountutil
 from .procutil import cmdline, owner, owner_alive, signals_deferred
 
 STATE_ENV = "OVERLAYLAB_STATE_DIR"
@@ -329,7 +329,7 @@ def cleanup(run: Optional[str] = None, dry_run: bool = False) -> List[Dict[str, 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m overlaylab.cleanup", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m overlaylab.agent.cleanup", description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="list only")
     parser.add_argument("--run", default=None, help="only this run's leftovers")
     parser.add_argument("--json", action="store_true", help="one JSON line per leftover")

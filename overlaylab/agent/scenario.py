@@ -22,9 +22,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ..records import CellRecord, Outcome
+from .records import CellRecord, Outcome
 
-log = logging.getLogger("overlaylab.lab.scenario")
+log = logging.getLogger("overlaylab.agent.scenario")
 
 
 class ScenarioFailure(AssertionError):

@@ -12,7 +12,7 @@ import click
 
 def catalogue_kernels() -> List[str]:
     """Every catalogue entry, ``host`` first (the default kernels of ``overlaylab run``)."""
-    from .kernels.catalogue import load_catalogue
+    from ..kernels.catalogue import load_catalogue
     names = list(load_catalogue())
     return (["host"] if "host" in names else []) + [n for n in names if n != "host"]
 
@@ -25,8 +25,8 @@ def prefetch(kernels: Sequence[str], echo=click.echo, refresh: bool = False, pro
     phase events (lab/progress.py), with the kernel as the target."""
     import contextlib
 
-    from .kernels.fetch import KernelUnavailable, fetch_kernel
-    from .lab.progress import phase, target_scope
+    from ..kernels.fetch import KernelUnavailable, fetch_kernel
+    from ..lab.progress import phase, target_scope
     missing = []
     for name in kernels:
         if name in ("host", "local"):
@@ -67,8 +67,8 @@ def kernels_list_cmd(as_json: bool = False) -> None:
     """The catalogue, with what is in the cache (nothing is downloaded)."""
     from tabulate import tabulate
 
-    from .kernels.cache import kernels_dir, read_json
-    from .kernels.catalogue import load_catalogue
+    from ..kernels.cache import kernels_dir, read_json
+    from ..kernels.catalogue import load_catalogue
     index = (read_json(kernels_dir() / "index.json", {}) or {}).get("entries", {})
     rows, items = [], []
     for entry in load_catalogue().values():
@@ -93,7 +93,7 @@ def vm_group() -> None:
 
 
 def _profile_disks(profile_exprs: Sequence[str]):
-    from .lab.profiles import load_profiles, select_profiles
+    from ..agent.profiles import load_profiles, select_profiles
     profiles = select_profiles(load_profiles(), list(profile_exprs) or None)
     if not profiles:
         raise click.UsageError("no profile matches %s" % " / ".join(profile_exprs))
@@ -103,7 +103,7 @@ def _profile_disks(profile_exprs: Sequence[str]):
 def _check_kernel(kernel: str) -> None:
     import difflib
 
-    from .kernels.catalogue import load_catalogue
+    from ..kernels.catalogue import load_catalogue
     names = [n for n in load_catalogue() if n != "host"]
     if kernel not in names:
         close = difflib.get_close_matches(kernel, names, n=1)
@@ -119,7 +119,7 @@ def _describe(state) -> str:
 
 
 def _start(kernel: str, profile_exprs: Sequence[str], hard_timeout: float):
-    from .vm.state import VMStateError, start_vm
+    from ..vm.state import VMStateError, start_vm
     _check_kernel(kernel)
     disks = _profile_disks(profile_exprs)
     click.echo("booting %s with disks %s ..." % (kernel, ", ".join(n for n, _ in disks) or "none"), err=True)
@@ -150,7 +150,7 @@ def vm_up_cmd(kernel: str, profile_exprs: Sequence[str], hard_timeout: float, as
     """
     import json
 
-    from .vm.state import read_vm
+    from ..vm.state import read_vm
     state = read_vm(kernel)
     if state is not None and state.get("status") == "up":
         click.echo("%s is already up" % kernel, err=True)
@@ -172,7 +172,7 @@ def vm_list_cmd(as_json: bool) -> None:
 
     from tabulate import tabulate
 
-    from .vm.state import list_vms
+    from ..vm.state import list_vms
     vms = list_vms()
     if as_json:
         click.echo(json.dumps(vms, indent=1, sort_keys=True))
@@ -191,7 +191,7 @@ def vm_list_cmd(as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Stop every lab VM.")
 def vm_down_cmd(kernels: Sequence[str], all_: bool) -> None:
     """Stop the background VM of each KERNEL (or --all): qemu is killed, its files removed."""
-    from .vm.state import VMStateError, list_vms, stop_vm
+    from ..vm.state import VMStateError, list_vms, stop_vm
     if all_ == bool(kernels):
         raise click.UsageError("name the kernels to stop, or give --all (not both)")
     names = [v["kernel"] for v in list_vms()] if all_ else list(kernels)
@@ -220,7 +220,7 @@ def vm_shell_cmd(kernel: str, profile_exprs: Sequence[str], hard_timeout: float,
     command booted is stopped when the shell exits, unless --keep; one that was already up
     stays up.
     """
-    from .vm.state import VMStateError, read_vm, stop_vm
+    from ..vm.state import VMStateError, read_vm, stop_vm
     state = read_vm(kernel)
     booted = state is None or state.get("status") != "up"
     if booted:

@@ -4,7 +4,7 @@ plain data, and the box builder.
 The repository's ``Vagrantfile`` holds no settings of its own: it reads a JSON document made
 by :func:`vagrant_settings` — from the file named by ``$OVERLAYLAB_VAGRANT_CONFIG`` when
 ``overlaylab run --provider vagrant`` drives it (one machine, the run's disks, a free port), or
-by running ``python3 -m overlaylab.boxes vagrant-config`` when a user types ``vagrant up NAME``
+by running ``python3 -m overlaylab.providers.vagrant.boxes vagrant-config`` when a user types ``vagrant up NAME``
 by hand (every box of the catalogue, one disk per block profile, ports from ``ssh_port_base``).
 So every libvirt setting (``driver``, CPU model, the loopback-only user-mode NIC, the disks) is
 built by pure functions here and unit-tested without a VM.
@@ -39,7 +39,7 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - 3.9/3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .paths import PROJECT_ROOT
+from ...paths import PROJECT_ROOT
 
 ENV_BOXES = "OVERLAYLAB_BOXES"
 ENV_VAGRANT_CONFIG = "OVERLAYLAB_VAGRANT_CONFIG"
@@ -219,7 +219,7 @@ def catalogue_settings(catalogue: Catalogue, profiles: Optional[Sequence[Tuple[s
 
 def default_disk_profiles() -> List[Tuple[str, int]]:
     try:
-        from .lab.profiles import load_profiles
+        from ...agent.profiles import load_profiles
         return [(p.name, p.size_mib) for p in load_profiles().values() if p.kind == "block"]
     except Exception:  # the Vagrantfile must still load without the profiles
         return []
@@ -399,7 +399,7 @@ def _delete_stale_pool_volumes(vagrant_box: str, log: Callable[[str], None]) -> 
 def build_box(name: str, catalogue: Optional[Catalogue] = None, force: bool = False, add: bool = True,
               log: Callable[[str], None] = lambda s: None, timeout: float = 1800) -> BuildResult:
     """Build (if needed) and add (if needed) the box ``name``. Idempotent."""
-    from .kernels.aptsources import configured_mirror
+    from ...kernels.aptsources import configured_mirror
 
     catalogue = catalogue or load_catalogue()
     spec = catalogue.get(name)
@@ -488,7 +488,7 @@ def list_boxes(catalogue: Optional[Catalogue] = None) -> List[Dict[str, Any]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python3 -m overlaylab.boxes vagrant-config``: the settings JSON for the Vagrantfile."""
+    """``python3 -m overlaylab.providers.vagrant.boxes vagrant-config``: the settings JSON for the Vagrantfile."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["vagrant-config"]:
         catalogue = load_catalogue()
@@ -496,7 +496,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump(catalogue_settings(catalogue, accel=accel), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    sys.stderr.write("usage: python3 -m overlaylab.boxes vagrant-config\n")
+    sys.stderr.write("usage: python3 -m overlaylab.providers.vagrant.boxes vagrant-config\n")
     return 2
 
 

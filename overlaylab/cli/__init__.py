@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from . import __version__
-from .cleanup_cli import cleanup_cmd
-from .cliutil import run_main
-from .driver_cli import driver
-from .exitcodes import epilog
-from .lab_cli import COMMANDS as LAB_COMMANDS
-from .reports_cli import COMMANDS as REPORT_COMMANDS
-from .vagrant_cli import COMMANDS as VAGRANT_COMMANDS
-from .vm_cli import COMMANDS as VM_COMMANDS
+from .. import __version__
+from .cleanup import cleanup_cmd
+from .util import run_main
+from .driver import driver
+from ..exitcodes import epilog
+from .lab import COMMANDS as LAB_COMMANDS
+from .reports import COMMANDS as REPORT_COMMANDS
+from .vagrant import COMMANDS as VAGRANT_COMMANDS
+from .vm import COMMANDS as VM_COMMANDS
 
 
 class _Main(click.Group):

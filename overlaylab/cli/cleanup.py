@@ -17,7 +17,7 @@ def cleanup_cmd(dry_run: bool, run_id: Optional[str]) -> None:
     Exit status 0 when nothing is left (or, with --dry-run, after listing), 1 when something
     could not be removed.
     """
-    from .cleanup import cleanup
+    from ..agent.cleanup import cleanup
     found = cleanup(run_id, dry_run=dry_run)
     failed = False
     for entry in found:

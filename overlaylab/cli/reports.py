@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from .lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir
+from ..lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir
 
 
 class BadInput(click.UsageError):
@@ -52,8 +52,8 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
 
     One format without -o prints to stdout (html goes to report.html in the run directory).
     """
-    from .reports import FILES, RunReport, render, write_all
-    from .reports.compare import render_baseline
+    from ..reports import FILES, RunReport, render, write_all
+    from ..reports.compare import render_baseline
     path = _run_path(run_ref, reports_dir)
     run = load_run_checked(path)
     if fmt == "all":
@@ -93,8 +93,8 @@ def compare_cmd(base: str, new: str, reports_dir: Optional[str], fmt: str, show_
 
     Exit status 1 when a cell regressed, 0 otherwise, 2 when BASE or NEW cannot be read.
     """
-    from .reports import RunReport
-    from .reports.compare import BaselineError, baseline_from_report, compare, load_baseline, render_markdown, render_text
+    from ..reports import RunReport
+    from ..reports.compare import BaselineError, baseline_from_report, compare, load_baseline, render_markdown, render_text
     try:
         if os.path.isfile(base):
             baseline = load_baseline(base, reports_dir)
@@ -126,7 +126,7 @@ def compare_cmd(base: str, new: str, reports_dir: Optional[str], fmt: str, show_
               help="JSON: {runs, moving} (the index's rows), or with --cell {cell, history}.")
 def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str], as_json: bool) -> None:
     """Runs indexed under the reports directory (reports/index.sqlite), or one cell's history."""
-    from .reports import history
+    from ..reports import history
     reports = reports_dir or default_reports_dir()
     if not os.path.isdir(reports):
         raise click.UsageError("no reports directory %s (runs go there; --reports-dir or OVERLAYLAB_REPORTS "
@@ -158,7 +158,7 @@ def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str], 
 def bundle_cmd(run_ref: str, cell: str, output: Optional[str], reports_dir: Optional[str]) -> None:
     """Write a bug bundle for one cell: kernel and config, filesystem recipe and real
     parameters, probes, dmesg, the scenario's log and evidence, versions, and a repro command."""
-    from .reports.bundle import BundleError, write_bundle
+    from ..reports.bundle import BundleError, write_bundle
     path = _run_path(run_ref, reports_dir)
     run = load_run_checked(path)
     try:
@@ -188,8 +188,8 @@ def repro_cmd(bundle: str, reports_dir: Optional[str], dry_run: bool, profiles_f
     reproduced, 1 when it did not, 2 when BUNDLE is not a well-formed bundle of a known cell,
     3 when the re-run itself failed, 130 when it was interrupted.
     """
-    from .reports.bundle import BundleError, read_bundle, repro_command, run_repro
-    from .reports.model import shell_join
+    from ..reports.bundle import BundleError, read_bundle, repro_command, run_repro
+    from ..reports.model import shell_join
     try:
         spec = read_bundle(bundle, profiles_file=profiles_file, trust_bundle_profiles=trust_bundle_profiles,
                            reports_dir=reports_dir)
