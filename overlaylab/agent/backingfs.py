@@ -30,15 +30,8 @@ from typing import Any, Dict, Iterator, List, Optional
 from .. import mountutil
 from .procutil import signals_deferred
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
-from .profiles import (
-    FsProfile,
-    MountSpec,
-    losetup_argv,
-    mkfs_argv,
-    mount_spec,
-    overlay_mount_spec,
-    truncate_argv,
-)
+from .profiles import FsProfile
+from .recipes import MountSpec, losetup_argv, mkfs_argv, mount_spec, overlay_mount_spec, truncate_argv
 from .shell import CmdResult, KernelLogCursor, run
 
 log = logging.getLogger("overlaylab.agent.backingfs")

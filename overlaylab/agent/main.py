@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import cleanup as cleanup_mod
 from . import probes as probe_mod
@@ -49,13 +49,15 @@ def _facts(probes) -> Facts:
     return Facts({p.name: p.value for p in probes})
 
 
-def probe_profile(profile, mountpoint: str, target_probes) -> Tuple[List[Any], Facts]:
+def probe_profile(profile, mountpoint: str, target) -> Tuple[List[Any], Facts]:
     """Probe a mounted backing fs and ask the driver's Init for its verdict: the probes, and
-    the facts that scenarios' expectations read."""
+    the facts that scenarios' expectations read. ``target`` is the kernel's facts (the
+    ``facts`` of a ``probe-target`` record) or its probes."""
     fs_probes = probe_mod.run_backing_probes(mountpoint)
     verdict = probe_mod.driver_verdict(mountpoint)
     fs_probes.append(verdict.to_probe())
-    facts = _facts(list(target_probes) + fs_probes)
+    target_facts = dict(target) if isinstance(target, Mapping) else dict(_facts(target))
+    facts = Facts(dict(target_facts, **_facts(fs_probes)))
     # Expectations speak the lab's words: ACCEPTED / REFUSED / ERROR.
     facts["driver_init"] = verdict.outcome
     facts["driver_verdict"] = verdict.verdict
@@ -95,6 +97,16 @@ def _load_profiles(args: argparse.Namespace):
     return load_profiles(args.profiles_file)
 
 
+def _target_facts(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    if not args.target_facts_b64:
+        return None
+    try:
+        facts = json.loads(base64.b64decode(args.target_facts_b64).decode("utf-8"))
+    except ValueError:
+        return None  # unreadable: probe instead
+    return facts if isinstance(facts, dict) else None
+
+
 def _devices(args: argparse.Namespace) -> Dict[str, str]:
     devices: Dict[str, str] = {}
     for spec in args.device:
@@ -125,9 +137,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         emit({"record": "error", "error": "unknown scenario(s): %s" % ", ".join(unknown)})
         return 2
     devices = _devices(args)
-    target_probes = probe_mod.run_target_probes()
+    # The runner has probed this kernel already (probe-target) and hands its facts on;
+    # probing again would cost seconds per agent in a TCG guest.
+    target = _target_facts(args) or probe_mod.run_target_probes()
     for name in args.profile:
-        run_profile(profiles[name], devices.get(name), wanted, catalogue, target_probes, args.workdir)
+        run_profile(profiles[name], devices.get(name), wanted, catalogue, target, args.workdir)
     return 0
 
 
@@ -203,6 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--workdir", help="where images, mounts and scratch go (default: a new temp dir)")
     r.add_argument("--profiles-file", help="filesystems.toml to read (default: the project's)")
     r.add_argument("--profiles-b64", help="filesystems.toml content, base64 (for targets without the repo)")
+    r.add_argument("--target-facts-b64", help="the kernel's facts from probe-target, base64 JSON "
+                                               "(given by the runner: the kernel is not probed again)")
     r.add_argument("--run-id", help="the lab run this agent works for (recorded on what it makes)")
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("cleanup", help="remove what dead agents left (mounts, loop devices, work dirs)")

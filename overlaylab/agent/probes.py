@@ -34,7 +34,7 @@ from .. import mountutil
 from ..goerrors import errno_text
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
 from .backingfs import unmount_tree
-from .profiles import MountSpec, overlay_mount_spec
+from .recipes import MountSpec, overlay_mount_spec
 from .shell import KernelLogCursor, run
 
 log = logging.getLogger("overlaylab.agent.probes")

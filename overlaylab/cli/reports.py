@@ -7,35 +7,8 @@ from typing import Optional
 
 import click
 
-from ..lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir
-
-
-class BadInput(click.UsageError):
-    """A usage error in one line (``overlaylab CMD: error: ...``), exit status 2."""
-
-    def __init__(self, message: str) -> None:
-        # one line, whatever the cause's text holds: the CLI's error guard escapes control
-        # characters (a newline shows as \n), so a hostile name cannot fake a second line
-        super().__init__(str(message).strip())
-
-
-def _run_path(run_ref: str, reports_dir: Optional[str]) -> str:
-    try:
-        return resolve_run_dir(run_ref, reports_dir)
-    except FileNotFoundError as err:
-        raise BadInput(str(err)) from None
-
-
-def load_run_checked(path: str, warn: bool = True) -> Run:
-    """:func:`load_run`, a broken ``run.json`` a usage error naming it, and a warning on
-    stderr naming ``results.jsonl`` and how many of its lines were skipped."""
-    try:
-        run = load_run(path)
-    except RunFileError as err:
-        raise BadInput(str(err)) from None
-    if warn and run.skipped_lines:
-        click.echo("warning: " + run.damage_note(), err=True)
-    return run
+from ..lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir  # noqa: F401
+from .util import BadInput, load_run_checked, run_path
 
 
 @click.command("report")
@@ -54,7 +27,7 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
     """
     from ..reports import FILES, RunReport, render, write_all
     from ..reports.compare import render_baseline
-    path = _run_path(run_ref, reports_dir)
+    path = run_path(run_ref, reports_dir)
     run = load_run_checked(path)
     if fmt == "all":
         try:
@@ -99,13 +72,13 @@ def compare_cmd(base: str, new: str, reports_dir: Optional[str], fmt: str, show_
         if os.path.isfile(base):
             baseline = load_baseline(base, reports_dir)
         else:
-            baseline = baseline_from_report(RunReport.from_run(load_run_checked(_run_path(base, reports_dir))))
+            baseline = baseline_from_report(RunReport.from_run(load_run_checked(run_path(base, reports_dir))))
     except BadInput as err:
         raise BadInput("base %s: %s" % (base, err.message)) from None
     except (BaselineError, OSError, ValueError, TypeError) as err:
         text = str(getattr(err, "strerror", None) or err)
         raise BadInput(text if text.startswith(base) else "base %s: %s" % (base, text)) from None
-    rep = RunReport.from_run(load_run_checked(_run_path(new, reports_dir)))
+    rep = RunReport.from_run(load_run_checked(run_path(new, reports_dir)))
     result = compare(baseline, rep)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -159,7 +132,7 @@ def bundle_cmd(run_ref: str, cell: str, output: Optional[str], reports_dir: Opti
     """Write a bug bundle for one cell: kernel and config, filesystem recipe and real
     parameters, probes, dmesg, the scenario's log and evidence, versions, and a repro command."""
     from ..reports.bundle import BundleError, write_bundle
-    path = _run_path(run_ref, reports_dir)
+    path = run_path(run_ref, reports_dir)
     run = load_run_checked(path)
     try:
         click.echo(write_bundle(path, cell, output, run=run))

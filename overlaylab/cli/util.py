@@ -3,7 +3,6 @@ and the top-level handler that turns whatever escapes a command into one line an
 from :mod:`overlaylab.exitcodes`."""
 from __future__ import annotations
 
-import difflib
 import errno
 import os
 import sys
@@ -11,35 +10,13 @@ from typing import Any, Iterable, List, Optional
 
 import click
 
+from ..lab.results import Run, RunFileError, load_run, resolve_run_dir
+
 from ..exitcodes import INFRASTRUCTURE, INTERRUPTED, USAGE
 from ..goerrors import safe_text
+from ..hints import DRIVER_ROOT_WHY, ROOT_WHY, close_matches, did_you_mean, root_problem  # noqa: F401
 
 DEBUG_ENV = "OVERLAYLAB_DEBUG"
-
-
-def _edits(a: str, b: str) -> int:
-    """Levenshtein distance."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> List[str]:
-    """The closest of ``candidates`` (difflib's pick, ranked by fewest edits, then by equal
-    length: ``debian-6.2`` -> ``debian-6.1`` before ``debian-6.12``)."""
-    close = difflib.get_close_matches(word, list(candidates), n=max(n, 6), cutoff=0.6)
-    close.sort(key=lambda c: (_edits(word, c), abs(len(c) - len(word))))
-    return close[:n]
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean debian-6.1?)`` or ``""``."""
-    close = close_matches(word, candidates)
-    return " (did you mean %s?)" % " or ".join(close) if close else ""
 
 
 class HintedChoice(click.Choice):
@@ -53,19 +30,39 @@ class HintedChoice(click.Choice):
                                                  did_you_mean(str(value), self.choices)), param, ctx)
 
 
-ROOT_WHY = ("the lab makes real filesystems: it needs root to set up loop devices, run mkfs on them, "
-            "mount them and overlay mounts on top (and to share / with qemu guests)")
-
-
-DRIVER_ROOT_WHY = ("the driver mounts overlays, chowns layers to the mapped root ids and applies layers "
-                   "chrooted, as dockerd does")
-
-
 def require_root(command: str, why: str = ROOT_WHY) -> None:
     """Refuse up front, in one line, when not root (instead of a losetup error deep inside)."""
-    if os.geteuid() != 0:
-        raise click.UsageError("%s needs root (running as uid %d): %s; run it as root, e.g. with sudo"
-                               % (command, os.geteuid(), why))
+    problem = root_problem(command, why)
+    if problem:
+        raise click.UsageError(problem)
+
+
+class BadInput(click.UsageError):
+    """A usage error in one line (``overlaylab CMD: error: ...``), exit status 2."""
+
+    def __init__(self, message: str) -> None:
+        # one line, whatever the cause's text holds: the CLI's error guard escapes control
+        # characters (a newline shows as \n), so a hostile name cannot fake a second line
+        super().__init__(str(message).strip())
+
+
+def run_path(run_ref: str, reports_dir: Optional[str]) -> str:
+    try:
+        return resolve_run_dir(run_ref, reports_dir)
+    except FileNotFoundError as err:
+        raise BadInput(str(err)) from None
+
+
+def load_run_checked(path: str, warn: bool = True) -> Run:
+    """:func:`load_run`, a broken ``run.json`` a usage error naming it, and a warning on
+    stderr naming ``results.jsonl`` and how many of its lines were skipped."""
+    try:
+        run = load_run(path)
+    except RunFileError as err:
+        raise BadInput(str(err)) from None
+    if warn and run.skipped_lines:
+        click.echo("warning: " + run.damage_note(), err=True)
+    return run
 
 
 def _debug() -> bool:

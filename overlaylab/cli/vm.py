@@ -9,40 +9,9 @@ from typing import List, Optional, Sequence
 
 import click
 
-
-def catalogue_kernels() -> List[str]:
-    """Every catalogue entry, ``host`` first (the default kernels of ``overlaylab run``)."""
-    from ..kernels.catalogue import load_catalogue
-    names = list(load_catalogue())
-    return (["host"] if "host" in names else []) + [n for n in names if n != "host"]
-
-
-def prefetch(kernels: Sequence[str], echo=click.echo, refresh: bool = False, progress=None,
-             run_dir: Optional[str] = None) -> List[str]:
-    """Fetch (or find in the cache) every VM kernel of ``kernels``, one at a time so the apt
-    state is never shared between threads; returns the ones that cannot be had (their cells
-    become ERROR with the reason when the run reaches them). ``progress`` gets the fetch's
-    phase events (lab/progress.py), with the kernel as the target."""
-    import contextlib
-
-    from ..kernels.fetch import KernelUnavailable, fetch_kernel
-    from ..lab.progress import phase, target_scope
-    missing = []
-    for name in kernels:
-        if name in ("host", "local"):
-            continue
-        start = time.monotonic()
-        scope = target_scope(name, progress, run_dir) if progress else contextlib.nullcontext()
-        try:
-            with scope, phase("fetch", "kernel %s" % name) as state:
-                image = fetch_kernel(name, refresh=refresh)
-                state["detail"] = "%s, %s" % (image.release, image.package)
-            echo("kernel %s: %s (%s) ready in %.1fs" % (name, image.release, image.package,
-                                                        time.monotonic() - start), err=True)
-        except KernelUnavailable as err:
-            echo("kernel %s: %s" % (name, err), err=True)
-            missing.append(name)
-    return missing
+from ..kernels.catalogue import render_catalogue
+from ..kernels.prefetch import prefetch
+from ..lab.matrix import catalogue_kernels
 
 
 @click.group("kernels")
@@ -56,7 +25,7 @@ def kernels_group() -> None:
 def kernels_fetch_cmd(names: Sequence[str], refresh: bool) -> None:
     """Download and cache Debian kernels (default: every catalogue entry) for offline runs."""
     wanted = list(names) or [n for n in catalogue_kernels() if n != "host"]
-    missing = prefetch(wanted, refresh=refresh)
+    missing = prefetch(wanted, echo=click.echo, refresh=refresh)
     if missing:
         raise click.exceptions.Exit(1)
 
@@ -65,26 +34,7 @@ def kernels_fetch_cmd(names: Sequence[str], refresh: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON list: name, kind, suite, description, cached.")
 def kernels_list_cmd(as_json: bool = False) -> None:
     """The catalogue, with what is in the cache (nothing is downloaded)."""
-    from tabulate import tabulate
-
-    from ..kernels.cache import kernels_dir, read_json
-    from ..kernels.catalogue import load_catalogue
-    index = (read_json(kernels_dir() / "index.json", {}) or {}).get("entries", {})
-    rows, items = [], []
-    for entry in load_catalogue().values():
-        cached = index.get(entry.name, {})
-        state = "%s (%s)" % (cached["release"], cached.get("version", "")) if cached else (
-            "running: %s" % os.uname().release if entry.kind == "host" else "not fetched")
-        rows.append((entry.name, entry.kind, entry.suite or "", entry.description, state))
-        items.append({"name": entry.name, "kind": entry.kind, "suite": entry.suite or None,
-                      "description": entry.description, "cached": bool(cached) or entry.kind == "host",
-                      "release": cached.get("release") or (os.uname().release if entry.kind == "host" else None),
-                      "version": cached.get("version")})
-    if as_json:
-        import json
-        click.echo(json.dumps(items, indent=2, sort_keys=True))
-        return
-    click.echo(tabulate(rows, headers=["kernel", "kind", "suite", "description", "cached"]))
+    click.echo(render_catalogue(as_json))
 
 
 @click.group("vm")
@@ -93,7 +43,8 @@ def vm_group() -> None:
 
 
 def _profile_disks(profile_exprs: Sequence[str]):
-    from ..agent.profiles import load_profiles, select_profiles
+    from ..agent.profiles import load_profiles
+    from ..lab.matrix import select_profiles
     profiles = select_profiles(load_profiles(), list(profile_exprs) or None)
     if not profiles:
         raise click.UsageError("no profile matches %s" % " / ".join(profile_exprs))

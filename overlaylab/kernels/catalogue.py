@@ -277,3 +277,26 @@ KERNEL_PART = re.compile(r"^linux-(image|binary|modules|base)-[0-9]\S*$")
 def kernel_parts(depends: Iterable[str]) -> List[str]:
     """The dependencies worth downloading alongside a kernel image package."""
     return [d for d in depends if KERNEL_PART.match(d) and "-dbg" not in d]
+
+
+def render_catalogue(as_json: bool = False) -> str:
+    """The catalogue with what is in the cache (nothing is downloaded): a table, or a JSON list
+    of name, kind, suite, description, cached, release, version."""
+    from tabulate import tabulate
+
+    from .cache import kernels_dir, read_json
+    index = (read_json(kernels_dir() / "index.json", {}) or {}).get("entries", {})
+    rows, items = [], []
+    for entry in load_catalogue().values():
+        cached = index.get(entry.name, {})
+        state = "%s (%s)" % (cached["release"], cached.get("version", "")) if cached else (
+            "running: %s" % os.uname().release if entry.kind == "host" else "not fetched")
+        rows.append((entry.name, entry.kind, entry.suite or "", entry.description, state))
+        items.append({"name": entry.name, "kind": entry.kind, "suite": entry.suite or None,
+                      "description": entry.description, "cached": bool(cached) or entry.kind == "host",
+                      "release": cached.get("release") or (os.uname().release if entry.kind == "host" else None),
+                      "version": cached.get("version")})
+    if as_json:
+        import json
+        return json.dumps(items, indent=2, sort_keys=True)
+    return tabulate(rows, headers=["kernel", "kind", "suite", "description", "cached"])

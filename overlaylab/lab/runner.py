@@ -8,6 +8,7 @@ agent that hangs) becomes ERROR cells with the evidence, and the other targets c
 from __future__ import annotations
 
 import base64
+import json
 import signal as signal_mod
 import threading
 import time
@@ -21,41 +22,11 @@ from ..providers.transport import stream_lines
 from ..agent.records import CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
 from ..agent.profiles import FsProfile
+from .matrix import Matrix
 from .results import RunStore
 from ..agent.scenario import Scenario
 
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
-
-
-@dataclass
-class Matrix:
-    """What to run: kernels x profiles x scenarios (already filtered)."""
-
-    kernels: List[str]
-    profiles: Dict[str, FsProfile]
-    scenarios: Dict[str, Scenario]
-    all_profiles: Dict[str, FsProfile] = field(default_factory=dict)  # for overlay bases
-    # What VM kernels run when no scenario was asked for: TCG makes scale scenarios cost minutes.
-    vm_scenarios: Optional[Dict[str, Scenario]] = None
-
-    def scenarios_for(self, kernel: str) -> Dict[str, Scenario]:
-        if self.vm_scenarios is None or kernel in ("host", "local"):
-            return self.scenarios
-        return self.vm_scenarios
-
-    @property
-    def cell_count(self) -> int:
-        return sum(len(self.profiles) * len(self.scenarios_for(k)) for k in self.kernels)
-
-    def disks(self) -> List[Tuple[str, int]]:
-        """One disk per profile that needs a block device (tmpfs needs none)."""
-        return [(p.name, p.size_mib) for p in self.profiles.values() if p.kind != "tmpfs"]
-
-    def to_dict(self) -> Dict[str, Any]:
-        out = {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios)}
-        if self.vm_scenarios is not None:
-            out["vm_scenarios"] = list(self.vm_scenarios)
-        return out
 
 
 def signal_name(num: int) -> str:
@@ -95,6 +66,7 @@ class Runner:
         #: set when the run must end early (a stop signal, a full reports disk): no new target,
         #: profile or agent starts, and work under way is wound down, torn down on the way out
         self.stopping = threading.Event()
+        self._target_facts: Dict[str, Dict[str, Any]] = {}  # kernel -> its probe-target facts
 
     # public --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -207,11 +179,18 @@ class Runner:
                 info["probe_error"] = _tail(res.stderr)
         except Exception as err:
             info["probe_error"] = str(err)
+        # The agent runs get these facts instead of probing the kernel again for every run.
+        if isinstance(info.get("facts"), dict) and "probe_error" not in info:
+            self._target_facts[kernel] = info["facts"]
         self._append(info)
         self.progress("target-up", info)
 
-    def _agent_args(self, session: Session, profiles: Sequence[FsProfile], scenarios: Sequence[str]) -> List[str]:
+    def _agent_args(self, session: Session, profiles: Sequence[FsProfile], scenarios: Sequence[str],
+                    kernel: str = "") -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
+        facts = self._target_facts.get(kernel)
+        if facts is not None:
+            args += ["--target-facts-b64", base64.b64encode(json.dumps(facts).encode()).decode()]
         disks = session.disks or {}
         for profile in profiles:
             args += ["--profile", profile.name]
@@ -264,7 +243,7 @@ class Runner:
         stderr = ""
         died = False
         try:
-            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, list(scenarios))),
+            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, list(scenarios), kernel)),
                                timeout, on_line)
             stderr = res.stderr
             elapsed = time.monotonic() - state["started"]

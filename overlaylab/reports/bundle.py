@@ -173,7 +173,8 @@ def _filesystem_files(rep: RunReport, cv: CellView) -> Dict[str, str]:
     files["filesystem/info.txt"] = "\n\n".join("== %s\n%s" % (title, text) for title, text in fs_sections(prec)) + "\n"
     files["filesystem/profile.json"] = json.dumps(prec, indent=2, sort_keys=True, default=str) + "\n"
     try:
-        from ..agent.profiles import load_profiles, reproduce_commands
+        from ..agent.profiles import load_profiles
+        from ..agent.recipes import reproduce_commands
         profile = load_profiles().get(cv.profile)
         if profile is not None:
             files["filesystem/remake.sh"] = (
@@ -518,13 +519,14 @@ def read_bundle(path: str, profiles_file: Optional[str] = None, trust_bundle_pro
             from ..providers.vagrant.boxes import load_catalogue
             kernels, where = list(load_catalogue().boxes), "the box catalogue"
         else:
-            from ..cli.vm import catalogue_kernels
+            from ..lab.matrix import catalogue_kernels
             kernels, where = catalogue_kernels() + ["local"], "the kernel catalogue"
     except (OSError, ValueError, KeyError) as err:
         raise BundleError("cannot check the bundle's kernel: the catalogue cannot be read: %s" % err) from None
     _known(path, "kernel", spec["kernel"], kernels, where)
-    from ..agent.profiles import ProfileError, default_profiles_path, load_profiles, parse_profiles, select_profiles
-    from ..cli.lab import select_scenarios
+    from ..agent.profiles import ProfileError, default_profiles_path, load_profiles, parse_profiles
+    from ..lab.matrix import select_profiles
+    from ..lab.matrix import select_scenarios
     from ..agent.scenario import all_scenarios
     _known(path, "scenario", spec["scenario"], list(all_scenarios()), "the scenario catalogue")
     used_profiles: Optional[str] = None

@@ -29,7 +29,8 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     if {"lab_profile", "lab_scenario"} <= set(metafunc.fixturenames):
-        from overlaylab.agent.profiles import load_profiles, select_profiles
+        from overlaylab.agent.profiles import load_profiles
+        from overlaylab.lab.matrix import select_profiles
         from overlaylab.agent.scenario import all_scenarios
         profiles = select_profiles(load_profiles(), metafunc.config.getoption("--lab-profiles"))
         params = [(p, s) for p in profiles for s in all_scenarios()]

@@ -11,7 +11,7 @@ import pytest
 from overlaylab import mountutil
 from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs
 from overlaylab.agent.probes import read_kernel_config, parse_kernel_config
-from overlaylab.agent.profiles import overlay_mount_spec
+from overlaylab.agent.recipes import overlay_mount_spec
 
 from tests.needs import kernel_cannot
 

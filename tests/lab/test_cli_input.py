@@ -15,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from overlaylab import exitcodes
-from overlaylab.agent.profiles import ExpressionError, load_profiles, profile_matcher
+from overlaylab.agent.profiles import load_profiles
+from overlaylab.lab.matrix import ExpressionError, profile_matcher
 from overlaylab.lab.results import RunStore, load_run
-from overlaylab.lab.runner import Matrix, Runner
+from overlaylab.lab.matrix import Matrix
+from overlaylab.lab.runner import Runner
 from overlaylab.agent.scenario import all_scenarios
 from overlaylab.lab.tables import clip
 from overlaylab.mountutil import mounts_under
@@ -233,11 +235,9 @@ class _StubProvider:
     (dict(boot_error="no ready marker after 60 s"), 3),
 ], ids=["met", "not-as-expected", "error-cell", "target-down"])
 def test_run_follows_the_exit_code_table(tmp_path, monkeypatch, stub, code):
-    import overlaylab.cli.lab as lab_cli
-    import overlaylab.cli.vm as vm_cli
     from overlaylab.cli import main
-    monkeypatch.setattr(lab_cli, "make_provider", lambda name: _StubProvider(**stub))
-    monkeypatch.setattr(vm_cli, "prefetch", lambda kernels, **kw: [])
+    monkeypatch.setattr("overlaylab.providers.make_provider", lambda name: _StubProvider(**stub))
+    monkeypatch.setattr("overlaylab.kernels.prefetch.prefetch", lambda kernels, **kw: [])
     monkeypatch.setattr("overlaylab.agent.procutil.become_subreaper", lambda: None)
     res = CliRunner().invoke(main, ["run", "--provider", "qemu", "-K", "debian-6.1", "-p", "=tmpfs",
                                     "-k", "=driver-init", "--reports-dir", str(tmp_path)])

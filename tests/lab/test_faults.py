@@ -392,7 +392,8 @@ def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
     """rc 137 one second in is a kill from outside (signal 9), not the agent's time limit."""
     from overlaylab.agent.profiles import load_profiles
     from overlaylab.lab.results import RunStore, load_run
-    from overlaylab.lab.runner import Matrix, Runner
+    from overlaylab.lab.matrix import Matrix
+    from overlaylab.lab.runner import Runner
     from overlaylab.agent.scenario import all_scenarios
 
     class Res:

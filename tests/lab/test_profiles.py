@@ -6,19 +6,9 @@ import textwrap
 import pytest
 
 from overlaylab.agent import profiles as P
-from overlaylab.agent.profiles import (
-    FsProfile,
-    MountSpec,
-    ProfileError,
-    load_profiles,
-    mkfs_argv,
-    mount_spec,
-    overlay_mount_data,
-    parse_profiles,
-    reproduce_commands,
-    select_profiles,
-    split_mount_options,
-)
+from overlaylab.agent.profiles import FsProfile, ProfileError, load_profiles, parse_profiles
+from overlaylab.agent.recipes import MountSpec, mkfs_argv, mount_spec, overlay_mount_data, reproduce_commands, split_mount_options
+from overlaylab.lab.matrix import select_profiles
 from overlaylab.mountutil import MS_NODEV, MS_NOSUID, MS_RDONLY
 
 REQUIRED = ["ext4", "ext4-nofiletype", "xfs", "xfs-v4-noftype", "btrfs", "tmpfs", "overlay",

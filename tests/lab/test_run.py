@@ -14,7 +14,8 @@ import pytest
 
 from overlaylab.agent.profiles import load_profiles
 from overlaylab.lab.results import RunStore, load_run
-from overlaylab.lab.runner import Matrix, Runner, parse_records
+from overlaylab.lab.matrix import Matrix
+from overlaylab.lab.runner import Runner, parse_records
 from overlaylab.agent.scenario import all_scenarios
 from overlaylab.mountutil import mounts_under
 from overlaylab.providers.session import SessionBase

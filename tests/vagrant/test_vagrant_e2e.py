@@ -16,7 +16,8 @@ import pytest
 from overlaylab.providers.vagrant import boxes as B
 from overlaylab.agent.profiles import default_profiles_path, load_profiles
 from overlaylab.lab.results import RunStore, load_run
-from overlaylab.lab.runner import Matrix, Runner
+from overlaylab.lab.matrix import Matrix
+from overlaylab.lab.runner import Runner
 from overlaylab.agent.scenario import all_scenarios
 from overlaylab.providers import vagrant as V
 

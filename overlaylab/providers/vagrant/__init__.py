@@ -188,12 +188,19 @@ def parse_disk_serials(text: str) -> Dict[str, str]:
 
 
 def agent_zip_members(package_dir: Path = PACKAGE_DIR) -> List[Tuple[str, Path]]:
-    """(archive name, file) for every file of the package in the working tree (no caches)."""
+    """(archive name, file) for what a target needs of the package (the agent and the port:
+    :data:`overlaylab.agent.GUEST_PACKAGES` and ``GUEST_MODULES``), from the working tree."""
+    from ...agent import GUEST_MODULES, GUEST_PACKAGES
     out = []
-    for path in sorted(package_dir.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
-            continue
-        out.append(("overlaylab/" + path.relative_to(package_dir).as_posix(), path))
+    for module in GUEST_MODULES:
+        path = package_dir / (module + ".py")
+        if path.is_file():
+            out.append(("overlaylab/" + path.name, path))
+    for package in GUEST_PACKAGES:
+        for path in sorted((package_dir / package).rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+                continue
+            out.append(("overlaylab/" + path.relative_to(package_dir).as_posix(), path))
     return out
 
 

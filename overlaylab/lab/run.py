@@ -1,0 +1,195 @@
+"""One lab run from start to exit code: ``run_lab`` is what ``overlaylab run`` calls.
+
+Plan (the matrix, the baseline, room for the results), clean up after dead runs, fetch the VM
+kernels, run every target with signals turned into an orderly stop, then the one fold
+(:class:`~overlaylab.reports.RunReport`) for the tables, every report, the run index and the
+baseline comparison, and the exit code of :mod:`overlaylab.exitcodes`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+from .. import exitcodes
+from ..agent.cleanup import RUN_ENV
+from ..agent.profiles import default_profiles_path, load_profiles
+from ..hints import root_problem
+from .matrix import SelectionError, plan_matrix
+from .results import RunStore, default_reports_dir, incomplete_note, load_run
+from .runner import Runner
+from .tables import render_report
+
+#: what a run needs free in its reports directory: run.json, results and reports per cell
+SPACE_BASE_BYTES = 1 << 20
+SPACE_PER_CELL_BYTES = 16 << 10
+
+Echo = Callable[..., None]  # echo(text, err=False), as click.echo
+
+
+class NoRoomError(Exception):
+    """The reports directory cannot hold the run's results: refused before anything runs
+    (exit 2, one line naming the directory and what is needed)."""
+
+
+@dataclass
+class RunRequest:
+    """``overlaylab run``'s options, parsed."""
+
+    provider: str = "auto"
+    kernels: List[str] = field(default_factory=list)
+    boxes: List[str] = field(default_factory=list)
+    profile_exprs: List[str] = field(default_factory=list)
+    scenario_exprs: List[str] = field(default_factory=list)
+    jobs: int = 1
+    reports_dir: Optional[str] = None
+    profiles_file: Optional[str] = None
+    keep: bool = False
+    baseline_ref: Optional[str] = None
+    repeat: int = 1
+    argv: List[str] = field(default_factory=list)
+
+
+def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
+    """The exit code of a finished run (see :mod:`overlaylab.exitcodes`): 1 when a cell that
+    ran is not as expected (or, with a baseline, regressed), else 3 when the lab's own
+    infrastructure failed (ERROR cells, cells with no result), else 0."""
+    missing = len(rep.cells) < expected_cells
+    if comparison is not None:
+        regressions = comparison.regressions
+        if any(c.new is not None and c.new.outcome != "ERROR" for c in regressions):
+            return exitcodes.NOT_AS_EXPECTED
+        return exitcodes.INFRASTRUCTURE if regressions or missing else exitcodes.OK
+    failures = rep.gate_failures()
+    if any(c.outcome != "ERROR" for c in failures):
+        return exitcodes.NOT_AS_EXPECTED
+    return exitcodes.INFRASTRUCTURE if failures or missing else exitcodes.OK
+
+
+def check_reports_space(reports_dir: Optional[str], cells: int) -> None:
+    """:class:`NoRoomError` for a run whose results would not fit in the reports directory."""
+    path = os.path.abspath(reports_dir or default_reports_dir())
+    probe = path
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        st = os.statvfs(probe)
+    except OSError as err:
+        raise SelectionError("--reports-dir %s: %s" % (path, err.strerror)) from None
+    free = st.f_bavail * st.f_frsize
+    need = SPACE_BASE_BYTES + cells * SPACE_PER_CELL_BYTES
+    if free < need:
+        raise NoRoomError("--reports-dir %s: only %d KiB free on its filesystem, a run of %d cells "
+                          "needs about %d KiB; free some space or choose another --reports-dir"
+                          % (path, free >> 10, cells, need >> 10))
+
+
+def clean_dead_runs(echo: Echo) -> None:
+    """What dead runs left on this machine (their owners are gone) goes first."""
+    from ..agent.cleanup import cleanup
+    try:
+        for entry in cleanup():
+            for item in entry["items"]:
+                echo("cleanup: removed %s" % item, err=True)
+            for problem in entry["problems"]:
+                echo("cleanup: could not remove %s" % problem, err=True)
+    except OSError as err:
+        echo("warning: cleaning up after dead runs failed: %s" % err, err=True)
+
+
+def _report_disk_full(store: RunStore, echo: Echo) -> int:
+    """The reports disk filled up: the table of everything that ran (kept in memory), exit 3."""
+    from ..reports import RunReport
+    run = store.memory_run()
+    echo(render_report(RunReport.from_run(run)))
+    echo("\nrun %s failed: reports disk full (%s); %d cells ran, %d records could not be written "
+         "(shown above, not stored)" % (store.run_id, store.path, len(run.cells), len(store.unwritten)), err=True)
+    echo(incomplete_note(run) or "failed", err=True)
+    return exitcodes.INFRASTRUCTURE
+
+
+def run_lab(req: RunRequest, echo: Echo) -> int:
+    """Run the matrix ``req`` selects and return the exit code; :class:`SelectionError` (a
+    usage error: nothing ran or was recorded) and :class:`NoRoomError` before anything starts."""
+    from ..providers import make_provider
+    from ..reports import RunReport, write_all
+    from ..reports.compare import BaselineError, compare, load_baseline, render_text
+    from ..reports.history import index_run
+    from ..reports.model import reports_dir_of
+    from .progress import ProgressDisplay
+    baseline = None
+    if req.baseline_ref:
+        try:
+            baseline = load_baseline(req.baseline_ref, req.reports_dir)
+        except (BaselineError, OSError) as err:
+            raise SelectionError("--baseline: %s" % err) from None
+    profiles_path = req.profiles_file or str(default_profiles_path())
+    try:
+        all_profiles = load_profiles(profiles_path)
+    except (ValueError, OSError) as err:  # ProfileError, TOMLDecodeError, unreadable
+        raise SelectionError("--profiles-file %s: %s" % (profiles_path, err)) from None
+    provider, matrix = plan_matrix(req.provider, req.kernels, req.boxes, req.profile_exprs,
+                                   req.scenario_exprs, all_profiles)
+    problem = root_problem("overlaylab run")
+    if problem:
+        raise SelectionError(problem)
+    repeat = req.repeat
+    check_reports_space(req.reports_dir, matrix.cell_count * repeat)
+    clean_dead_runs(echo)
+    store = RunStore(req.reports_dir)
+    os.environ[RUN_ENV] = store.run_id  # marked on every agent dir and VM this run makes
+    store.start(matrix=matrix.to_dict(), provider=provider, argv=list(req.argv), jobs=req.jobs, repeat=repeat,
+                cells_expected=matrix.cell_count * repeat)
+    with open(profiles_path, "r", encoding="utf-8") as f:
+        profiles_text = f.read()
+    # A live bar per target on a terminal, plain lines otherwise; all of it in run.log.
+    on_event = ProgressDisplay(matrix.cell_count * repeat, store.path, {
+        k: len(matrix.profiles) * len(matrix.scenarios_for(k)) * repeat for k in matrix.kernels})
+    if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in matrix.kernels):
+        from ..kernels.prefetch import prefetch
+        try:  # cached kernels are instant; a missing one turns into ERROR cells
+            prefetch(matrix.kernels, echo=on_event.echo, progress=on_event, run_dir=store.path)
+        except BaseException:
+            on_event.stop()  # give the terminal back (cursor, live rows) before going
+            raise
+    from ..agent.procutil import become_subreaper
+    become_subreaper()
+    # Every agent gets the profiles' text, so --profiles-file holds on every provider.
+    runner = Runner(make_provider(provider), store, matrix, jobs=req.jobs, progress=on_event, keep=req.keep,
+                    profiles_text=profiles_text, repeat=repeat)
+    status = "finished"
+    # SIGTERM is turned into KeyboardInterrupt so every context manager tears its target down.
+    old_term = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        runner.run()
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: a VM's SIGTERM handler in this thread
+        status = "interrupted"
+        runner.stop()  # agents tear down first (unmount, detach), then ssh sessions and VMs
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        on_event.stop()
+        store.finish(status)
+    if store.disk_full:
+        return _report_disk_full(store, echo)
+    run = load_run(store.path)
+    rep = RunReport.from_run(run)  # the one fold: these tables, every report, the run index
+    echo(render_report(rep))
+    try:
+        written = write_all(store.path, rep=rep)
+        echo("\nreports: " + ", ".join(os.path.basename(p) for p in written))
+    except Exception as err:  # a report bug must not hide the run's result
+        echo("\nwarning: writing the reports failed: %s: %s" % (type(err).__name__, err), err=True)
+    try:
+        index_run(reports_dir_of(store.path), store.path, rep=rep)
+    except Exception as err:
+        echo("warning: updating the run index failed: %s" % err, err=True)
+    comparison = None
+    if baseline is not None:
+        comparison = compare(baseline, rep)
+        echo("\nCompared with %s:\n%s" % (baseline.name, render_text(comparison)))
+    echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
+    if status != "finished":
+        echo(incomplete_note(run) or status, err=True)
+        return exitcodes.INTERRUPTED
+    return exit_status(rep, matrix.cell_count, comparison)
