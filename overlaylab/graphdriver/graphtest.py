@@ -9,9 +9,9 @@ the port, never pytest.
 
 A case is a plain function ``case(t, driver)``: ``t`` plays Go's ``*testing.T`` and has two
 methods, ``check(condition, message, **evidence)`` (fail with ``message`` unless ``condition``)
-and ``note(message, **evidence)`` (keep something seen). :class:`Checks` is the stand-alone
-``t`` (a failure is a :class:`GraphtestFailure`, an ``AssertionError``); the agent's
-``ScenarioContext`` is the other one and files the evidence in the scenario's record.
+and ``note(message, **evidence)`` (keep something seen): :class:`Checks`, whose failure is a
+:class:`GraphtestFailure` (an ``AssertionError``), or the agent's ``ScenarioContext`` (a
+``Checks`` too), which files the notes and evidence in the scenario's record.
 
 Where the reference skips a case on overlay because of the mtime bug (moby#21555), the case here
 first moves the lower layer's files into the past so that a rewrite never falls in their time
@@ -45,7 +45,8 @@ class GraphtestFailure(AssertionError):
 
 
 class Checks:
-    """The stand-alone ``t`` of a case: a failed check raises, notes are kept for a reader."""
+    """The ``t`` of a case: notes and the evidence of a failed check are kept, a failed check
+    raises :meth:`failure` (the agent's ``ScenarioContext`` is a ``Checks`` with its own)."""
 
     def __init__(self) -> None:
         self.log: List[str] = []
@@ -56,8 +57,13 @@ class Checks:
         self.evidence.update(evidence)
 
     def check(self, condition: Any, message: str, **evidence: Any) -> None:
+        """Fail with ``message`` unless ``condition`` holds."""
         if not condition:
-            raise GraphtestFailure(message, evidence)
+            self.evidence.update(evidence)
+            raise self.failure(message, evidence)
+
+    def failure(self, message: str, evidence: Dict[str, Any]) -> AssertionError:
+        return GraphtestFailure(message, evidence)
 
 
 # files and layers ---------------------------------------------------------------------------
@@ -102,6 +108,14 @@ def read_file(path: str) -> bytes:
 def read_dir(path: str) -> List[str]:
     """moby v1.10.3 graphtest_unix.go ``readDir``: the entries without ``lost+found``, sorted."""
     return sorted(n for n in os.listdir(path) if n != "lost+found")
+
+
+def tar_bytes(stream) -> bytes:
+    """Read a whole (Diff) stream; the stream is closed."""
+    try:
+        return stream.read()
+    finally:
+        stream.close()
 
 
 def stamp_tree(root: str, ns: int, only: Callable[[str], bool] = lambda name: True) -> int:
@@ -418,11 +432,7 @@ def apply_upper_diff(t, driver, file_count: int, stamp_base: Optional[LayerStamp
     bad = many_files_mismatches(driver, diff, file_count, 3)
     t.check(not bad, "the new layer on base does not show base's files", files=bad)
     check_file(t, driver, diff, DELETE_FILE, DELETE_FILE_CONTENT)
-    stream = driver.diff(upper, base)
-    try:
-        arch = stream.read()
-    finally:
-        stream.close()
+    arch = tar_bytes(driver.diff(upper, base))
     names = sorted(m.name for m in tarfile.open(fileobj=io.BytesIO(arch), mode="r:"))
     size = driver.apply_diff(diff, base, io.BytesIO(arch))
     t.note("DiffSize(upper, \"\") = %d, ApplyDiff size = %d" % (diff_size, size),

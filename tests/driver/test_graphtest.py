@@ -92,7 +92,19 @@ def test_checks_keep_notes_and_fail_with_the_evidence():
     with pytest.raises(GraphtestFailure) as failure:
         t.check([], "nothing there", entries=[])
     assert str(failure.value) == "nothing there (entries=[])"
-    assert (t.log, t.evidence) == (["seen"], {"a": 1})
+    assert (t.log, t.evidence) == (["seen"], {"a": 1, "entries": []})
+
+
+def test_a_scenario_context_is_the_suite_s_t(tmp_path):
+    """The lab runs the same cases with its ScenarioContext: a failed check is a ScenarioFailure
+    whose message is the check's, and the evidence lands in the context (the cell's record)."""
+    from overlaylab.agent.scenario import ScenarioContext, ScenarioFailure
+    ctx = ScenarioContext(str(tmp_path), {}, str(tmp_path))
+    assert isinstance(ctx, Checks)
+    with pytest.raises(ScenarioFailure) as failure:
+        ctx.check(False, "New directory not empty", entries=["x"])
+    assert str(failure.value) == "New directory not empty"
+    assert ctx.evidence == {"entries": ["x"]}
 
 
 def test_the_case_list_is_moby_s_in_order():

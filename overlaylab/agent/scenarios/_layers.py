@@ -30,6 +30,7 @@ from ...graphdriver.graphtest import (  # noqa: F401  (the scenarios' helpers ar
     mounted,
     read_dir,
     read_file,
+    tar_bytes,
     write_file,
 )
 from ...graphdriver.graphtest import random_id as new_id
@@ -210,19 +211,8 @@ def type_letter(mode: int) -> str:
 
 def tar_members(stream) -> List[tarfile.TarInfo]:
     """Read a whole (Diff) stream and return its members; the stream is closed."""
-    try:
-        data = stream.read()
-    finally:
-        stream.close()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(stream)), mode="r:") as tar:
         return tar.getmembers()
-
-
-def tar_bytes(stream) -> bytes:
-    try:
-        return stream.read()
-    finally:
-        stream.close()
 
 
 def member_map(members: Iterable[tarfile.TarInfo]) -> Dict[str, tarfile.TarInfo]:
