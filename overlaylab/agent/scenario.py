@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ..graphdriver.graphtest import Checks
 from .records import CellRecord, Outcome
 
 log = logging.getLogger("overlaylab.agent.scenario")
@@ -150,15 +151,17 @@ class LogCapture(logging.Handler):
         self.lines.append("%s %s: %s" % (record.levelname, record.name, record.getMessage()))
 
 
-class ScenarioContext:
-    """What a scenario function works with. Everything it makes is released in :meth:`close`."""
+class ScenarioContext(Checks):
+    """What a scenario function works with. Everything it makes is released in :meth:`close`.
+
+    It is the ``t`` of the graph driver suite's cases (:class:`Checks`): ``note`` keeps a line
+    of the log and evidence, ``check`` fails the scenario with a :class:`ScenarioFailure`."""
 
     def __init__(self, backing_dir: str, facts: Mapping[str, Any], scratch: str):
+        super().__init__()
         self.backing_dir = backing_dir
         self.facts = facts if isinstance(facts, Facts) else Facts(facts)
         self.scratch = scratch
-        self.log: List[str] = []
-        self.evidence: Dict[str, Any] = {}
         self._drivers: List[Any] = []
         self._roots: List[str] = []
 
@@ -174,16 +177,9 @@ class ScenarioContext:
         self._drivers.append(driver)
         return driver
 
-    # reporting ------------------------------------------------------------------------------
-    def note(self, message: str, **evidence: Any) -> None:
-        self.log.append(message)
-        self.evidence.update(evidence)
-
-    def check(self, condition: Any, message: str, **evidence: Any) -> None:
-        """Fail the scenario with ``message`` unless ``condition`` holds."""
-        if not condition:
-            self.evidence.update(evidence)
-            raise ScenarioFailure(message)
+    # reporting (note and check: Checks) ------------------------------------------------------
+    def failure(self, message: str, evidence: Dict[str, Any]) -> AssertionError:
+        return ScenarioFailure(message)  # the evidence goes to the record, not into the message
 
     def require(self, condition: Any, message: str) -> None:
         if not condition:

@@ -1,5 +1,9 @@
 """Shared helpers of the scenario catalogue: layer tars, layer ids, mounted views, file checks.
 
+Layer ids, ``Get``/``Put`` as a context, file writing/reading and the time-stamping and change
+helpers come from the graph driver suite (:mod:`overlaylab.graphdriver.graphtest`), which the
+graphtest scenarios run; the rest is the scenarios' own.
+
 Layer tars are built in memory with :class:`LayerTar` (ustar/PAX via :mod:`tarfile`, every
 header field under control: owners, modes, mtimes, device numbers, hard links, whiteouts,
 xattrs as ``SCHILY.xattr.*`` PAX records) and written to the scenario's scratch directory
@@ -17,11 +21,19 @@ import io
 import os
 import stat
 import tarfile
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from ...graphdriver.graphtest import (  # noqa: F401  (the scenarios' helpers are the suite's)
+    backdate,
+    change_pairs,
+    mounted,
+    read_dir,
+    read_file,
+    tar_bytes,
+    write_file,
+)
+from ...graphdriver.graphtest import random_id as new_id
 from ...mountutil import mounts_under
 
 #: A fixed, whole-second mtime for tar entries (what a pulled layer carries).
@@ -29,11 +41,6 @@ TAR_MTIME = 1500000000
 
 # security.capability value: VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, permitted CAP_NET_RAW.
 CAP_NET_RAW_XATTR = bytes.fromhex("01000002" "00200000" "00000000" "00000000" "00000000")
-
-
-def new_id() -> str:
-    """A random 64-hex-character layer id, like ``stringid.GenerateRandomID``."""
-    return uuid.uuid4().hex + uuid.uuid4().hex
 
 
 @dataclass
@@ -153,16 +160,6 @@ def image_layer(ctx, driver, parent: str, tar: LayerTar, layer_id: Optional[str]
     return layer_id, size
 
 
-@contextlib.contextmanager
-def mounted(driver, layer_id: str, mount_label: str = "") -> Iterator[str]:
-    """``Get`` … ``Put``."""
-    path = driver.get(layer_id, mount_label)
-    try:
-        yield path
-    finally:
-        driver.put(layer_id)
-
-
 def container(driver, image: str, name: Optional[str] = None) -> Tuple[str, str]:
     """The daemon's ``CreateRWLayer`` without the init hook: ``<id>-init`` on the image, then
     the container layer on the init layer (Create case C). Returns ``(ctr, init)``."""
@@ -171,27 +168,6 @@ def container(driver, image: str, name: Optional[str] = None) -> Tuple[str, str]
     driver.create(init, image, "")
     driver.create(ctr, init, "")
     return ctr, init
-
-
-def write_file(path: str, data: bytes = b"", mode: int = 0o644, truncate: bool = True) -> None:
-    if isinstance(data, str):
-        data = data.encode()
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else 0)
-    fd = os.open(path, flags, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def read_dir(path: str) -> List[str]:
-    """Directory entries without ``lost+found`` (graphtest's ``readDir``), sorted."""
-    return sorted(n for n in os.listdir(path) if n != "lost+found")
 
 
 def lexists(path: str) -> bool:
@@ -233,39 +209,10 @@ def type_letter(mode: int) -> str:
     return "?"
 
 
-def stamp_tree(root: str, ns: int, only=lambda name: True) -> int:
-    """Set atime and mtime of every non-directory below ``root`` to ``ns``; returns how many."""
-    n = 0
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            p = os.path.join(dirpath, name)
-            if only(name) and not os.path.islink(p):
-                os.utime(p, ns=(ns, ns))
-                n += 1
-    return n
-
-
-def backdate(driver, layer_id: str, seconds: int = 10) -> None:
-    """Move every file of a layer into the past, so a rewrite is never in the same time tick."""
-    with mounted(driver, layer_id) as path:
-        stamp_tree(path, int((time.time() - seconds) * 1e9))
-
-
 def tar_members(stream) -> List[tarfile.TarInfo]:
     """Read a whole (Diff) stream and return its members; the stream is closed."""
-    try:
-        data = stream.read()
-    finally:
-        stream.close()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(stream)), mode="r:") as tar:
         return tar.getmembers()
-
-
-def tar_bytes(stream) -> bytes:
-    try:
-        return stream.read()
-    finally:
-        stream.close()
 
 
 def member_map(members: Iterable[tarfile.TarInfo]) -> Dict[str, tarfile.TarInfo]:
@@ -375,78 +322,6 @@ def mode_str(mode: int) -> str:
 def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
-
-
-# graphtest helpers (moby v1.12.0 graphtest/testutil.go), on a driver's mounted view -------------------
-
-def random_content(size: int, seed: int) -> bytes:
-    """Deterministic bytes for a seed (only consistent with itself, not with Go's math/rand)."""
-    import random
-    return random.Random(seed).getrandbits(8 * size).to_bytes(size, "little") if size else b""
-
-
-def add_many_files(driver, layer_id: str, count: int, seed: int) -> None:
-    """``addManyFiles``: ``directory-<i>/file-<i+j>``, 64 random bytes each, mode 0755."""
-    with mounted(driver, layer_id) as d:
-        for i in range(0, count, 100):
-            sub = os.path.join(d, "directory-%d" % i)
-            os.makedirs(sub, 0o755, exist_ok=True)
-            for j in range(min(100, count - i)):
-                write_file(os.path.join(sub, "file-%d" % (i + j)), random_content(64, seed + i + j), 0o755)
-
-
-def change_many_files(driver, layer_id: str, count: int, seed: int) -> List[Tuple[str, str]]:
-    """``changeManyFiles``: rewrite (C), add (A) and delete (D) in turn; returns the expected
-    changes as ``(path, kind letter)``."""
-    expected: List[Tuple[str, str]] = []
-    with mounted(driver, layer_id) as d:
-        for i in range(0, count, 100):
-            root = "/directory-%d" % i
-            expected.append((root, "C"))
-            for j in range(min(100, count - i)):
-                if j % 3 == 0:
-                    name = "file-%d" % (i + j)
-                    write_file(os.path.join(d, root[1:], name), random_content(64, seed + i + j), 0o755)
-                    expected.append((root + "/" + name, "C"))
-                elif j % 3 == 1:
-                    name = "file-%d-%d" % (seed, i + j)
-                    write_file(os.path.join(d, root[1:], name), random_content(64, seed + i + j), 0o755)
-                    expected.append((root + "/" + name, "A"))
-                else:
-                    name = "file-%d" % (i + j)
-                    os.unlink(os.path.join(d, root[1:], name))
-                    expected.append((root + "/" + name, "D"))
-    return expected
-
-
-def many_files_mismatches(driver, layer_id: str, count: int, seed: int) -> List[str]:
-    """``checkManyFiles`` as a list of the files whose content is not the expected one."""
-    bad: List[str] = []
-    with mounted(driver, layer_id) as d:
-        for i in range(0, count, 100):
-            for j in range(min(100, count - i)):
-                rel = "directory-%d/file-%d" % (i, i + j)
-                try:
-                    if read_file(os.path.join(d, rel)) != random_content(64, seed + i + j):
-                        bad.append(rel)
-                except OSError as err:
-                    bad.append("%s (%s)" % (rel, errno_name(err.errno)))
-    return bad
-
-
-def kind_letter(kind: Any) -> str:
-    """``C``/``A``/``D`` for a ChangeKind (Modify=0, Add=1, Delete=2)."""
-    text = str(kind)
-    if text in ("C", "A", "D"):
-        return text
-    try:
-        return "CAD"[int(kind)]
-    except (TypeError, ValueError, IndexError):
-        return text[:1].upper()
-
-
-def change_pairs(changes: Iterable[Any]) -> List[Tuple[str, str]]:
-    return sorted((c.path, kind_letter(c.kind)) for c in changes)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,9 @@
 """Diff scenarios: Diff/Changes/DiffSize/ApplyDiff (NaiveDiff over overlay, docs/reference-behaviour.md#naivediff) and what
 a layer tar can carry through them: whiteouts, opaque dirs, hard links, xattrs, special files,
 user-namespace owners, and the full-tree export. Plus the mount label of Get (docs/reference-behaviour.md#mount-options).
+
+``diff-apply-roundtrip`` and ``changes`` run the cases of :mod:`overlaylab.graphdriver.graphtest`
+(the suite the pytest tests run too) with the scenario's context as their ``t``.
 """
 from __future__ import annotations
 
@@ -12,25 +15,22 @@ import stat
 import tarfile
 from typing import Dict, List
 
+from ...graphdriver import graphtest
 from ...idtools import IDMap
 from ..scenario import Expectation, Outcome, ScenarioContext, default_expect, scenario
 from ._layers import (
     CAP_NET_RAW_XATTR,
     LayerTar,
-    add_many_files,
     backdate,
-    change_many_files,
     change_pairs,
     describe_error,
     image_layer,
-    many_files_mismatches,
     member_map,
     mounted,
     mounts,
     new_id,
     read_dir,
     read_file,
-    stat_errno,
     tar_bytes,
     tar_members,
     walk_tree,
@@ -46,58 +46,14 @@ def _names(members: List[tarfile.TarInfo]) -> List[str]:
           "moby v1.12.0 graphtest_unix.go DriverTestDiffApply (TestOverlayDiffApply10Files, skipped upstream for moby#21555)", "diff",
           timeout=60)
 def diff_apply_roundtrip(ctx: ScenarioContext) -> None:
-    n = 10
-    d = ctx.driver()
-    base, upper, diff = new_id(), new_id(), new_id()
-    d.create(base, "", "")
-    add_many_files(d, base, n, 3)
-    with mounted(d, base) as path:
-        write_file(os.path.join(path, "file-remove.txt"), b"This file should get removed in upper!", 0o755)
-        os.makedirs(os.path.join(path, "var/lib"), 0o755)
-    backdate(d, base)  # so the rewrites below are never in the lower's time tick (moby#21555)
-    d.create(upper, base, "")
-    add_many_files(d, upper, n, 6)
-    with mounted(d, upper) as path:
-        os.unlink(os.path.join(path, "file-remove.txt"))
-        os.rmdir(os.path.join(path, "var/lib"))
-    diff_size = d.diff_size(upper, "")
-    d.create(diff, base, "")
-    bad = many_files_mismatches(d, diff, n, 3)
-    ctx.check(not bad, "the new layer on base does not show base's files", files=bad)
-    arch = tar_bytes(d.diff(upper, base))
-    names = sorted(m.name for m in tarfile.open(fileobj=io.BytesIO(arch), mode="r:"))
-    size = d.apply_diff(diff, base, io.BytesIO(arch))
-    ctx.note("DiffSize(upper, \"\") = %d, ApplyDiff size = %d" % (diff_size, size),
-             diff_size=diff_size, apply_size=size, diff_entries=names)
-    ctx.check(size == diff_size, "Apply diff size different, got %d, expected %d" % (size, diff_size))
-    bad = many_files_mismatches(d, diff, n, 6)
-    ctx.check(not bad, "files in the applied layer do not have upper's content", files=bad)
-    with mounted(d, diff) as path:
-        for name in ("file-remove.txt", "var/lib"):
-            code = stat_errno(os.path.join(path, name))
-            ctx.check(code == errno.ENOENT, "file still exists: %s" % name, errno=code)
+    graphtest.driver_test_diff_apply(ctx, ctx.driver(), 10)
 
 
 @scenario("changes", "Changes(upper, base) after rewriting, adding and deleting 20 files (base backdated) is exactly the 21 expected changes",
           "moby v1.12.0 graphtest_unix.go DriverTestChanges (TestOverlayChanges, skipped upstream); pkg/archive ChangesDirs, docs/reference-behaviour.md#naivediff", "diff",
           timeout=60)
 def changes(ctx: ScenarioContext) -> None:
-    d = ctx.driver()
-    base, upper = new_id(), new_id()
-    d.create(base, "", "")
-    add_many_files(d, base, 20, 3)
-    backdate(d, base)
-    d.create(upper, base, "")
-    expected = sorted(change_many_files(d, upper, 20, 6))
-    got = change_pairs(d.changes(upper, base))
-    ctx.note("%d changes" % len(got), changes=["%s %s" % (k, p) for p, k in got])
-    ctx.check(len(expected) == len(got), "unexpected number of changes, expected %d, got %d" % (len(expected), len(got)),
-              missing=sorted(set(expected) - set(got)), unexpected=sorted(set(got) - set(expected)))
-    ctx.check(expected == got, "Changes differ from the expected ones",
-              missing=sorted(set(expected) - set(got)), unexpected=sorted(set(got) - set(expected)))
-    everything = change_pairs(d.changes(base, ""))
-    ctx.check(everything and all(k == "A" for _, k in everything), "Changes(base, \"\") is not all Adds",
-              base_changes=everything[:10])
+    graphtest.driver_test_changes(ctx, ctx.driver())
 
 
 @scenario("diff-size", "DiffSize counts added/modified bytes once per inode (hard links) and symlink target lengths; ApplyDiff returns the tar's payload size",

@@ -3,6 +3,9 @@
 graphtest's 1.10.3 tests and 1.12's deep-layer read (docs/reference-behaviour.md#graphtest), the daemon's init
 layer (#daemon-use), Remove while mounted, concurrent Get/Put and the exact Status/GetMetadata
 rows (#put-remove-status, #mount-options).
+
+The graphtest scenarios run the cases of :mod:`overlaylab.graphdriver.graphtest` (the suite the
+pytest tests run too) with the scenario's context as their ``t``.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import stat
 import threading
 from typing import Dict, List, Tuple
 
+from ...graphdriver import graphtest
 from ...graphdriver.fsmagic import FS_NAMES, statfs_magic
 from ..scenario import ScenarioContext, scenario
 from ._layers import (
@@ -24,131 +28,32 @@ from ._layers import (
     new_id,
     read_dir,
     read_file,
-    write_file,
 )
-
-
-def _verify_file(ctx: ScenarioContext, path: str, mode: int, uid: int, gid: int) -> None:
-    """graphtest ``verifyFile``: stat (follows symlinks); type, perms, special bits, owner."""
-    st = os.stat(path)
-    seen = {"path": path, "mode": "%o" % st.st_mode, "uid": st.st_uid, "gid": st.st_gid}
-    ctx.check(stat.S_IFMT(st.st_mode) == stat.S_IFMT(mode),
-              "Expected %s type 0x%x, got 0x%x" % (path, stat.S_IFMT(mode), stat.S_IFMT(st.st_mode)), seen=seen)
-    ctx.check(st.st_mode & 0o777 == mode & 0o777,
-              "Expected %s mode %o, got %o" % (path, mode & 0o777, st.st_mode & 0o777), seen=seen)
-    for bit, name in ((stat.S_ISVTX, "sticky"), (stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid")):
-        ctx.check(st.st_mode & bit == mode & bit,
-                  "Expected %s %s 0x%x, got 0x%x" % (path, name, mode & bit, st.st_mode & bit), seen=seen)
-    ctx.check(st.st_uid == uid, "%s no owned by uid %d" % (path, uid), seen=seen)
-    ctx.check(st.st_gid == gid, "%s not owned by gid %d" % (path, gid), seen=seen)
-
-
-def _create_base(driver, name: str) -> None:
-    """graphtest ``createBase`` (umask 0): ``a subdir`` 01705 owned 1:2, ``a file`` 04222."""
-    old = os.umask(0)
-    try:
-        driver.create(name, "", "")
-        with mounted(driver, name) as d:
-            sub = os.path.join(d, "a subdir")
-            os.mkdir(sub, 0o705 | stat.S_ISVTX)
-            os.chown(sub, 1, 2)
-            write_file(os.path.join(d, "a file"), b"Some data", 0o222 | stat.S_ISUID)
-    finally:
-        os.umask(old)
-
-
-def _verify_base(ctx: ScenarioContext, driver, name: str) -> str:
-    with mounted(driver, name) as d:
-        _verify_file(ctx, os.path.join(d, "a subdir"), stat.S_IFDIR | 0o705 | stat.S_ISVTX, 1, 2)
-        _verify_file(ctx, os.path.join(d, "a file"), stat.S_IFREG | 0o222 | stat.S_ISUID, 0, 0)
-        entries = read_dir(d)
-        ctx.check(len(entries) == 2, "Unexpected files in base image", entries=entries, view=d)
-        return d
 
 
 @scenario("create-empty", "Create a parentless layer: it exists, its root is an empty 0755 dir owned 0:0, Remove deletes it",
           "moby v1.10.3 graphtest_unix.go DriverTestCreateEmpty; (*Driver).Create case A, docs/reference-behaviour.md#create", "lifecycle", needs_mount=False, timeout=30)
 def create_empty(ctx: ScenarioContext) -> None:
-    d = ctx.driver()
-    d.create("empty", "", "")
-    ctx.check(d.exists("empty"), "Newly created image doesn't exist")
-    with mounted(d, "empty") as path:
-        ctx.note("Get(empty) = %s" % path, view=path)
-        _verify_file(ctx, path, stat.S_IFDIR | 0o755, 0, 0)
-        entries = read_dir(path)
-        ctx.check(entries == [], "New directory not empty", entries=entries)
-        ctx.check(not mounts(d), "Get of a root layer mounted something",
-                  mounts=[m.mountpoint for m in mounts(d)])
-    d.remove("empty")
-    ctx.check(not d.exists("empty"), "the layer still exists after Remove")
+    graphtest.driver_test_create_empty(ctx, ctx.driver())
 
 
 @scenario("create-base", "createBase/verifyBase: a sticky 01705 dir owned 1:2 and a setuid 04222 file survive in a root layer",
           "moby v1.10.3 graphtest_unix.go DriverTestCreateBase (createBase/verifyBase); docs/reference-behaviour.md#graphtest", "lifecycle", needs_mount=False, timeout=30)
 def create_base(ctx: ScenarioContext) -> None:
-    d = ctx.driver()
-    _create_base(d, "Base")
-    view = _verify_base(ctx, d, "Base")
-    ctx.note("verified through %s" % view)
-    d.remove("Base")
-    ctx.check(not d.exists("Base"), "the layer still exists after Remove")
+    graphtest.driver_test_create_base(ctx, ctx.driver())
 
 
 @scenario("create-snap", "A snapshot layer on createBase's layer shows the same modes, owners and exactly 2 entries through the mounted overlay",
           "moby v1.10.3 graphtest_unix.go DriverTestCreateSnap; (*Driver).Create case B and Get, docs/reference-behaviour.md#create", "lifecycle", timeout=30)
 def create_snap(ctx: ScenarioContext) -> None:
-    d = ctx.driver()
-    _create_base(d, "Base")
-    d.create("Snap", "Base", "")
-    view = _verify_base(ctx, d, "Snap")
-    merged = os.path.join(d.home, "Snap", "merged")
-    ctx.note("verified through %s" % view, view=view)
-    ctx.check(view == merged, "Get(Snap) did not return the merged dir", view=view)
-    ctx.check(not os.path.ismount(merged), "verifyBase's Put did not unmount the snapshot")
-    d.remove("Snap")
-    d.remove("Base")
-    ctx.check(not d.exists("Snap") and not d.exists("Base"), "layers still exist after Remove")
+    graphtest.driver_test_create_snap(ctx, ctx.driver())
 
 
 @scenario("deep-layer-chain", "50 layers stacked (case B then 49 x case C); each layer's files are read back through the top",
           "moby v1.12.0 graphtest_unix.go DriverTestDeepLayerRead (TestOverlay50LayerRead); docs/reference-behaviour.md#graphtest", "lifecycle", timeout=60,
           expect=expect_inodes(4200), tags=("inodes", "scale"))
 def deep_layer_chain(ctx: ScenarioContext) -> None:
-    count = 50
-    d = ctx.driver()
-    base = new_id()
-    d.create(base, "", "")
-    with mounted(d, base) as path:
-        write_file(os.path.join(path, "testfile.txt"), b"test content", 0o755)
-    parent = base
-    ids = []
-    for i in range(1, count + 1):  # addManyLayers / addLayerFiles
-        layer = new_id()
-        d.create(layer, parent, "")
-        with mounted(d, layer) as path:
-            write_file(os.path.join(path, "top-id"), layer.encode(), 0o755)
-            os.mkdir(os.path.join(path, "layer-%d" % i), 0o755)
-            write_file(os.path.join(path, "layer-%d" % i, "layer-id"), layer.encode(), 0o755)
-            write_file(os.path.join(path, "layer-%d" % i, "parent-id"), parent.encode(), 0o755)
-        ids.append(layer)
-        parent = layer
-    top = parent
-    with mounted(d, top) as path:  # checkManyLayers
-        ctx.check(read_file(os.path.join(path, "top-id")) == top.encode(), "top-id is not the top layer's id")
-        expected = top
-        for i in range(count, 0, -1):
-            got = read_file(os.path.join(path, "layer-%d" % i, "layer-id")).decode()
-            ctx.check(got == expected, "layer-%d/layer-id is %s, expected %s" % (i, got, expected), layer=i)
-            expected = read_file(os.path.join(path, "layer-%d" % i, "parent-id")).decode()
-        ctx.check(expected == base, "the chain does not end at the base layer")
-        content = read_file(os.path.join(path, "testfile.txt"))
-        ctx.check(content == b"test content", "testfile.txt through the top reads %r" % content)
-    upper = sorted(os.listdir(os.path.join(d.home, top, "upper")))
-    want = sorted(["top-id"] + ["layer-%d" % i for i in range(1, count + 1)])
-    ctx.note("top layer's upper has %d entries (a deep copy of every layer below)" % len(upper),
-             top_upper_entries=len(upper))
-    ctx.check(upper == want, "the top layer's upper is not the accumulated copy",
-              missing=sorted(set(want) - set(upper)), extra=sorted(set(upper) - set(want)))
+    graphtest.driver_test_deep_layer_read(ctx, ctx.driver(), 50)
 
 
 # The daemon's setupInitLayer (daemon/daemon_unix.go @v1.10.3), in its order of ranging over a
