@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from tests.needs import backing_fs_unavailable
+from tests.needs import backing_fs_unavailable, missing, need_tool
 
 from overlaylab.agent.backingfs import BackingFsUnavailable, make_backing_fs
 from overlaylab.agent.profiles import load_profiles
@@ -55,6 +55,23 @@ def backing_fs(profiles, request):
         stack.close()
         with contextlib.suppress(OSError):
             os.rmdir(workdir)
+
+
+@pytest.fixture(scope="session")
+def kernel_61():
+    """debian-6.1 from the user's cache (fetched once; skipped when no network and no cache).
+
+    Here, not in a directory's conftest, because the kernel fetch tests (tests/kernels/) and
+    the initramfs and VM tests (tests/vm/) share it.
+    """
+    from overlaylab.kernels import KernelUnavailable, fetch_kernel
+
+    need_tool("apt-get", "apt")
+    need_tool("dpkg-deb", "dpkg")
+    try:
+        return fetch_kernel("debian-6.1")
+    except KernelUnavailable as e:
+        missing(str(e))
 
 
 @pytest.fixture

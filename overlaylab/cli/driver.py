@@ -178,38 +178,16 @@ def remove_cmd(dc: DriverContext, layer_id: str) -> None:
     _run(lambda: dc.driver.remove(layer_id))
 
 
-def _layer_rows(home: str):
-    from ..goerrors import PathError
-    from ..mountutil import mountinfo
-    mounted = {m.mountpoint for m in mountinfo()}
-    rows = []
-    try:
-        names = sorted(os.listdir(home), key=os.fsencode)
-    except OSError as err:
-        raise PathError("open", home, err.errno) from None
-    for name in names:
-        d = os.path.join(home, name)
-        if not os.path.isdir(d):
-            continue
-        if os.path.isdir(os.path.join(d, "root")):
-            rows.append((name, "R", "", ""))
-            continue
-        try:
-            with open(os.path.join(d, "lower-id"), "rb") as f:
-                lower = os.fsdecode(f.read())
-        except OSError:
-            lower = "?"
-        state = "mounted" if os.path.join(d, "merged") in mounted else ""
-        rows.append((name, "O", lower, state))
-    return rows
-
-
 @driver.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def list_cmd(dc: DriverContext, as_json: bool) -> None:
     """List layers: id, shape (R = root layer, O = overlay layer), lower id, mount state."""
-    rows = _run(lambda: _layer_rows(dc.home))
+    from ..graphdriver import overlay
+    # The layout alone, without Init: listing a home must not make it (nor need root).
+    rows = [(layer.id, layer.shape, "?" if layer.lower_id is None else layer.lower_id,
+             "mounted" if layer.mounted else "")
+            for layer in _run(lambda: overlay.OverlayDriver(dc.home).layers())]
     if as_json:
         click.echo(json.dumps([dict(zip(("id", "shape", "lower_id", "state"), r)) for r in rows], indent=2))
         return

@@ -24,13 +24,13 @@ import stat
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, List, Sequence, Tuple
+from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 from .. import archive
 from ..archive.gofs import temp_dir
 from ..goerrors import LinkError, PathError, go_quote
 from ..idtools import IDMaps, get_root_uid_gid, mkdir_all_as, mkdir_as
-from ..mountutil import mount, umount
+from ..mountutil import mount, mountinfo, umount
 from . import register
 from .copy import COPY_HARDLINK, copy_dir, remove_all
 from .errors import ErrApplyDiffFallback, ErrIncompatibleFS, ErrNotSupported
@@ -158,6 +158,15 @@ class ActiveMount:
     mounted: bool
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One layer directory as :meth:`OverlayDriver.layers` finds it on disk."""
+    id: str
+    shape: str                # "R" (has root/) or "O" (lower-id, upper/, work/, merged/)
+    lower_id: Optional[str]   # "" for Shape R; None when a Shape-O layer's lower-id cannot be read
+    mounted: bool             # its merged/ is a mount point now (Shape O only)
+
+
 class OverlayDriver:
     """The ProtoDriver plus overlay's own ApplyDiff. Use it through :func:`init`."""
 
@@ -201,6 +210,36 @@ class OverlayDriver:
 
     def cleanup(self) -> None:
         """Does nothing: mounts stay in place at shutdown, as in the reference."""
+
+    def layers(self) -> List[Layer]:
+        """Every layer directory under the home, sorted by the bytes of its id.
+
+        A lab addition for ``overlaylab driver list``: moby's overlay driver (v1.10.3
+        ``daemon/graphdriver/overlay/overlay.go``) has no such call, the daemon's layer store
+        keeps the list. This reads only the layout, so it needs no Init:
+        ``OverlayDriver(home).layers()`` lists a home without making it. A home that cannot
+        be read is a :class:`PathError` (``open``); entries that are not directories are
+        skipped; a Shape-O layer whose ``lower-id`` cannot be read is still listed.
+        """
+        try:
+            names = sorted(os.listdir(self.home), key=os.fsencode)
+        except OSError as err:
+            raise PathError("open", self.home, err.errno) from None
+        mount_points = {m.mountpoint for m in mountinfo()}
+        found = []
+        for name in names:
+            d = self.dir(name)
+            if not os.path.isdir(d):
+                continue
+            if os.path.isdir(os.path.join(d, "root")):
+                found.append(Layer(name, "R", "", False))
+                continue
+            try:
+                lower_id: Optional[str] = _read_file(os.path.join(d, "lower-id"))
+            except PathError:
+                lower_id = None
+            found.append(Layer(name, "O", lower_id, os.path.join(d, "merged") in mount_points))
+        return found
 
     # Create / Remove / Exists --------------------------------------------------------------
     def create(self, layer_id: str, parent: str = "", mount_label: str = "") -> None:

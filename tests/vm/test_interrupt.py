@@ -12,30 +12,16 @@ import time
 
 import pytest
 
+from .conftest import qemu_pids
+
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
-
-
-def _qemus_under(path):
-    """qemu processes whose command line names a file under ``path`` (their run directory)."""
-    out = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]).startswith(b"qemu-system") and path.encode() in b" ".join(argv):
-            out.add(int(pid))
-    return out
 
 
 def _kill_everything(proc, tmp):
     """Whatever the test's outcome: the runner's process group and any qemu under ``tmp``."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    for pid in _qemus_under(str(tmp)):
+    for pid in qemu_pids(str(tmp)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -56,14 +42,14 @@ def test_a_stop_signal_to_the_runner_alone_stops_a_qemu_run(kernel_61, tmp_path,
     seen_after = set()
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not _qemus_under(str(tmp)) and proc.poll() is None:
+        while time.monotonic() < deadline and not qemu_pids(str(tmp)) and proc.poll() is None:
             time.sleep(0.05)
-        before = _qemus_under(str(tmp))
+        before = qemu_pids(str(tmp))
         assert len(before) == 1, "expected one VM booting, saw %s" % before
         os.kill(proc.pid, sig)  # the runner alone, as `kill -INT`, `timeout -s INT` or a CI cancel
         signalled = time.monotonic()
         while proc.poll() is None and time.monotonic() < signalled + 180:
-            seen_after |= _qemus_under(str(tmp)) - before
+            seen_after |= qemu_pids(str(tmp)) - before
             time.sleep(0.05)
         stopped_in = time.monotonic() - signalled
         out, err = proc.communicate(timeout=60)
@@ -72,7 +58,7 @@ def test_a_stop_signal_to_the_runner_alone_stops_a_qemu_run(kernel_61, tmp_path,
     assert proc.returncode == 130, out + err
     assert seen_after == set(), "a VM booted after the stop signal"
     assert stopped_in < 60, "took %.0f s to stop" % stopped_in
-    assert _qemus_under(str(tmp)) == set()
+    assert qemu_pids(str(tmp)) == set()
     (name,) = os.listdir(str(reports / "runs"))
     with open(str(reports / "runs" / name / "run.json")) as f:
         assert json.load(f)["status"] == "interrupted"
@@ -92,9 +78,9 @@ def test_after_the_runner_is_killed_cleanup_removes_the_vm_and_show_says_interru
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not _qemus_under(str(tmp)) and proc.poll() is None:
+        while time.monotonic() < deadline and not qemu_pids(str(tmp)) and proc.poll() is None:
             time.sleep(0.05)
-        assert _qemus_under(str(tmp)), "no VM started"
+        assert qemu_pids(str(tmp)), "no VM started"
         os.kill(proc.pid, signal.SIGKILL)  # no teardown at all: power-loss-like for the runner
         proc.communicate(timeout=60)
         vm_dirs = [d for d in os.listdir(str(tmp)) if d.startswith("overlaylab-qemu-")]
@@ -105,7 +91,7 @@ def test_after_the_runner_is_killed_cleanup_removes_the_vm_and_show_says_interru
         done = subprocess.run([sys.executable, "-m", "overlaylab", "cleanup"], capture_output=True, text=True,
                               env=env, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert os.listdir(str(tmp)) == [] and _qemus_under(str(tmp)) == set()
+        assert os.listdir(str(tmp)) == [] and qemu_pids(str(tmp)) == set()
         shown = subprocess.run([sys.executable, "-m", "overlaylab", "show", "latest", "--reports-dir", str(reports)],
                                capture_output=True, text=True, env=env, timeout=120)
         assert "interrupted: incomplete: 0 of 1 cells" in shown.stdout, shown.stdout + shown.stderr

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from .conftest import qemu_pids
+
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
@@ -20,24 +22,6 @@ KERNEL = "debian-6.1"
 
 def _cli(args, env, timeout=600):
     return subprocess.run(OVERLAYLAB + args, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _qemu_pids_with(text):
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().split(b"\0")
-            with open("/proc/%s/stat" % pid) as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            continue
-        if cmd and os.path.basename(cmd[0]).startswith(b"qemu-system") and text.encode() in b" ".join(cmd) \
-                and not zombie:
-            out.append(int(pid))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +42,7 @@ def lab_vm(kernel_61, tmp_path_factory):
         with contextlib.suppress(Exception):
             with open(os.path.join(state_dir, KERNEL, "keeper.pid")) as f:
                 os.kill(int(f.read()), signal.SIGKILL)
-        for pid in _qemu_pids_with(state_dir):
+        for pid in qemu_pids(state_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -117,16 +101,16 @@ def test_vm_shell_uses_the_vm_that_is_up_and_leaves_it_up(lab_vm):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [lab_vm["kernel"].release, "../../" + lab_vm["state"]["disks"]["xfs"][5:]]
     assert "booting" not in r.stderr and "left running" in r.stderr
-    assert _qemu_pids_with(lab_vm["state"]["workdir"]) == [lab_vm["state"]["qemu_pid"]]
+    assert qemu_pids(lab_vm["state"]["workdir"]) == {lab_vm["state"]["qemu_pid"]}
 
 
 def test_vm_down_stops_it_from_another_process(lab_vm):
     state = lab_vm["state"]
-    assert _qemu_pids_with(state["workdir"]) == [state["qemu_pid"]]
+    assert qemu_pids(state["workdir"]) == {state["qemu_pid"]}
     r = _cli(["vm", "down", KERNEL], lab_vm["env"], timeout=120)
     assert r.returncode == 0, r.stderr
     assert "%s down" % KERNEL in r.stdout
-    assert _qemu_pids_with(state["workdir"]) == []
+    assert qemu_pids(state["workdir"]) == set()
     assert not os.path.exists(state["workdir"]) and not os.path.exists(os.path.join(lab_vm["state_dir"], KERNEL))
     assert json.loads(_cli(["vm", "list", "--json"], lab_vm["env"]).stdout) == []
     gone = _cli(["vm", "down", KERNEL], lab_vm["env"])

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.trace_replay import Replayer, load_results, load_scenario
+from tests.graphdriver.trace_replay import Replayer, load_results, load_scenario
 
 # A copy of shared/reference-trace, kept with the tests so a fresh checkout is self-contained.
 TRACE_DIR = os.path.join(os.path.dirname(__file__), "..", "data", "reference-trace")

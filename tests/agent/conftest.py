@@ -1,11 +1,11 @@
-"""Fixtures for the lab tests: profiles, and backing filesystems that are always torn down.
+"""Fixtures for the agent tests (backing filesystems, probes): profiles, and backing filesystems that are always torn down.
 
 ``fs_factory(name_or_profile, device=None)`` makes a real backing filesystem (loop device,
 mkfs, mount) for the duration of one test; ``module_fs_factory`` the same for a whole module.
 Both close every filesystem they made at teardown, whatever the test did, and then check
 that nothing is left mounted under their work directory. Unlike the suite-wide
 ``backing_fs`` (which skips a profile the kernel cannot make), these raise
-:class:`BackingFsUnavailable`, because the lab tests assert on exactly that.
+:class:`BackingFsUnavailable`, because the backing-fs and probe tests assert on exactly that.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from overlaylab import graphdriver
+from overlaylab.goerrors import PathError
 from overlaylab.graphdriver import ErrApplyDiffFallback, ErrIncompatibleFS, overlay
 from overlaylab.graphdriver.overlay import InvalidLayerID, format_mount_label, mount_options
 from overlaylab.idtools import IDMap
@@ -170,6 +171,28 @@ def test_put_returns_ebusy_and_remove_while_mounted(make_driver):
     driver.remove("ctr")
     assert not driver.exists("ctr")
     driver.remove("ctr")  # missing is fine
+
+
+def test_layers_lists_the_layout_as_driver_list_shows_it(make_driver, tmp_path):
+    driver = make_driver("tmpfs")
+    driver.create("base", "")
+    driver.create("ctr", "base")
+    driver.create("lost", "base")
+    os.unlink(os.path.join(driver.home, "lost", "lower-id"))
+    open(os.path.join(driver.home, "not-a-layer"), "w").close()
+    driver.get("ctr")
+    try:
+        assert driver.proto.layers() == [overlay.Layer("base", "R", "", False),
+                                         overlay.Layer("ctr", "O", "base", True),
+                                         overlay.Layer("lost", "O", None, False)]
+    finally:
+        driver.put("ctr")
+    assert overlay.OverlayDriver(driver.home).layers()[1].mounted is False  # no Init needed
+    missing = str(tmp_path / "no-home")
+    with pytest.raises(PathError) as err:
+        overlay.OverlayDriver(missing).layers()
+    assert str(err.value) == "open %s: no such file or directory" % missing
+    assert not os.path.exists(missing)
 
 
 def test_error_texts(make_driver):
