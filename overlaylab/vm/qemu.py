@@ -23,6 +23,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..agent.procutil import kill_group, popen_group, stop_group
+
 QEMU = "qemu-system-x86_64"
 READY_MARKER = "OVERLAYLAB-READY"
 FAILED_MARKER = "OVERLAYLAB-FAILED"
@@ -160,8 +162,7 @@ except (OSError, AttributeError):  # pragma: no cover - not glibc
     _PRCTL = None
 
 
-def _pdeathsig() -> None:  # runs in the child before exec
-    os.setsid()  # its own process group, killed as a whole
+def _pdeathsig() -> None:  # runs in the child before exec (after popen_group's setsid)
     if _PRCTL is not None:
         _PRCTL(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the lab process
 
@@ -316,8 +317,9 @@ class QemuVM:
         open(self.console_log, "wb").close()  # a retry must not see the last boot's marker
         err = open(self.stderr_log, "wb")
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                         preexec_fn=_pdeathsig, close_fds=True)
+            # its own process group, killed as a whole
+            self.proc = popen_group(self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    preexec_fn=_pdeathsig, close_fds=True)
         finally:
             err.close()
         self.started_at = time.monotonic()
@@ -403,17 +405,9 @@ class QemuVM:
         if proc is None:
             return
         if proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(proc, ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)))
         else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # stray children of the group, if any
+            kill_group(proc, signal.SIGKILL)  # stray children of the group, if any
         wd = getattr(self, "_watchdog", None)
         if wd is not None:
             wd.cancel()
