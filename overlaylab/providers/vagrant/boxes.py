@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - 3.9/3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from ...agent.procutil import KILL_NOW, popen_group, read_pipes, stop_group
+from ...kernels.cache import cache_root
 from ...paths import PROJECT_ROOT
 
 ENV_BOXES = "OVERLAYLAB_BOXES"
@@ -249,11 +250,6 @@ def choose_accel() -> Tuple[str, str]:
 
 
 # --- caches and tools --------------------------------------------------------------------------
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "overlaylab"
-
 
 def box_cache_dir(name: str) -> Path:
     return cache_root() / "boxes" / name
