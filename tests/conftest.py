@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from tests.needs import backing_fs_unavailable
+from tests.needs import backing_fs_unavailable, missing, need_tool
 
 from overlaylab.agent.backingfs import BackingFsUnavailable, make_backing_fs
 from overlaylab.agent.profiles import load_profiles
@@ -26,6 +26,19 @@ SESSION_TMP = tempfile.mkdtemp(prefix="overlaylab-tests.")
 def pytest_configure(config):
     if os.geteuid() != 0:
         raise pytest.UsageError("overlaylab's tests need root (real mounts, loop devices, mknod)")
+
+
+@pytest.fixture(scope="session")
+def kernel_61():
+    """debian-6.1 from the user's cache (fetched once; skipped when no network and no cache)."""
+    from overlaylab.kernels import KernelUnavailable, fetch_kernel
+
+    need_tool("apt-get", "apt")
+    need_tool("dpkg-deb", "dpkg")
+    try:
+        return fetch_kernel("debian-6.1")
+    except KernelUnavailable as e:
+        missing(str(e))
 
 
 @pytest.fixture(scope="session")
