@@ -18,8 +18,6 @@ TESTS = os.path.join(ROOT, "tests")
 # Directories under tests/ that mirror no package, each with the reason.
 NOT_A_PACKAGE: Dict[str, str] = {
     "data": "recorded reference data (the Go driver's trace), not tests",
-    "driver": "moby's graphtest port (graphtest.py, test_graphtest.py) waiting to join tests/graphdriver/;"
-              " it was being edited elsewhere when the rest moved",
 }
 
 

@@ -34,6 +34,7 @@ from .. import mountutil
 from ..goerrors import errno_text
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
 from .backingfs import unmount_tree
+from .logcapture import capture_log
 from .recipes import MountSpec, overlay_mount_spec
 from .shell import KernelLogCursor, run
 
@@ -583,15 +584,6 @@ class DriverVerdict:
                      None if self.verdict not in ("error", "unavailable") else self.error)
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: List[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def driver_verdict(home_parent: str, options: Sequence[str] = (), keep_home: bool = False) -> DriverVerdict:
     """Run the ported driver's ``Init`` on ``<home_parent>/overlay`` and classify the result.
 
@@ -606,14 +598,8 @@ def driver_verdict(home_parent: str, options: Sequence[str] = (), keep_home: boo
     except Exception as exc:  # noqa: BLE001
         return DriverVerdict(home, "unavailable", "ERROR", "%s: %s" % (type(exc).__name__, exc), type(exc).__name__)
     existed = os.path.lexists(home)
-    capture = _Capture()
-    logger = logging.getLogger(DRIVER_LOGGER)
-    old_level = logger.level
-    logger.addHandler(capture)
-    if logger.getEffectiveLevel() > logging.DEBUG:
-        logger.setLevel(logging.DEBUG)
     driver = None
-    try:
+    with capture_log(DRIVER_LOGGER) as capture:
         try:
             driver = gd_overlay.init(home, tuple(options), None, None)
             verdict, outcome, err_text, err_type = "accepted", "ACCEPTED", None, None
@@ -625,9 +611,6 @@ def driver_verdict(home_parent: str, options: Sequence[str] = (), keep_home: boo
             verdict, outcome, err_text, err_type = "ErrPrerequisites", "REFUSED", str(exc), type(exc).__name__
         except Exception as exc:  # noqa: BLE001
             verdict, outcome, err_text, err_type = "error", "ERROR", str(exc), type(exc).__name__
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(old_level)
     status: List[Tuple[str, str]] = []
     if driver is not None:
         try:
@@ -640,8 +623,7 @@ def driver_verdict(home_parent: str, options: Sequence[str] = (), keep_home: boo
             pass
     if not existed and not keep_home and os.path.isdir(home) and not mountutil.mounts_under(home):
         shutil.rmtree(home, ignore_errors=True)
-    lines = ["%s %s: %s" % (r.levelname, r.name, r.getMessage()) for r in capture.records]
-    return DriverVerdict(home, verdict, outcome, err_text, err_type, lines, status)
+    return DriverVerdict(home, verdict, outcome, err_text, err_type, capture.lines, status)
 
 
 def probe_driver_init(home_parent: str) -> Probe:

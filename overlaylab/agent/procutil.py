@@ -1,9 +1,13 @@
-"""Finding and signalling this process's descendants (for a clean stop on Ctrl-C or SIGTERM)."""
+"""Finding and signalling this process's descendants (for a clean stop on Ctrl-C or SIGTERM),
+and commands run in a process group of their own with a deadline."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from typing import Dict, List
+import subprocess
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -63,7 +67,6 @@ def signal_descendants(sig: int = signal.SIGTERM, pid: int = 0) -> List[int]:
 
 def wait_descendants_gone(timeout: float = 30.0, pid: int = 0) -> bool:
     """Wait until ``pid`` (default: this process) has no descendants left; False on timeout."""
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         alive = [p for p in descendants(pid or os.getpid()) if not _is_zombie(p)]
@@ -189,7 +192,6 @@ def stop_agents(pid: int = 0, sig: int = signal.SIGTERM, timeout: float = 120.0)
     them to finish their teardown. Not their ``timeout`` wrappers: coreutils ``timeout`` turns
     any signal it gets into a SIGKILL of its group 5 s later, which would cut a teardown short.
     Returns the agents signalled."""
-    import time
     agents = [p for p in descendants(pid or os.getpid()) if is_agent(p) and not _is_zombie(p)]
     for p in agents:
         try:
@@ -200,3 +202,77 @@ def stop_agents(pid: int = 0, sig: int = signal.SIGTERM, timeout: float = 120.0)
     while time.monotonic() < deadline and any(not _is_zombie(p) and start_time(p) for p in agents):
         time.sleep(0.1)
     return agents
+
+
+# --- commands in a process group of their own ---------------------------------------------
+#
+# A command started in a new session leads its own process group, so one ``killpg`` reaches
+# everything it started (ssh's ProxyCommand, vagrant's ruby children, qemu helpers), and a
+# terminal's Ctrl-C goes to the lab only: the lab decides when and how the command stops.
+
+#: ``(signal, seconds to wait for the exit)`` in turn; ``None`` waits as long as it takes
+StopSteps = Sequence[Tuple[int, Optional[float]]]
+KILL_NOW: StopSteps = ((signal.SIGKILL, None),)
+
+
+def popen_group(argv, **popen_kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` in a new session (its own process group, see above)."""
+    return subprocess.Popen(argv, start_new_session=True, **popen_kwargs)
+
+
+def kill_group(proc: Union[subprocess.Popen, int], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the process group ``proc`` (a Popen or a pid) leads; a group that is
+    gone, or none of whose members we may signal, is left alone."""
+    pid = proc if isinstance(proc, int) else proc.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def stop_group(proc: subprocess.Popen, steps: StopSteps = KILL_NOW) -> bool:
+    """Signal ``proc``'s group with each ``(signal, grace)`` of ``steps`` in turn until ``proc``
+    exits within the grace; True once it has (and is reaped), False if it outlived them all."""
+    for sig, grace in steps:
+        kill_group(proc, sig)
+        try:
+            proc.wait(grace)
+            return True
+        except subprocess.TimeoutExpired:
+            continue
+    return False
+
+
+def communicate_in_group(proc: subprocess.Popen, timeout: float, steps: StopSteps = KILL_NOW,
+                         input: Optional[bytes] = None) -> Tuple[object, object]:
+    """``proc.communicate(input)`` with a deadline. Past it — or on any exception meanwhile,
+    Ctrl-C included — ``proc``'s group is stopped with ``steps`` and the exception re-raised
+    (``subprocess.TimeoutExpired`` for the deadline)."""
+    try:
+        return proc.communicate(input, timeout=timeout)
+    except BaseException:
+        stop_group(proc, steps)
+        raise
+
+
+def read_pipes(proc: subprocess.Popen, deadline: float, on_chunk: Callable[[str, bytes], None]) -> None:
+    """Read ``proc``'s stdout and stderr pipes (those it has) as bytes arrive, handing each
+    chunk to ``on_chunk("out" | "err", chunk)``, until every pipe is closed. Raises
+    ``subprocess.TimeoutExpired`` once ``deadline`` (``time.monotonic()``) passes first; the
+    caller decides what becomes of the process."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    for name, stream in (("out", proc.stdout), ("err", proc.stderr)):
+        if stream is not None:
+            sel.register(stream, selectors.EVENT_READ, name)
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            for key, _ in sel.select(timeout=min(left, 1.0)):
+                chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                on_chunk(key.data, chunk)
+    finally:
+        sel.close()

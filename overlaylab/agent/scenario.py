@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..graphdriver.graphtest import Checks
+from .logcapture import capture_log
 from .records import CellRecord, Outcome
 
 log = logging.getLogger("overlaylab.agent.scenario")
@@ -138,17 +139,6 @@ def all_scenarios() -> Dict[str, Scenario]:
     """The catalogue, in registration order."""
     from . import scenarios  # noqa: F401  (importing registers them)
     return dict(REGISTRY)
-
-
-class LogCapture(logging.Handler):
-    """Collects log records as ``LEVEL logger: message`` lines (evidence for a cell)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append("%s %s: %s" % (record.levelname, record.name, record.getMessage()))
 
 
 class ScenarioContext(Checks):
@@ -274,37 +264,31 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
     expected = sc.expect(facts)
     scratch = tempfile.mkdtemp(prefix="scenario-%s." % sc.id, dir=scratch_root)
     ctx = ScenarioContext(backing_dir, facts, scratch)
-    capture = LogCapture()
-    root_logger = logging.getLogger("overlaylab")
-    root_logger.addHandler(capture)
-    old_level = root_logger.level
-    root_logger.setLevel(logging.DEBUG)
-    old_umask = os.umask(0o022)  # the daemon's umask
-    start = time.monotonic()
     error = ""
     try:
-        with _time_limit(sc.timeout):
-            sc.func(ctx)
-        outcome = Outcome.PASS
-    except BaseException as err:  # classified, never propagated (but Ctrl-C is re-raised below)
-        if isinstance(err, KeyboardInterrupt):
-            raise
-        outcome = classify(err)
-        error = str(err).rstrip("\n") or type(err).__name__
-        if outcome is Outcome.ERROR:
-            ctx.evidence["traceback"] = traceback.format_exc(limit=8)
-        code = err.errno if isinstance(err, OSError) else getattr(err, "wrapped_errno", None)
-        if code:  # a Go error string keeps the errno it formatted in, as evidence
-            ctx.evidence["errno"] = code
+        with capture_log("overlaylab") as capture:  # until the context is closed
+            old_umask = os.umask(0o022)  # the daemon's umask
+            start = time.monotonic()
+            try:
+                with _time_limit(sc.timeout):
+                    sc.func(ctx)
+                outcome = Outcome.PASS
+            except BaseException as err:  # classified, never propagated (but Ctrl-C is re-raised below)
+                if isinstance(err, KeyboardInterrupt):
+                    raise
+                outcome = classify(err)
+                error = str(err).rstrip("\n") or type(err).__name__
+                if outcome is Outcome.ERROR:
+                    ctx.evidence["traceback"] = traceback.format_exc(limit=8)
+                code = err.errno if isinstance(err, OSError) else getattr(err, "wrapped_errno", None)
+                if code:  # a Go error string keeps the errno it formatted in, as evidence
+                    ctx.evidence["errno"] = code
+            finally:
+                duration = time.monotonic() - start
+                os.umask(old_umask)
+                ctx.close()
     finally:
-        duration = time.monotonic() - start
-        os.umask(old_umask)
-        try:
-            ctx.close()
-        finally:
-            root_logger.removeHandler(capture)
-            root_logger.setLevel(old_level)
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     if capture.lines:
         ctx.evidence["driver_log"] = capture.lines[-50:]
     if kernel_log is not None:

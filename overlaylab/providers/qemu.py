@@ -39,6 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from ..kernels.cache import KernelImage
 from ..kernels.catalogue import KernelEntry
 from ..kernels.fetch import fetch_kernel
+from ..kernels.image import fast_boot_kernel
 from ..lab.progress import keep_path, phase
 from ..vm import qemu as qemu_mod
 from ..vm.initramfs import InitramfsInfo, build_initramfs
@@ -324,7 +325,7 @@ class QemuProvider:
             initramfs = build_initramfs(kernel, cache_dir=self.cache_dir)
             state["detail"] = "%s, %.1f MB" % ("cached" if initramfs.cached else "built", initramfs.size / 1e6)
         with phase("accel") as state:
-            boot_image = qemu_mod.fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
+            boot_image = fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
                 else kernel.vmlinuz
             accel, accel_reason = self.choose_accel(boot_image)
             state["detail"] = accel

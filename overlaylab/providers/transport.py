@@ -7,16 +7,15 @@ show each finished cell while a long agent call is still going.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import selectors
 import shlex
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
+
+from ..agent.procutil import KILL_NOW, communicate_in_group, popen_group, read_pipes, stop_agents, stop_group
 
 
 class CommandTimeout(TimeoutError):
@@ -53,14 +52,12 @@ def run_with_timeout(host, command: str, timeout: float, grace: float = 15.0):
     backend = host.backend
     local = _local_argv(host, wrapped) if getattr(backend, "NAME", "") == "ssh" else None
     if local is not None:
-        p = subprocess.Popen(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
+        p = popen_group(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
         try:
-            out, err = p.communicate(timeout=limit)
+            out, err = communicate_in_group(p, limit)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, 9)
-            p.communicate()
+            p.communicate()  # what is left in the pipes; closes them
             raise CommandTimeout("no answer from %s after %.0fs: %s" % (backend.host.name, limit, command))
         if p.returncode == 255:
             raise RuntimeError("ssh to %s failed: %s" % (backend.host.name, err.decode(errors="replace").strip()))
@@ -104,49 +101,39 @@ def stream_lines(host, command: str, timeout: float, on_line: Callable[[str], No
             on_line(line)
         return StreamResult(res.rc, res.stdout, res.stderr)
     limit = math.ceil(timeout) + 5 + grace
-    p = subprocess.Popen(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True)
+    p = popen_group(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
     out: List[bytes] = []
     err: List[bytes] = []
     pending = b""
     deadline = time.monotonic() + limit
-    sel = selectors.DefaultSelector()
-    sel.register(p.stdout, selectors.EVENT_READ, "out")
-    sel.register(p.stderr, selectors.EVENT_READ, "err")
-    open_streams = 2
+
+    def take(stream: str, chunk: bytes) -> None:
+        nonlocal pending
+        if stream == "err":
+            err.append(chunk)
+            return
+        out.append(chunk)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            on_line(line.decode("utf-8", "replace"))
+
     try:
-        while open_streams:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise CommandTimeout("no answer after %.0fs: %s" % (limit, command))
-            for key, _ in sel.select(timeout=min(left, 1.0)):
-                chunk = os.read(key.fileobj.fileno(), 65536)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    open_streams -= 1
-                    continue
-                if key.data == "err":
-                    err.append(chunk)
-                    continue
-                out.append(chunk)
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    on_line(line.decode("utf-8", "replace"))
+        try:
+            read_pipes(p, deadline, take)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout("no answer after %.0fs: %s" % (limit, command)) from None
         if pending:
             on_line(pending.decode("utf-8", "replace"))
         rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
     except BaseException:
         # A local agent below gets SIGTERM itself and the time to tear down (unmount, detach)
         # before the group is killed; its `timeout` wrapper would SIGKILL it 5 s after a signal.
-        from ..agent.procutil import stop_agents
         stop_agents(p.pid, timeout=120)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, 9)
-        p.wait()
+        stop_group(p, KILL_NOW)
         raise
     finally:
-        sel.close()
         p.stdout.close()
         p.stderr.close()
     stderr = b"".join(err).decode("utf-8", "replace")

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..agent.procutil import kill_group, popen_group
+
 STATE_ENV = "OVERLAYLAB_VM_STATE"
 KEEPER_MODULE = "overlaylab.vm.keeper"
 DEFAULT_HARD_TIMEOUT = 4 * 3600.0
@@ -184,9 +186,8 @@ def start_vm(kernel: str, disks: Sequence[Tuple[str, int]], hard_timeout: float 
         from ..paths import PROJECT_ROOT
         project = str(PROJECT_ROOT)
         env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        proc = subprocess.Popen([sys.executable, "-m", KEEPER_MODULE, str(d)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, close_fds=True, start_new_session=True,
-                                cwd="/", env=env)
+        proc = popen_group([sys.executable, "-m", KEEPER_MODULE, str(d)], stdin=subprocess.DEVNULL,
+                           stdout=log, stderr=log, close_fds=True, cwd="/", env=env)
     seen = 0
     deadline = time.monotonic() + wait
 
@@ -241,8 +242,7 @@ def stop_pid(pid: int, d: Path, timeout: float = 60.0) -> None:
             os.kill(pid, signal.SIGKILL)
     qpid = state.get("qemu_pid")
     if qemu_alive(qpid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(qpid), signal.SIGKILL)  # qemu leads its own process group
+        kill_group(int(qpid), signal.SIGKILL)  # qemu leads its own process group
         end = time.monotonic() + 10
         while qemu_alive(qpid) and time.monotonic() < end:
             time.sleep(0.1)

@@ -177,14 +177,6 @@ def test_sigterm_to_the_lab_process_still_kills_qemu(tmp_path):
     assert not alive(qpid)
 
 
-def test_pvh_extraction_of_a_real_kernel(kernel_61, tmp_path):
-    fast = Q.fast_boot_kernel(kernel_61.vmlinuz, tmp_path)
-    assert fast != kernel_61.vmlinuz
-    with open(fast, "rb") as f:
-        assert Q.has_pvh_note(f.read())
-    assert Q.fast_boot_kernel(kernel_61.vmlinuz, tmp_path) == fast  # cached
-
-
 def test_control_path_fits_a_unix_socket_even_under_a_long_tmpdir():
     from overlaylab.providers.qemu import control_path_for
     short = control_path_for("/tmp/overlaylab-qemu.abc123")

@@ -6,7 +6,6 @@ known behaviour (with the reason), so a run tells "broken as known" from "newly 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import time
@@ -15,7 +14,8 @@ from typing import Any, Dict
 from ...archive import ArchiveError
 from ...graphdriver.errors import ErrIncompatibleFS, ErrNotSupported
 from ...graphdriver.overlay import MountError
-from ..scenario import LogCapture, Expectation, Outcome, ScenarioContext, ScenarioFailure, default_expect, scenario
+from ..logcapture import capture_log
+from ..scenario import Expectation, Outcome, ScenarioContext, ScenarioFailure, default_expect, scenario
 from ._layers import (
     TAR_MTIME,
     GeneratedTarStream,
@@ -56,20 +56,12 @@ def _other_than_pass(sc, facts):
 @scenario("driver-init", "Init accepts the backing filesystem (home made 0700) or refuses it as 1.10.3 does (btrfs/aufs/zfs: ErrIncompatibleFS with its log line)",
           "moby v1.10.3 overlay.go Init, driver_linux.go GetFSMagic of the home's parent, btrfs refusal of moby#9834; docs/reference-behaviour.md#init", "failure-class", needs_mount=False, timeout=30)
 def driver_init(ctx: ScenarioContext) -> None:
-    logger = logging.getLogger("overlaylab.graphdriver")
-    cap = LogCapture()
-    old = logger.level
-    logger.addHandler(cap)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with capture_log("overlaylab.graphdriver") as cap:
         try:
             d = ctx.driver()
         except (ErrIncompatibleFS, ErrNotSupported) as err:
             ctx.note("Init refused: %s" % err, init_error=str(err), init_log=list(cap.lines))
             raise
-    finally:
-        logger.removeHandler(cap)
-        logger.setLevel(old)
     st = os.stat(d.home)
     rows = [list(r) for r in d.status()]
     ctx.note("Init accepted", home=d.home, home_mode="%o" % stat.S_IMODE(st.st_mode), status=rows,

@@ -5,12 +5,12 @@ behaves differently from Docker 1.10.3 here.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import socket
 
 from ...graphdriver.errors import ErrApplyDiffFallback
-from ..scenario import LogCapture, ScenarioContext, scenario
+from ..logcapture import capture_log
+from ..scenario import ScenarioContext, scenario
 from ._layers import (
     LayerTar,
     image_layer,
@@ -133,12 +133,7 @@ def applydiff_fallback(ctx: ScenarioContext) -> None:
           "moby v1.10.3 overlay.go (*Driver).Put ('Put on a non-mounted device', always nil); docs/reference-behaviour.md#put-remove-status", "quirks", needs_mount=False, timeout=30)
 def put_unknown_id(ctx: ScenarioContext) -> None:
     d = ctx.driver()
-    logger = logging.getLogger("overlaylab.graphdriver")
-    cap = LogCapture()
-    old = logger.level
-    logger.addHandler(cap)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with capture_log("overlaylab.graphdriver") as cap:
         results = {}
         results["never-existed"] = d.put("never-existed")
         base, _ = image_layer(ctx, d, "", LayerTar().file("f", b"x"))
@@ -148,9 +143,6 @@ def put_unknown_id(ctx: ScenarioContext) -> None:
         ctr = new_id()
         d.create(ctr, base, "")
         results["never-mounted overlay layer"] = d.put(ctr)
-    finally:
-        logger.removeHandler(cap)
-        logger.setLevel(old)
     ctx.note("Put results", results={k: repr(v) for k, v in results.items()}, log=cap.lines)
     ctx.check(all(v is None for v in results.values()), "a Put returned something", results=repr(results))
     want = "Put on a non-mounted device never-existed"

@@ -46,11 +46,13 @@ import vagrant
 
 from . import boxes as boxes_mod
 from .boxes import BoxSpec, Catalogue
+from ...agent.procutil import communicate_in_group, popen_group
 from ...lab.progress import keep_path, phase
 from ...paths import PACKAGE_DIR, PROJECT_ROOT
 from ..session import SessionMethods
 from ..session import agent_command as session_agent_command
 from ..transport import run_with_timeout
+from ...vm.qemu import free_port
 
 LIBVIRT_URI = "qemu:///system"
 GUEST_AGENT_PATH = "/var/tmp/overlaylab.pyz"
@@ -104,18 +106,13 @@ class TimedVagrant(vagrant.Vagrant):
         with open(self.log_path, "a") as log:
             log.write("\n$ %s\n" % " ".join(command))
             log.flush()
-            p = subprocess.Popen(command, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE if capture else log, stderr=log,
-                                 start_new_session=True)
-            try:
-                out, _ = p.communicate(timeout=self.timeout)
+            p = popen_group(command, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE if capture else log, stderr=log)
+            try:  # past the limit, or on Ctrl-C, vagrant stops before the caller cleans up
+                out, _ = communicate_in_group(p, self.timeout, VAGRANT_STOP)
             except subprocess.TimeoutExpired:
-                _kill_group(p)
                 raise VagrantTimeout("`vagrant %s` ran past %.0f s" % (" ".join(a for a in args if a), self.timeout),
-                                     self.log_tail())
-            except BaseException:  # Ctrl-C: stop vagrant before the caller cleans up
-                _kill_group(p)
-                raise
+                                     self.log_tail()) from None
         if p.returncode != 0:
             raise VagrantError("`vagrant %s` exited with status %d" % (" ".join(a for a in args if a), p.returncode),
                                self.log_tail())
@@ -138,24 +135,12 @@ class TimedVagrant(vagrant.Vagrant):
             return ""
 
 
-def _kill_group(p: subprocess.Popen, grace: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, sig)
-        try:
-            p.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+#: how a vagrant command past its limit (or interrupted) is stopped: its group TERMed, KILLed
+#: 10 s later, and 10 s more to go
+VAGRANT_STOP = ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
 
 
 # --- pure helpers ----------------------------------------------------------------------------
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

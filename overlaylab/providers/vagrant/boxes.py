@@ -20,8 +20,10 @@ modules) at import time: the Vagrantfile runs it with whatever ``python3`` the h
 """
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
+import io
 import json
 import os
 import re
@@ -39,6 +41,8 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - 3.9/3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from ...agent.procutil import KILL_NOW, popen_group, read_pipes, stop_group
+from ...kernels.cache import cache_root
 from ...paths import PROJECT_ROOT
 
 ENV_BOXES = "OVERLAYLAB_BOXES"
@@ -247,11 +251,6 @@ def choose_accel() -> Tuple[str, str]:
 
 # --- caches and tools --------------------------------------------------------------------------
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "overlaylab"
-
-
 def box_cache_dir(name: str) -> Path:
     return cache_root() / "boxes" / name
 
@@ -277,37 +276,40 @@ def run_tool(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str
     the :class:`BoxError` raised when it fails or runs out of time."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                         stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace")
+    p = popen_group(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+                    stdin=subprocess.DEVNULL)
     chunks: List[str] = []
-    deadline = time.monotonic() + timeout
-    import selectors
-    sel = selectors.DefaultSelector()
-    assert p.stdout is not None
-    sel.register(p.stdout, selectors.EVENT_READ)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.killpg(p.pid, 9)
-                p.wait()
-                raise BoxError("%s ran past %.0f s" % (argv[0], timeout), "".join(chunks))
-            if not sel.select(min(left, 1.0)):
-                continue
-            line = p.stdout.readline()
-            if not line:
-                break
-            chunks.append(line)
+    # text as a text-mode pipe reads it: UTF-8 with replacement, "\r\n" and "\r" made "\n"
+    text = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")("replace"), translate=True)
+    pending = ""
+
+    def take_lines(data: str) -> None:
+        nonlocal pending
+        *lines, pending = (pending + data).split("\n")
+        for line in lines:
+            chunks.append(line + "\n")
             if log:
-                log(line.rstrip("\n"))
+                log(line)
+
+    deadline = time.monotonic() + timeout
+    try:
+        try:
+            read_pipes(p, deadline, lambda _stream, chunk: take_lines(text.decode(chunk)))
+        except subprocess.TimeoutExpired:
+            stop_group(p, KILL_NOW)
+            raise BoxError("%s ran past %.0f s" % (argv[0], timeout), "".join(chunks) + pending) from None
+        take_lines(text.decode(b"", final=True))
+        if pending:
+            chunks.append(pending)
+            if log:
+                log(pending)
         p.wait(max(1.0, deadline - time.monotonic()))
     except BaseException:
         if p.poll() is None:
-            os.killpg(p.pid, 9)
-            p.wait()
+            stop_group(p, KILL_NOW)
         raise
     finally:
-        sel.close()
+        p.stdout.close()  # type: ignore[union-attr]
     out = "".join(chunks)
     if p.returncode != 0:
         raise BoxError("%s exited with status %d" % (" ".join(argv[:3]), p.returncode), out)
