@@ -6,11 +6,9 @@ commands and mounts it stands for are built in :mod:`.recipes`. Nothing here tou
 from __future__ import annotations
 
 import os
-import re
-import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 try:  # Python >= 3.11
     import tomllib

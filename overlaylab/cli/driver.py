@@ -45,7 +45,8 @@ class DriverContext:
     @property
     def driver(self):
         if self._driver is None:
-            from .util import DRIVER_ROOT_WHY, require_root
+            from ..hints import DRIVER_ROOT_WHY
+            from .util import require_root
             from ..graphdriver import overlay
             require_root("overlaylab driver", DRIVER_ROOT_WHY)
             # The daemon makes its root (the home's parent) before graphdriver.New; so do we.

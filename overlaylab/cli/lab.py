@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import click
 

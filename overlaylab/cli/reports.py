@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from ..lab.results import Run, RunFileError, default_reports_dir, load_run, resolve_run_dir  # noqa: F401
+from ..lab.results import default_reports_dir
 from .util import BadInput, load_run_checked, run_path
 
 

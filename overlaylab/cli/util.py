@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Any, Iterable, List, Optional
+from typing import Any, Optional
 
 import click
 
@@ -14,7 +14,7 @@ from ..lab.results import Run, RunFileError, load_run, resolve_run_dir
 
 from ..exitcodes import INFRASTRUCTURE, INTERRUPTED, USAGE
 from ..goerrors import safe_text
-from ..hints import DRIVER_ROOT_WHY, ROOT_WHY, close_matches, did_you_mean, root_problem  # noqa: F401
+from ..hints import ROOT_WHY, did_you_mean, root_problem
 
 DEBUG_ENV = "OVERLAYLAB_DEBUG"
 

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
-from typing import List, Optional, Sequence
+from typing import Sequence
 
 import click
 

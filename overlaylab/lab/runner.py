@@ -14,7 +14,6 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..providers.session import Session
@@ -24,7 +23,6 @@ from . import progress as progress_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
 from .results import RunStore
-from ..agent.scenario import Scenario
 
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
 
@@ -186,7 +184,7 @@ class Runner:
         self.progress("target-up", info)
 
     def _agent_args(self, session: Session, profiles: Sequence[FsProfile], scenarios: Sequence[str],
-                    kernel: str = "") -> List[str]:
+                    kernel: str) -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
         facts = self._target_facts.get(kernel)
         if facts is not None:

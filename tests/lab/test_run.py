@@ -224,3 +224,48 @@ def test_vm_kernels_skip_the_scale_tier_by_default():
     assert {"deep-layer-limit", "too-many-links", "enospc"} <= set(catalogue) - set(light)
     assert m.cell_count == len(catalogue) + len(light)
     assert m.to_dict()["vm_scenarios"] == list(light)
+
+
+def _target_session(stdout: str, rc: int = 0):
+    class Result:
+        pass
+
+    class Session(SessionBase):
+        kernel_release = "6.1.0-test"
+        disks = {}
+        commands: list = []
+
+        def run(self, command, timeout):
+            self.commands.append(command)
+            res = Result()
+            res.stdout, res.stderr, res.rc = stdout, "", rc
+            return res
+    return Session()
+
+
+@pytest.mark.parametrize("probe_ok", [True, False], ids=["probed", "probe-failed"])
+def test_the_agent_gets_the_kernel_facts_instead_of_probing_again(probe_ok):
+    """probe-target runs once per target; each agent run gets its facts (unless it failed)."""
+    import argparse
+    import base64
+    import types
+
+    from overlaylab.agent.main import _target_facts
+    facts = {"kernel_release": "6.1.0-test", "overlay_params": {"redirect_dir": "N"}}
+    stdout = json.dumps({"record": "target", "facts": facts}) + "\n"
+    kept = []
+    store = types.SimpleNamespace(run_id="r-facts", append=kept.append)
+    profiles = {"tmpfs": load_profiles()["tmpfs"]}
+    runner = Runner(SessionBase(), store, Matrix(["k"], profiles, {}), profiles_text="")
+    session = _target_session(stdout, rc=0 if probe_ok else 1)
+    runner._record_target("k", session, time.monotonic())
+    args = runner._agent_args(session, list(profiles.values()), ["driver-init"], "k")
+    assert [c for c in session.commands if "probe-target" in c] and kept[0]["facts"] == facts
+    if not probe_ok:  # a failed probe is not trusted: the agent probes for itself
+        assert "--target-facts-b64" not in args
+        return
+    given = args[args.index("--target-facts-b64") + 1]
+    assert json.loads(base64.b64decode(given)) == facts
+    assert _target_facts(argparse.Namespace(target_facts_b64=given)) == facts
+    assert _target_facts(argparse.Namespace(target_facts_b64="not base64 json")) is None
+    assert _target_facts(argparse.Namespace(target_facts_b64=None)) is None
