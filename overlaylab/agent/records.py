@@ -56,6 +56,15 @@ MEANING = {
     "ERROR": "the lab's infrastructure failed (timeout, crash, hang, target down)",
     FLAKY: "the outcome differed between repeats (--repeat)",
 }
+#: the engine of a cell that names none: this project's port of the v1.10.3 driver
+PORT_ENGINE = "port"
+
+
+def cell_key(rec: Dict[str, Any]) -> Tuple[str, str, str, str]:
+    """``(target, profile, scenario, engine)`` of a cell record read from JSON."""
+    return (rec.get("target") or "", rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)
+
+
 #: appended to a cell's label when the outcome differs from what the facts led us to expect
 UNMET_MARK = "!"
 NOT_RUN = "·"
@@ -120,6 +129,8 @@ class CellRecord(_Record):
     error: str = ""
     log: List[str] = field(default_factory=list)
     evidence: Dict[str, Any] = field(default_factory=dict)
+    #: the storage engine the cell ran on (None in records of runs before engines: the port)
+    engine: Optional[str] = None
     # set by the runner (the agent does not know them)
     target: Optional[str] = None
     provider: Optional[str] = None
@@ -136,8 +147,8 @@ class CellRecord(_Record):
             self.expected = self.expected.value
 
     @property
-    def key(self) -> Tuple[str, str, str]:
-        return (self.target or "", self.profile, self.scenario)
+    def key(self) -> Tuple[str, str, str, str]:
+        return (self.target or "", self.profile, self.scenario, self.engine or PORT_ENGINE)
 
 
 @dataclass

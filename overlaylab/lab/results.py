@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ..agent.records import OUTCOMES, SCHEMA_VERSION
+from ..agent.records import OUTCOMES, SCHEMA_VERSION, cell_key
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -43,7 +43,7 @@ def host_info() -> Dict[str, Any]:
             "python": platform.python_version(), "overlaylab": __version__}
 
 
-CellKey = Tuple[str, str, str]  # (target, profile, scenario)
+CellKey = Tuple[str, str, str, str]  # (target, profile, scenario, engine)
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Run:
         return self.meta.get("run_id") or os.path.basename(self.path.rstrip("/"))
 
     def cell_map(self) -> Dict[CellKey, Dict[str, Any]]:
-        return {(c["target"], c["profile"], c["scenario"]): c for c in self.cells}
+        return {cell_key(c): c for c in self.cells}
 
     def target_names(self) -> List[str]:
         return _ordered(c["target"] for c in self.cells)

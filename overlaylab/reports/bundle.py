@@ -52,7 +52,7 @@ class BundleError(Exception):
 
 
 def bundle_name(run_id: str, key: CellKey) -> str:
-    safe = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", part) for part in key)
+    safe = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", part) for part in cell_id(key).split("/"))
     return "overlaylab-bundle-%s-%s" % (run_id, safe)
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..lab.results import load_run, resolve_run_dir
-from .model import BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, CellKey, CellView, RunReport, cell_id
+from .model import BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, CellKey, CellView, RunReport, cell_id, parse_cell_id
 
 try:
     import tomllib  # type: ignore[import-not-found]
@@ -110,9 +110,10 @@ class Baseline:
         keys = set(self.exact)
         for entry in self.entries:
             if entry.exact:
-                parts = entry.match.split("/")
-                if len(parts) == 3:
-                    keys.add((parts[0], parts[1], parts[2]))
+                try:
+                    keys.add(parse_cell_id(entry.match))
+                except ValueError:
+                    pass
         return keys
 
 
@@ -141,8 +142,8 @@ def parse_baseline(data: Dict[str, Any], source: str) -> Baseline:
         if not isinstance(raw, dict) or "match" not in raw or "outcome" not in raw:
             raise BaselineError("%s: needs match and outcome" % where)
         match = str(raw["match"])
-        if match.count("/") != 2:
-            raise BaselineError("%s: match %r is not KERNEL/PROFILE/SCENARIO" % (where, match))
+        if match.count("/") not in (2, 3):
+            raise BaselineError("%s: match %r is not KERNEL/PROFILE/SCENARIO[/ENGINE]" % (where, match))
         base.entries.append(Entry(match, BaseCell(_outcomes(raw["outcome"], where), bool(raw.get("met", True)),
                                                   str(raw.get("why", "")), "%s [%s]" % (os.path.basename(source), match))))
     return base

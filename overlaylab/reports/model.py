@@ -14,24 +14,28 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..lab.results import Run
-from ..agent.records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES, SHORT,  # noqa: F401
-                       SYMBOLS, UNMET_MARK)
+from ..agent.records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES,  # noqa: F401
+                             PORT_ENGINE, SHORT, SYMBOLS, UNMET_MARK, cell_key)
 
 GROUP_ORDER = ("lifecycle", "diff", "quirks", "failure-class")
 
-CellKey = Tuple[str, str, str]
+CellKey = Tuple[str, str, str, str]  # (target, profile, scenario, engine)
 
 
 def cell_id(key: Sequence[str]) -> str:
-    """``kernel/profile/scenario``: how a cell is named on the command line and in reports."""
-    return "/".join(key)
+    """``kernel/profile/scenario``, and ``/engine`` for an engine other than the port: how a
+    cell is named on the command line and in reports (ids of runs before engines stay valid)."""
+    parts = list(key)
+    if len(parts) == 4 and parts[3] in ("", PORT_ENGINE):
+        parts = parts[:3]
+    return "/".join(parts)
 
 
 def parse_cell_id(text: str) -> CellKey:
     parts = text.strip().strip("/").split("/")
-    if len(parts) != 3 or not all(parts):
-        raise ValueError("a cell is KERNEL/PROFILE/SCENARIO, got %r" % text)
-    return parts[0], parts[1], parts[2]
+    if len(parts) not in (3, 4) or not all(parts):
+        raise ValueError("a cell is KERNEL/PROFILE/SCENARIO[/ENGINE], got %r" % text)
+    return parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else PORT_ENGINE
 
 
 @dataclass
@@ -52,6 +56,10 @@ class CellView:
     @property
     def scenario(self) -> str:
         return self.key[2]
+
+    @property
+    def engine(self) -> str:
+        return self.key[3]
 
     @property
     def id(self) -> str:
@@ -144,7 +152,7 @@ class RunReport:
     def from_run(cls, run: Run) -> "RunReport":
         grouped: Dict[CellKey, List[Dict[str, Any]]] = {}
         for rec in run.cells:
-            grouped.setdefault((rec["target"], rec["profile"], rec["scenario"]), []).append(rec)
+            grouped.setdefault(cell_key(rec), []).append(rec)
         cells = {}
         for key, recs in grouped.items():
             recs.sort(key=lambda r: int(r.get("attempt") or 1))
@@ -178,8 +186,12 @@ class RunReport:
         order = [g for g in GROUP_ORDER if g in by_group] + [g for g in by_group if g not in GROUP_ORDER]
         return [(g, by_group[g]) for g in order]
 
-    def get(self, target: str, profile: str, scenario: str) -> Optional[CellView]:
-        return self.cells.get((target, profile, scenario))
+    def engines(self) -> List[str]:
+        listed = list((self.run.meta.get("matrix") or {}).get("engines") or [])
+        return _ordered(listed + [k[3] for k in self.cells])
+
+    def get(self, target: str, profile: str, scenario: str, engine: str = PORT_ENGINE) -> Optional[CellView]:
+        return self.cells.get((target, profile, scenario, engine))
 
     # summaries -----------------------------------------------------------------------------
     @property

@@ -29,7 +29,7 @@ def test_the_vocabulary_is_defined_once():
 
 def test_an_old_cell_round_trips_unchanged():
     rec = CellRecord.from_json(OLD_CELL)
-    assert rec.outcome == "FAIL" and rec.key == ("host", "ext4", "create-empty")
+    assert rec.outcome == "FAIL" and rec.key == ("host", "ext4", "create-empty", "port")
     assert rec.extra == {"some_future_key": [1, 2]}
     assert rec.to_json() == OLD_CELL
     assert json.loads(rec.line()) == OLD_CELL

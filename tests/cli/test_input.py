@@ -283,8 +283,8 @@ def test_auto_provider_names_each_session_and_runner_records_it(tmp_path):
     store.finish()
     run = load_run(store.path)
     cells = run.cell_map()
-    assert cells[("host", "tmpfs", "driver-init")]["provider"] == "local"
-    assert cells[("debian-6.1", "tmpfs", "driver-init")]["provider"] == "qemu"
+    assert cells[("host", "tmpfs", "driver-init", "port")]["provider"] == "local"
+    assert cells[("debian-6.1", "tmpfs", "driver-init", "port")]["provider"] == "qemu"
     assert run.target_record("host")["provider"] == "local"
     assert run.target_record("debian-6.1")["provider"] == "qemu"
     assert auto.name == "auto"
@@ -308,8 +308,8 @@ def test_a_target_that_never_came_up_is_named_by_its_provider(tmp_path):
     Runner(auto, store, matrix, jobs=2).run()
     store.finish()
     cells = load_run(store.path).cell_map()
-    assert cells[("host", "tmpfs", "driver-init")]["provider"] == "local"
-    assert cells[("debian-6.1", "tmpfs", "driver-init")]["provider"] == "qemu"
+    assert cells[("host", "tmpfs", "driver-init", "port")]["provider"] == "local"
+    assert cells[("debian-6.1", "tmpfs", "driver-init", "port")]["provider"] == "qemu"
 
 
 # --- --json -------------------------------------------------------------------------------
@@ -387,7 +387,7 @@ def test_profiles_file_is_honoured_by_local_agents(tmp_path):
         assert res.returncode == 0, res.stdout + res.stderr
         runs = os.listdir(str(tmp_path / "r" / "runs"))
         run = load_run(str(tmp_path / "r" / "runs" / runs[0]))
-        cell = run.cell_map()[("host", "mytmp", "driver-init")]
+        cell = run.cell_map()[("host", "mytmp", "driver-init", "port")]
         assert cell["outcome"] == "PASS" and cell["provider"] == "local"
         mount = json.dumps(run.profile_record("host", "mytmp")["fs"])
         assert "size=48m" in mount and "mode=0711" in mount

@@ -127,15 +127,15 @@ def test_sigkill_of_the_agent_is_named_cleaned_up_and_the_next_profile_runs(tmp_
     assert proc.returncode == 3, out + err  # ERROR cells only: the lab's own failure (exit 3), a finished run
     cells = _only_run(reports).cell_map()
     assert len(cells) == 4
-    killed = [c for (t, p, s), c in cells.items() if p == "ext4" and c["outcome"] == "ERROR"]
+    killed = [c for (t, p, s, e), c in cells.items() if p == "ext4" and c["outcome"] == "ERROR"]
     assert killed, cells
     for cell in killed:
         assert "the agent died: SIGKILL (signal 9)" in cell["error"] and "ran past" not in cell["error"]
         assert any("mount " in i for i in cell["evidence"]["cleanup"]), cell["evidence"]["cleanup"]
         assert any("loop device /dev/loop" in i for i in cell["evidence"]["cleanup"])
     # the next profile ran, in a new agent
-    assert cells[("host", "tmpfs", "driver-init")]["outcome"] == "PASS"
-    assert cells[("host", "tmpfs", "deep-layer-chain")]["outcome"] == "PASS"
+    assert cells[("host", "tmpfs", "driver-init", "port")]["outcome"] == "PASS"
+    assert cells[("host", "tmpfs", "deep-layer-chain", "port")]["outcome"] == "PASS"
     # the dead agent's mount, loop device and directory are gone
     assert mounts_under(tmp) == [] and _loops_under(tmp, settle=10) == []
     assert os.listdir(tmp) == []
@@ -431,11 +431,11 @@ def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
     Runner(Provider(), store, matrix).run()
     store.finish()
     cells = load_run(store.path).cell_map()
-    died = cells[("k1", "tmpfs", "driver-init")]
+    died = cells[("k1", "tmpfs", "driver-init", "port")]
     assert died["outcome"] == "ERROR" and died["error"].startswith("the agent died: SIGKILL (signal 9)")
     assert "ran past" not in died["error"]
     assert died["evidence"]["cleanup"] == ["mount /x (run r, owner pid 1 gone)"]
-    assert cells[("k1", "ext4", "driver-init")]["outcome"] == "PASS"  # carried on in a new agent
+    assert cells[("k1", "ext4", "driver-init", "port")]["outcome"] == "PASS"  # carried on in a new agent
     assert any("cleanup --run r-died" in c for c in calls)
 
 

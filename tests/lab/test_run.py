@@ -69,9 +69,9 @@ def test_local_run_stores_cells_and_prints_tables(tmp_path, lab_tmp):
     assert run.meta["status"] == "finished" and run.meta["schema"] == 1
     cells = run.cell_map()
     assert len(cells) == 6
-    assert cells[("host", "btrfs", "driver-init")]["outcome"] == "REFUSED"
-    assert "'overlay' is not supported over btrfs." in json.dumps(cells[("host", "btrfs", "driver-init")])
-    assert cells[("host", "tmpfs", "whiteouts-through-diff")]["outcome"] == "PASS"
+    assert cells[("host", "btrfs", "driver-init", "port")]["outcome"] == "REFUSED"
+    assert "'overlay' is not supported over btrfs." in json.dumps(cells[("host", "btrfs", "driver-init", "port")])
+    assert cells[("host", "tmpfs", "whiteouts-through-diff", "port")]["outcome"] == "PASS"
     assert all(c["met"] for c in run.cells)
     profile = run.profile_record("host", "tmpfs")
     assert profile["fs"]["info"] and profile["facts"]["fs_magic"]["name"] == "tmpfs"
@@ -204,8 +204,8 @@ def test_an_agent_that_hangs_keeps_finished_cells_and_errors_the_rest(tmp_path):
     Runner(_Provider(behaviour), store, _matrix()).run()
     store.finish()
     cells = load_run(store.path).cell_map()
-    assert cells[("k1", "tmpfs", "create-empty")]["outcome"] == "PASS"
-    hung = cells[("k1", "tmpfs", "driver-init")]
+    assert cells[("k1", "tmpfs", "create-empty", "port")]["outcome"] == "PASS"
+    hung = cells[("k1", "tmpfs", "driver-init", "port")]
     assert hung["outcome"] == "ERROR" and "was killed" in hung["error"]
     assert hung["evidence"]["stderr_tail"] == ["Terminated"]
 

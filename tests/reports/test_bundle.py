@@ -61,7 +61,7 @@ def test_bundle_holds_everything_and_its_repro_reproduces(lab, tmp_path):
                          env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     again = RunReport.from_run(load_run(run_dir_of(out.stdout)))
-    assert list(again.cells) == [("host", "tmpfs", "mount-label")]
+    assert list(again.cells) == [("host", "tmpfs", "mount-label", "port")]
     assert again.get("host", "tmpfs", "mount-label").outcome == cv.outcome
 
     # `overlaylab repro BUNDLE` does the same and says so

@@ -12,7 +12,7 @@ from overlaylab.reports.model import SYMBOLS, UNMET_MARK
 
 from .conftest import cli, copy_run
 
-EXPECTED_CELLS = {("host", p, s) for p in ("tmpfs", "btrfs") for s in ("driver-init", "create-empty", "mount-label")}
+EXPECTED_CELLS = {("host", p, s, "port") for p in ("tmpfs", "btrfs") for s in ("driver-init", "create-empty", "mount-label")}
 
 
 def _report(run_dir):
@@ -96,7 +96,7 @@ def test_junit_one_testcase_per_cell_with_properties(lab):
     seen = set()
     for tc in cases:
         props = {p.get("name"): p.get("value") for p in tc.find("properties").iter("property")}
-        key = (props["kernel"], props["profile"], props["scenario"])
+        key = (props["kernel"], props["profile"], props["scenario"], props.get("engine", "port"))
         seen.add(key)
         cv = rep.cells[key]
         assert tc.get("classname") == "overlaylab.host.%s" % props["profile"] and tc.get("name") == props["scenario"]
