@@ -73,3 +73,27 @@ def test_the_exceptions_are_still_needed():
     """An exception that no longer exists (the directory went) is removed from the list."""
     gone = [d for d in NOT_A_PACKAGE if not os.path.isdir(os.path.join(TESTS, d))]
     assert gone == [], "drop from NOT_A_PACKAGE: %s" % gone
+
+
+def _readme_layout() -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("\n## Layout"):]
+    return section[:section.index("\n```\n", section.index("```") + 3)]
+
+
+def test_the_readme_layout_names_every_module():
+    import re
+    layout = _readme_layout()
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", layout))
+    unnamed = []
+    for path in _python_files(PACKAGE):
+        rel = os.path.relpath(path, PACKAGE)
+        stem = os.path.splitext(os.path.basename(rel))[0]
+        package = os.path.dirname(rel)
+        if stem == "__init__":
+            continue
+        if stem not in words or (package and os.path.basename(package) not in words):
+            unnamed.append(rel)
+    assert unnamed == [], "README.md's Layout section does not name: %s" % unnamed
+    assert "graphdriver" in words and "overlay" in words  # the check reads the real section
