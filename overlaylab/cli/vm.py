@@ -51,12 +51,11 @@ def _profile_disks(profile_exprs: Sequence[str]):
 
 
 def _check_kernel(kernel: str) -> None:
-    import difflib
-
+    from ..hints import close_matches
     from ..kernels.catalogue import load_catalogue
     names = [n for n in load_catalogue() if n != "host"]
     if kernel not in names:
-        close = difflib.get_close_matches(kernel, names, n=1)
+        close = close_matches(kernel, names, n=1)
         raise click.UsageError("unknown kernel %r%s (the catalogue has: %s)" % (
             kernel, "; did you mean %s?" % close[0] if close else "", ", ".join(names)))
 

@@ -478,8 +478,8 @@ def _parse_spec(path: str, data: bytes) -> Dict[str, Any]:
 
 
 def _suggest(name: str, known: List[str]) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, known, n=1)
+    from ..hints import close_matches
+    close = close_matches(name, known, n=1)
     return ("; did you mean %s?" % close[0]) if close else ("; known: %s" % ", ".join(known[:12]))
 
 
