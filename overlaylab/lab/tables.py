@@ -1,46 +1,52 @@
-"""Terminal tables of a run: scenarios x profiles for each kernel, with counts per outcome."""
+"""Terminal tables of a run, per kernel: the classic matrix (scenarios x profiles) with counts
+per outcome, and the engine section (profile x engine scenario rows, one column per engine,
+the port first) with counts per engine; then the cells not as expected, the rows where the
+port and the other engines disagree, and the flaky cells of a repeated run."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 from tabulate import tabulate
 
-from ..agent.records import OUTCOMES, UNMET_MARK, short_label
-from .results import Run, counts
+from ..agent.records import OUTCOMES, PORT_ENGINE, UNMET_MARK, short_label
+
+if TYPE_CHECKING:  # the reports import the lab's results: no import cycle at run time
+    from ..reports.model import CellView, RunReport
 
 
-def cell_text(cell: Dict[str, Any]) -> str:
-    return short_label(cell["outcome"], bool(cell.get("met")))
+def cell_text(cv: "Optional[CellView]") -> str:
+    return short_label(cv.outcome, cv.met) if cv is not None else "-"
 
 
-def matrix_rows(run: Run, target: str) -> List[List[str]]:
-    cells = run.cell_map()
+def _ordered(items) -> List[str]:
+    return list(dict.fromkeys(items))
+
+
+def matrix_rows(rep: "RunReport", target: str, profiles: Sequence[str], scenarios: Sequence[str]) -> List[List[str]]:
+    return [[sid] + [cell_text(rep.get(target, p, sid)) for p in profiles] for sid in scenarios]
+
+
+def engine_rows(rep: "RunReport", target: str) -> List[List[str]]:
     rows = []
-    for sid in run.scenario_ids():
-        row = [sid]
-        for profile in run.profile_names():
-            cell = cells.get((target, profile, sid))
-            row.append(cell_text(cell) if cell else "-")
-        rows.append(row)
+    for profile, sid in rep.engine_rows(target):
+        rows.append([profile, sid] + [cell_text(rep.get(target, profile, sid, e)) for e in rep.engine_columns()])
     return rows
 
 
-def count_rows(run: Run, target: str) -> List[List[Any]]:
-    rows = []
-    for outcome in OUTCOMES:
-        row: List[Any] = [outcome]
-        for profile in run.profile_names():
-            row.append(sum(1 for c in run.cells if c["target"] == target and c["profile"] == profile
-                           and c["outcome"] == outcome))
-        rows.append(row)
-    unmet = ["unexpected"] + [sum(1 for c in run.cells if c["target"] == target and c["profile"] == p
-                                  and not c.get("met")) for p in run.profile_names()]
-    rows.append(unmet)
+def count_rows(cells: Sequence["CellView"], columns: Sequence[str], column_of: Callable[[Any], str]) -> List[List[Any]]:
+    """Per outcome (FLAKY only when a cell is), how many ``cells`` of each column ended so,
+    and how many were not as expected."""
+    outcomes = list(OUTCOMES) + [o for o in _ordered(c.outcome for c in cells) if o not in OUTCOMES]
+    rows: List[List[Any]] = []
+    for outcome in outcomes:
+        rows.append([outcome] + [sum(1 for c in cells if column_of(c) == col and c.outcome == outcome)
+                                 for col in columns])
+    rows.append(["unexpected"] + [sum(1 for c in cells if column_of(c) == col and not c.met) for col in columns])
     return rows
 
 
-def target_title(run: Run, target: str) -> str:
-    rec = run.target_record(target) or {}
+def target_title(rep: "RunReport", target: str) -> str:
+    rec = rep.target_record(target)
     parts = [target]
     if rec.get("kernel_release"):
         parts.append("kernel %s" % rec["kernel_release"])
@@ -53,19 +59,36 @@ def target_title(run: Run, target: str) -> str:
     return " | ".join(parts)
 
 
-def render_run(run: Run, tablefmt: str = "simple") -> str:
+def render_run(rep: "RunReport", tablefmt: str = "simple") -> str:
+    """Per kernel the classic matrix and the engine section, then the summary line."""
+    classic = rep.classic_cells()
+    # the classic matrix's axes in the order the cells were recorded
+    profiles = _ordered(c.profile for c in classic)
+    scenarios = _ordered(c.scenario for c in classic)
+    engines = rep.engine_columns()
     out = []
-    headers = ["scenario"] + run.profile_names()
-    for target in run.target_names():
-        out.append("== %s" % target_title(run, target))
-        out.append(tabulate(matrix_rows(run, target), headers=headers, tablefmt=tablefmt))
-        out.append("")
-        out.append(tabulate(count_rows(run, target), headers=["outcome"] + run.profile_names(), tablefmt=tablefmt))
-        out.append("")
-    total = counts(run.cells)
-    unmet = len(run.unmet())
+    for target in _ordered(c.target for c in rep.cells.values()):
+        out.append("== %s" % target_title(rep, target))
+        mine = [c for c in classic if c.target == target]
+        if mine:
+            out.append(tabulate(matrix_rows(rep, target, profiles, scenarios), headers=["scenario"] + profiles,
+                                tablefmt=tablefmt))
+            out.append("")
+            out.append(tabulate(count_rows(mine, profiles, lambda c: c.profile), headers=["outcome"] + profiles,
+                                tablefmt=tablefmt))
+            out.append("")
+        on_engines = rep.engine_cells(target)
+        if on_engines:
+            out.append("-- %s: engine scenarios, one column per engine" % target)
+            out.append(tabulate(engine_rows(rep, target), headers=["profile", "scenario"] + engines,
+                                tablefmt=tablefmt))
+            out.append("")
+            out.append(tabulate(count_rows(on_engines, engines, lambda c: c.engine), headers=["outcome"] + engines,
+                                tablefmt=tablefmt))
+            out.append("")
+    total = rep.counts()
     out.append("%d cells: %s; %d not as expected (marked %s)" % (
-        len(run.cells), ", ".join("%s %d" % (k, v) for k, v in total.items() if v), unmet, UNMET_MARK))
+        len(rep.cells), ", ".join("%s %d" % (k, v) for k, v in total.items() if v), len(_unmet(rep)), UNMET_MARK))
     return "\n".join(out)
 
 
@@ -84,27 +107,51 @@ def clip(text: str, width: int = 160) -> str:
     return line[:head].rstrip() + " … " + line[-tail:].lstrip()
 
 
-def render_unmet(run: Run, limit: int = 30) -> str:
+def _unmet(rep: "RunReport") -> List["CellView"]:
+    """Cells any of whose attempts missed its expectation (flaky ones included)."""
+    return [c for c in rep.cells.values() if not c.met]
+
+
+def render_unmet(rep: "RunReport", limit: int = 30) -> str:
+    unmet = _unmet(rep)
+    with_engine = any(c.engine != PORT_ENGINE for c in unmet)
     rows = []
-    for c in run.unmet()[:limit]:
-        rows.append([c["target"], c["profile"], c["scenario"], c["outcome"], c.get("expected", "?"),
-                     clip(c.get("error") or "")])
+    for c in unmet[:limit]:
+        rows.append([c.target, c.profile, c.scenario] + ([c.engine] if with_engine else []) + [
+            c.outcome, c.expected, clip(c.rate_text() if c.flaky else c.error)])
     if not rows:
         return ""
-    more = len(run.unmet()) - limit
-    text = tabulate(rows, headers=["kernel", "profile", "scenario", "got", "expected", "error"])
+    more = len(unmet) - limit
+    headers = ["kernel", "profile", "scenario"] + (["engine"] if with_engine else []) + ["got", "expected", "error"]
+    text = tabulate(rows, headers=headers)
     return text + ("\n(+%d more)" % more if more > 0 else "")
 
 
-def render_report(rep: Any) -> str:
+def render_disagreements(rep: "RunReport", width: int = 100) -> str:
+    """The engine rows where the port's outcome differs from another engine's: each engine's
+    outcome and the line that explains it."""
+    rows = []
+    for t, p, s in rep.disagreements():
+        for e in rep.engine_columns():
+            cv = rep.get(t, p, s, e)
+            if cv is not None:
+                rows.append(["%s/%s/%s" % (t, p, s), e, cell_text(cv), clip(cv.reason_line, width)])
+    if not rows:
+        return "none: on every engine scenario the other engines agree with the port"
+    return tabulate(rows, headers=["row", "engine", "outcome", "error or verdict"])
+
+
+def render_report(rep: "RunReport") -> str:
     """What ``run`` prints at its end and ``show`` prints again: the tables of a folded run
     (a :class:`overlaylab.reports.model.RunReport`: one row per cell, FLAKY where ``--repeat``
-    attempts disagree), the cells not as expected and, for a repeated run, the flaky cells."""
-    view = rep.view_run()
-    out = [render_run(view)]
-    unmet = render_unmet(view)
+    attempts disagree), the cells not as expected, where the port and the other engines
+    disagree (when engine scenarios ran) and, for a repeated run, the flaky cells."""
+    out = [render_run(rep)]
+    unmet = render_unmet(rep)
     if unmet:
         out.append("\nNot as expected:\n" + unmet)
+    if rep.engine_cells():
+        out.append("\nWhere the port and the living drivers disagree:\n" + render_disagreements(rep))
     if rep.repeat > 1:
         flaky = rep.flaky()
         out.append("\nRepeated %d times: %d of %d cells flaky" % (rep.repeat, len(flaky), len(rep.cells)))

@@ -2,11 +2,17 @@
 
 Updated at the end of every ``overlaylab run`` and rebuilt from ``<reports>/runs/*`` by
 ``overlaylab history --reindex`` (the run directories stay the truth; the index can always be
-thrown away). ``overlaylab history --cell KERNEL/PROFILE/SCENARIO`` shows how a cell's
-outcome moved across runs; ``*`` and ``?`` glob in any part.
+thrown away). ``overlaylab history --cell KERNEL/PROFILE/SCENARIO[/ENGINE]`` shows how a
+cell's outcome moved across runs. A pattern is matched against cell ids, which name the
+engine only when it is not the port (:func:`overlaylab.reports.model.cell_id`): ``*`` and
+``?`` glob in any part and ``*`` spans parts, so ``host/tmpfs/*`` is every cell of host and
+tmpfs on every engine, ``host/tmpfs/engine-verdict`` that scenario's port cell and
+``*/*/*/docker-overlay2`` every cell of that engine.
 
 Tables: ``runs`` (one row per run: when, status, provider, host kernel, counts) and
-``cells`` (one row per run x cell: outcome over repeats, expected, met, pass rate, error).
+``cells`` (one row per run x cell: engine, outcome over repeats, expected, met, pass rate,
+error). An index of schema 1 (cells without an engine) is migrated in place when opened:
+its cells become the port's.
 """
 from __future__ import annotations
 
@@ -16,10 +22,10 @@ import sqlite3
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..lab.results import RESULTS_FILE, load_run, now_iso
-from .model import RunReport
+from .model import PORT_ENGINE, RunReport
 
 INDEX_FILE = "index.sqlite"
-INDEX_SCHEMA = 1
+INDEX_SCHEMA = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -29,21 +35,49 @@ CREATE TABLE IF NOT EXISTS runs (
     pass INTEGER, fail INTEGER, refused INTEGER, unsupported INTEGER, error INTEGER, flaky INTEGER,
     unmet INTEGER, indexed TEXT);
 CREATE TABLE IF NOT EXISTS cells (
-    run_id TEXT, kernel TEXT, profile TEXT, scenario TEXT, grp TEXT, kernel_release TEXT,
+    run_id TEXT, kernel TEXT, profile TEXT, scenario TEXT, engine TEXT NOT NULL DEFAULT 'port',
+    grp TEXT, kernel_release TEXT,
     outcome TEXT, outcomes TEXT, expected TEXT, met INTEGER, attempts INTEGER, pass_rate REAL,
     duration REAL, error TEXT,
-    PRIMARY KEY (run_id, kernel, profile, scenario));
-CREATE INDEX IF NOT EXISTS cells_by_cell ON cells (kernel, profile, scenario);
+    PRIMARY KEY (run_id, kernel, profile, scenario, engine));
+CREATE INDEX IF NOT EXISTS cells_by_cell ON cells (kernel, profile, scenario, engine);
 """
+CELL_COLUMNS = ("run_id", "kernel", "profile", "scenario", "engine", "grp", "kernel_release", "outcome",
+                "outcomes", "expected", "met", "attempts", "pass_rate", "duration", "error")
+# a row's cell id, as model.cell_id spells it
+CELL_ID = ("(kernel || '/' || profile || '/' || scenario || "
+           "CASE WHEN engine = '%s' THEN '' ELSE '/' || engine END)" % PORT_ENGINE)
 
 
 def index_path(reports_dir: str) -> str:
     return os.path.join(reports_dir, INDEX_FILE)
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, in one transaction: ``cells`` gains ``engine`` (in its primary key) and
+    the old rows become the port's."""
+    conn.execute("BEGIN IMMEDIATE")   # checked under the write lock: two openers migrate once
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(cells)")]
+        if columns and "engine" not in columns:
+            old = ", ".join(c for c in CELL_COLUMNS if c != "engine")
+            conn.execute("DROP INDEX IF EXISTS cells_by_cell")
+            conn.execute("ALTER TABLE cells RENAME TO cells_schema1")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO cells (%s, engine) SELECT %s, ? FROM cells_schema1" % (old, old), (PORT_ENGINE,))
+            conn.execute("DROP TABLE cells_schema1")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
 def connect(reports_dir: str) -> sqlite3.Connection:
     os.makedirs(reports_dir, exist_ok=True)
     conn = sqlite3.connect(index_path(reports_dir), timeout=30)
+    _migrate(conn)
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(INDEX_SCHEMA),))
     return conn
@@ -59,8 +93,10 @@ def _insert(conn: sqlite3.Connection, rep: RunReport) -> None:
         ",".join("%s=%s" % (t, rep.kernel_release(t)) for t in rep.targets()),
         json.dumps(meta.get("argv") or []), rep.repeat, len(rep.cells), counts["PASS"], counts["FAIL"],
         counts["REFUSED"], counts["UNSUPPORTED"], counts["ERROR"], counts["FLAKY"], len(rep.unmet()), now_iso()))
-    conn.executemany("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-        (rep.run_id, cv.target, cv.profile, cv.scenario, cv.group, cv.kernel_release or rep.kernel_release(cv.target),
+    conn.executemany("INSERT OR REPLACE INTO cells (%s) VALUES (%s)" % (
+        ", ".join(CELL_COLUMNS), ",".join("?" * len(CELL_COLUMNS))), [
+        (rep.run_id, cv.target, cv.profile, cv.scenario, cv.engine, cv.group,
+         cv.kernel_release or rep.kernel_release(cv.target),
          cv.outcome, ",".join(cv.outcomes), cv.expected, int(cv.met), len(cv.attempts), cv.pass_rate,
          round(cv.duration, 3), cv.error[:500]) for cv in rep.cells.values()])
 
@@ -116,22 +152,27 @@ def ensure_index(reports_dir: str) -> None:
 
 
 def _glob(pattern: str) -> str:
+    """A pattern of cell ids: missing parts glob, a 4th part naming the port is dropped (the
+    port's ids have 3)."""
     parts = pattern.strip("/").split("/")
     while len(parts) < 3:
         parts.append("*")
-    return "/".join(parts[:3])
+    if len(parts) == 4 and parts[3] == PORT_ENGINE:
+        parts = parts[:3]
+    return "/".join(parts)
 
 
 def cell_history(reports_dir: str, pattern: str) -> List[Dict[str, Any]]:
-    """Rows (oldest run first) for every cell matching ``pattern`` (KERNEL/PROFILE/SCENARIO, globs)."""
+    """Rows (oldest run first) for every cell whose id matches ``pattern``
+    (KERNEL/PROFILE/SCENARIO[/ENGINE], globs), each with its ``cell`` id."""
     ensure_index(reports_dir)
     conn = connect(reports_dir)
     conn.row_factory = sqlite3.Row
     try:
         rows = conn.execute(
-            "SELECT c.*, r.started, r.status FROM cells c JOIN runs r USING (run_id) "
-            "WHERE (c.kernel || '/' || c.profile || '/' || c.scenario) GLOB ? "
-            "ORDER BY c.kernel, c.profile, c.scenario, r.started, c.run_id", (_glob(pattern),)).fetchall()
+            "SELECT %s AS cell, c.*, r.started, r.status FROM cells c JOIN runs r USING (run_id) "
+            "WHERE %s GLOB ? ORDER BY c.kernel, c.profile, c.scenario, c.engine != ?, c.engine, r.started, c.run_id"
+            % (CELL_ID, CELL_ID), (_glob(pattern), PORT_ENGINE)).fetchall()
     finally:
         conn.close()
     return [dict(r) for r in rows]
@@ -153,9 +194,8 @@ def moving_cells(reports_dir: str, limit: int = 50) -> List[Tuple[str, int, str]
     conn = connect(reports_dir)
     try:
         rows = conn.execute(
-            "SELECT kernel || '/' || profile || '/' || scenario, COUNT(*), GROUP_CONCAT(DISTINCT outcome) "
-            "FROM cells GROUP BY kernel, profile, scenario HAVING COUNT(DISTINCT outcome) > 1 "
-            "ORDER BY 1 LIMIT ?", (limit,)).fetchall()
+            "SELECT %s, COUNT(*), GROUP_CONCAT(DISTINCT outcome) FROM cells GROUP BY kernel, profile, scenario, "
+            "engine HAVING COUNT(DISTINCT outcome) > 1 ORDER BY 1 LIMIT ?" % CELL_ID, (limit,)).fetchall()
     finally:
         conn.close()
     return [(r[0], r[1], r[2]) for r in rows]
@@ -168,7 +208,7 @@ def render_cell_history(rows: List[Dict[str, Any]]) -> str:
     out = []
     by_cell: Dict[str, List[Dict[str, Any]]] = {}
     for r in rows:
-        by_cell.setdefault("%s/%s/%s" % (r["kernel"], r["profile"], r["scenario"]), []).append(r)
+        by_cell.setdefault(r["cell"], []).append(r)
     for cell, hist in by_cell.items():
         table = []
         prev: Optional[str] = None

@@ -1,17 +1,19 @@
 """The HTML report: one static, self-contained page (inline CSS and JS, no network).
 
 The matrix is rendered as coloured tables (one per scenario group; scenarios down, kernel x
-profile across) that read without JavaScript; the cells' details (evidence, dmesg, the
-backing filesystem's recipe and real parameters, probes, duration, expectation and why) are
-embedded as JSON and shown in a side panel when a cell is clicked (or named in the URL as
-``#cell=KERNEL/PROFILE/SCENARIO``).
+profile across; the engine scenarios in one more, profile x scenario down, kernel x engine
+across, followed by the rows where the port and the other engines disagree) that read without
+JavaScript; the cells' details (evidence, dmesg, the engine's version and verdict, the backing
+filesystem's recipe and real parameters, probes, duration, expectation and why) are embedded as
+JSON and shown in a side panel when a cell is clicked (or named in the URL as
+``#cell=KERNEL/PROFILE/SCENARIO[/ENGINE]``).
 """
 from __future__ import annotations
 
 import html
 import json
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..agent.records import SHORT
 from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
@@ -39,6 +41,7 @@ th, td { border:1px solid var(--line); padding:3px 6px; }
 th { background:#eef1f4; font-weight:600; font-size:12px; white-space:nowrap; }
 th.kernel { background:#dfe5eb; }
 td.sid { white-space:nowrap; font-family:ui-monospace,monospace; font-size:12px; }
+td.profile { font-weight:600; font-size:12px; white-space:nowrap; vertical-align:top; }
 td.cell { text-align:center; font-size:11px; font-weight:700; cursor:pointer; min-width:52px; }
 td.cell:hover, td.cell:focus { outline:3px solid #1d232a; outline-offset:-3px; }
 td.cell.selected { outline:3px solid #0a58ca; outline-offset:-3px; }
@@ -73,6 +76,7 @@ pre { margin:4px 0; padding:6px 8px; background:#f4f6f8; border:1px solid var(--
       font:12px/1.35 ui-monospace,SFMono-Regular,Menlo,monospace; white-space:pre-wrap; word-break:break-all; max-height:420px; overflow:auto; }
 .pill { display:inline-block; padding:1px 8px; border-radius:10px; font-weight:700; font-size:12px; }
 ul.unmet li { margin:2px 0; } a.open { cursor:pointer; color:#0a58ca; text-decoration:underline; }
+a.pill[data-cell] { cursor:pointer; }
 table.why td { font-size:12px; vertical-align:top; } table.why td.n { text-align:right; }
 code { font-family:ui-monospace,monospace; font-size:12px; background:#f0f2f4; padding:0 3px; border-radius:3px; }
 """
@@ -115,8 +119,10 @@ JS = r"""
     var dl = el('dl', {'id': 'details-facts'});
     var facts = [['kernel', c.target + (c.kernel_release ? ' (' + c.kernel_release + ')' : '')],
                  ['profile', c.profile], ['scenario', c.scenario + ' (' + c.group + ')'],
-                 ['description', c.description], ['outcome', c.outcome], ['expected', c.expected],
-                 ['why expected', c.why || '-'], ['duration', c.duration.toFixed(3) + ' s']];
+                 ['engine', c.engine + (c.engine_version ? ' (' + c.engine_version + ')' : '')]];
+    if (c.verdict) facts.push(['engine verdict', c.verdict]);
+    facts = facts.concat([['description', c.description], ['outcome', c.outcome], ['expected', c.expected],
+                          ['why expected', c.why || '-'], ['duration', c.duration.toFixed(3) + ' s']]);
     if (c.attempts.length > 1) facts.push(['attempts', c.rate]);
     facts.push(['bug bundle', c.bundle]);
     facts.forEach(function (f) { dl.appendChild(el('dt', null, f[0])); dl.appendChild(el('dd', null, f[1])); });
@@ -187,6 +193,7 @@ def _e(text: Any) -> str:
 
 def _cell_data(rep: RunReport, cv: CellView, descriptions: Dict[str, str]) -> Dict[str, Any]:
     return {"target": cv.target, "profile": cv.profile, "scenario": cv.scenario, "group": cv.group,
+            "engine": cv.engine, "engine_version": cv.engine_version, "verdict": cv.verdict_line,
             "description": descriptions.get(cv.scenario, ""),
             "outcome": cv.outcome, "expected": cv.expected, "why": cv.expected_why, "met": cv.met,
             "duration": cv.duration, "kernel_release": cv.kernel_release or rep.kernel_release(cv.target),
@@ -210,14 +217,33 @@ def _json_for_script(data: Any) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
+def _kernel_th(rep: RunReport, target: str, colspan: int) -> str:
+    release = rep.kernel_release(target)
+    return '<th class="kernel" colspan="%d">%s%s</th>' % (
+        colspan, _e(target), (' <span class="muted">%s</span>' % _e(release)) if release and release != target else "")
+
+
+def _cell_td(cv: Optional[CellView]) -> str:
+    """One matrix cell: its outcome's colours, the short label, ``!`` when not as expected."""
+    if cv is None:
+        return '<td class="none" title="not run">%s</td>' % NOT_RUN
+    cls = "cell o-%s%s" % (cv.outcome, "" if cv.met else " unmet")
+    title = "%s: %s%s" % (cv.id, cv.outcome, "" if cv.met else " (expected %s)" % cv.expected)
+    if len(cv.attempts) > 1:
+        title += " — " + cv.rate_text()
+    text = SHORT.get(cv.outcome, cv.outcome)
+    if not cv.met:
+        text = "%s %s" % (UNMET_MARK, text)
+    return '<td class="%s" data-cell="%s" data-outcome="%s" data-met="%s" tabindex="0" title="%s">%s</td>' % (
+        cls, _e(cv.id), _e(cv.outcome), str(cv.met).lower(), _e(title), _e(text))
+
+
 def _grid(rep: RunReport, group: str, scenarios: List[str]) -> str:
     targets, profiles = rep.targets(), rep.profiles()
     out = ['<div class="scroll"><table class="grid" data-group="%s">' % _e(group), "<thead><tr>",
            '<th rowspan="2">scenario</th>']
     for t in targets:
-        release = rep.kernel_release(t)
-        out.append('<th class="kernel" colspan="%d">%s%s</th>' % (
-            len(profiles), _e(t), (' <span class="muted">%s</span>' % _e(release)) if release and release != t else ""))
+        out.append(_kernel_th(rep, t, len(profiles)))
     out.append("</tr><tr>")
     for _t in targets:
         for p in profiles:
@@ -227,20 +253,60 @@ def _grid(rep: RunReport, group: str, scenarios: List[str]) -> str:
         out.append('<tr><td class="sid">%s</td>' % _e(sid))
         for t in targets:
             for p in profiles:
-                cv = rep.get(t, p, sid)
-                if cv is None:
-                    out.append('<td class="none" title="not run">%s</td>' % NOT_RUN)
-                    continue
-                cls = "cell o-%s%s" % (cv.outcome, "" if cv.met else " unmet")
-                title = "%s: %s%s" % (cv.id, cv.outcome, "" if cv.met else " (expected %s)" % cv.expected)
-                if len(cv.attempts) > 1:
-                    title += " — " + cv.rate_text()
-                text = SHORT.get(cv.outcome, cv.outcome)
-                if not cv.met:
-                    text = "%s %s" % (UNMET_MARK, text)
-                out.append('<td class="%s" data-cell="%s" data-outcome="%s" data-met="%s" tabindex="0" title="%s">%s</td>' % (
-                    cls, _e(cv.id), _e(cv.outcome), str(cv.met).lower(), _e(title), _e(text)))
+                out.append(_cell_td(rep.get(t, p, sid)))
         out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _engine_grid(rep: RunReport) -> str:
+    """The engine scenarios: profile x scenario down (grouped by profile), kernel x engine
+    across, the port first under every kernel."""
+    targets, engines, rows = rep.targets(), rep.engine_columns(), rep.engine_rows()
+    out = ['<div class="scroll"><table class="engine-grid" id="engine-grid"><thead><tr>',
+           '<th rowspan="2">profile</th><th rowspan="2">scenario</th>']
+    for t in targets:
+        out.append(_kernel_th(rep, t, len(engines)))
+    out.append("</tr><tr>")
+    for _t in targets:
+        for e in engines:
+            out.append('<th class="engine">%s</th>' % _e(e))
+    out.append("</tr></thead><tbody>")
+    for i, (p, sid) in enumerate(rows):
+        out.append("<tr>")
+        if i == 0 or rows[i - 1][0] != p:
+            span = sum(1 for q, _ in rows if q == p)
+            out.append('<td class="profile" rowspan="%d">%s</td>' % (span, _e(p)))
+        out.append('<td class="sid">%s</td>' % _e(sid))
+        for t in targets:
+            for e in engines:
+                out.append(_cell_td(rep.get(t, p, sid, e)))
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _disagree_table(rep: RunReport) -> str:
+    """The markdown report's "where the port and the living drivers disagree": per row each
+    engine's outcome and its error or verdict line, each a link to the cell's details."""
+    from .markdown import AGREE_TEXT, DISAGREE_TITLE
+    rows = rep.disagreements()
+    out = ['<h2 id="disagree-heading">%s (%d)</h2>' % (_e(DISAGREE_TITLE), len(rows))]
+    if not rows:
+        out.append('<p class="muted" id="disagree-none">%s</p>' % _e(AGREE_TEXT))
+        return "".join(out)
+    out.append('<div class="scroll"><table class="why" id="disagree-table"><thead><tr><th>kernel</th><th>profile</th>'
+               '<th>scenario</th><th>engine</th><th>outcome</th><th>error or verdict</th></tr></thead><tbody>')
+    for t, p, sid in rows:
+        cells = [cv for cv in (rep.get(t, p, sid, e) for e in rep.engine_columns()) if cv is not None]
+        for i, cv in enumerate(cells):
+            out.append('<tr data-row="%s">' % _e("%s/%s/%s" % (t, p, sid)))
+            if i == 0:
+                out.append('<td rowspan="%d">%s</td><td rowspan="%d">%s</td><td rowspan="%d">%s</td>' % (
+                    len(cells), _e(t), len(cells), _e(p), len(cells), _e(sid)))
+            out.append('<td>%s</td><td><a class="pill o-%s%s" data-cell="%s">%s%s</a></td><td>%s</td></tr>' % (
+                _e(cv.engine), _e(cv.outcome), "" if cv.met else " unmet", _e(cv.id),
+                "" if cv.met else UNMET_MARK + " ", _e(cv.outcome), _e(cv.reason_line[:300])))
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -341,6 +407,10 @@ def render(rep: RunReport) -> str:
     for group, scenarios in rep.groups():
         parts.append('<h2 id="group-%s">%s</h2>' % (_e(group), _e(group)))
         parts.append(_grid(rep, group, scenarios))
+    if rep.engine_cells():
+        parts.append('<h2 id="group-engine">engine: the same scenarios on every engine</h2>')
+        parts.append(_engine_grid(rep))
+        parts.append(_disagree_table(rep))
     unmet = rep.unmet()
     parts.append('<h2>Not as expected (%d)</h2><ul class="unmet" id="unmet-list">' % len(unmet))
     for cv in unmet:

@@ -1,9 +1,11 @@
 """JUnit XML: one ``<testcase>`` per cell, so CI systems show the lab natively.
 
 - ``<testsuite>`` per kernel x profile (``name`` = ``kernel.profile``);
-- ``<testcase classname="overlaylab.KERNEL.PROFILE" name="SCENARIO">`` with the cell's
-  kernel, kernel release, profile, scenario, group, outcome, expected outcome and why as
-  ``<properties>`` (the form pytest's ``record_property`` writes);
+- ``<testcase classname="overlaylab.KERNEL.PROFILE" name="SCENARIO">`` (``SCENARIO[ENGINE]``
+  for an engine other than the port, as pytest names parametrized cases) with the cell's
+  kernel, kernel release, profile, scenario, engine (and its version and verdict when
+  recorded), group, outcome, expected outcome and why as ``<properties>`` (the form pytest's
+  ``record_property`` writes);
 - not as expected: ``<failure type="OUTCOME">`` (``<error>`` when the outcome is ERROR,
   i.e. the lab's infrastructure failed);
 - REFUSED or UNSUPPORTED as expected: ``<skipped>``; FAIL as expected (a known failure):
@@ -43,12 +45,15 @@ def _xml_safe(text: str) -> str:
 
 def _case(rep: RunReport, cv: CellView) -> ET.Element:
     case = ET.Element("testcase", {"classname": "overlaylab.%s.%s" % (_classpart(cv.target), _classpart(cv.profile)),
-                                   "name": cv.scenario, "time": "%.3f" % sum(float(a.get("duration") or 0) for a in cv.attempts)})
+                                   "name": cv.label, "time": "%.3f" % sum(float(a.get("duration") or 0) for a in cv.attempts)})
     props = ET.SubElement(case, "properties")
     values = [("kernel", cv.target), ("kernel_release", cv.kernel_release or rep.kernel_release(cv.target)),
-              ("profile", cv.profile), ("scenario", cv.scenario), ("group", cv.group),
-              ("outcome", cv.outcome), ("expected", cv.expected), ("expected_why", cv.expected_why),
-              ("met", str(cv.met).lower()), ("provider", cv.record.get("provider", ""))]
+              ("profile", cv.profile), ("scenario", cv.scenario), ("engine", cv.engine)]
+    values += [(name, value) for name, value in (("engine_version", cv.engine_version),
+                                                 ("engine_verdict", cv.verdict_line)) if value]
+    values += [("group", cv.group), ("outcome", cv.outcome), ("expected", cv.expected),
+               ("expected_why", cv.expected_why), ("met", str(cv.met).lower()),
+               ("provider", cv.record.get("provider", ""))]
     if len(cv.attempts) > 1:
         values += [("attempts", str(len(cv.attempts))), ("outcomes", ",".join(cv.outcomes)),
                    ("pass_rate", "%.3f" % cv.pass_rate), ("flaky", str(cv.flaky).lower())]

@@ -2,9 +2,11 @@
 
 Layout: a summary line and the targets; a kernel x profile overview; per scenario group a
 matrix (scenarios down, profiles across, one symbol per outcome, ``!`` where the outcome was
-not the expected one) with the legend; then the cells that were not as expected with their
-evidence; flaky cells with pass rates; and the other non-passing cells (known failures,
-refusals, unsupported profiles) grouped by cause, each with one example's evidence.
+not the expected one) with the legend; the engine scenarios per kernel (profile x scenario
+down, engines across, the port first) and the rows where the port and the other engines
+disagree; then the cells that were not as expected with their evidence; flaky cells with pass
+rates; and the other non-passing cells (known failures, refusals, unsupported profiles)
+grouped by cause, each with one example's evidence.
 """
 from __future__ import annotations
 
@@ -123,6 +125,37 @@ def group_table(rep: RunReport, scenarios: Sequence[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
+def engine_table(rep: RunReport, target: str) -> str:
+    """One kernel's engine scenarios: profile x scenario down, one column per engine."""
+    engines = rep.engine_columns()
+    rows = [[p, s] + [_symbol_md(rep.get(target, p, s, e)) for e in engines] for p, s in rep.engine_rows(target)]
+    return tabulate(rows, headers=["profile", "scenario"] + engines, tablefmt="github")
+
+
+def disagree_table(rep: RunReport) -> str:
+    """Per row where the port and another engine disagree, each engine's outcome and reason."""
+    rows = []
+    for t, p, s in rep.disagreements():
+        for e in rep.engine_columns():
+            cv = rep.get(t, p, s, e)
+            if cv is not None:
+                rows.append(("%s/%s/%s" % (t, p, s), e, "%s %s" % (_symbol_md(cv), cv.outcome),
+                             "`%s`" % _md_escape(cv.reason_line)[:300].replace("`", "'") if cv.reason_line else ""))
+    return tabulate(rows, headers=["row", "engine", "outcome", "error or verdict"], tablefmt="github")
+
+
+DISAGREE_TITLE = "Where the port and the living drivers disagree"
+AGREE_TEXT = "On every engine scenario the other engines came to the port's outcome."
+
+
+def _engine_facts(cv: CellView) -> List[str]:
+    """The engine, its version and its verdict, for a cell of an engine scenario."""
+    if not cv.in_engine_section:
+        return []
+    version = " " + cv.engine_version if cv.engine_version else ""
+    return ["engine %s%s" % (cv.engine, version)] + (["verdict: " + cv.verdict_line] if cv.verdict_line else [])
+
+
 def _symbol_md(cv) -> str:
     if cv is None:
         return NOT_RUN
@@ -134,7 +167,7 @@ def _symbol_md(cv) -> str:
 def _cell_block(rep: RunReport, cv: CellView, heading: str = "###") -> List[str]:
     out = ["%s `%s` — %s, expected %s" % (heading, cv.id, cv.outcome, cv.expected)]
     facts = ["kernel %s" % (cv.kernel_release or rep.kernel_release(cv.target) or "?"),
-             "group %s" % cv.group, "%.2f s" % cv.duration]
+             "group %s" % cv.group] + _engine_facts(cv) + ["%.2f s" % cv.duration]
     if len(cv.attempts) > 1:
         facts.append(cv.rate_text())
     out.append("*" + " · ".join(facts) + "*")
@@ -183,12 +216,12 @@ def _causes(cells: List[CellView]) -> List[Tuple[str, List[CellView]]]:
 def _where(rep: RunReport, cells: List[CellView]) -> str:
     """Which cells, compactly: 'all N scenarios on btrfs', 'mount-label on ext4, xfs', ..."""
     profiles = list(dict.fromkeys(c.profile for c in cells))
-    scenarios = list(dict.fromkeys(c.scenario for c in cells))
-    every = rep.scenarios()
+    scenarios = list(dict.fromkeys(c.label for c in cells))
+    every = [s for _, group in rep.groups() for s in group]
     parts = []
     for p in profiles:
-        mine = [c.scenario for c in cells if c.profile == p]
-        if len(mine) == len(every) and len(every) > 3:
+        mine = [c.label for c in cells if c.profile == p]
+        if sorted(mine) == sorted(every) and len(every) > 3:
             parts.append("all %d scenarios on **%s**" % (len(mine), p))
         elif len(scenarios) > 1 or len(profiles) == 1:
             parts.append("**%s**: %s" % (p, ", ".join(mine)))
@@ -235,6 +268,20 @@ def _render(rep: RunReport, details: bool, max_blocks: int = 1000) -> str:
         out.append("## %s" % group)
         out.append("")
         out.append(group_table(rep, scenarios))
+        out.append("")
+    if rep.engine_cells():
+        out.append("## engine: the same scenarios on every engine")
+        out.append("")
+        for t in rep.targets():
+            if rep.engine_rows(t):
+                out.append("### %s" % _target_label(rep, t))
+                out.append("")
+                out.append(engine_table(rep, t))
+                out.append("")
+        disagree = rep.disagreements()
+        out.append("## %s (%d)" % (DISAGREE_TITLE, len(disagree)))
+        out.append("")
+        out.append(disagree_table(rep) if disagree else AGREE_TEXT)
         out.append("")
     unmet = rep.unmet()
     out.append("## Not as expected (%d)" % len(unmet))

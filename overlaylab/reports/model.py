@@ -4,6 +4,12 @@ A run made with ``--repeat N`` holds N records per cell (``attempt`` 1..N); a pl
 one (no ``attempt`` key, read as attempt 1). :class:`CellView` folds them: the cell's outcome is
 the attempts' common outcome, or ``FLAKY`` when they differ; ``pass_rate`` is the share of
 attempts that passed and ``met`` says whether every attempt met its expectation.
+
+Two kinds of cells share a run: the *classic* matrix (the port's own scenarios, per kernel
+scenarios x profiles) and the *engine* section (scenarios of group ``engine``, run once per
+storage engine: per kernel, profile x scenario rows and one column per engine, the port
+first). :meth:`RunReport.disagreements` names the engine rows where the port's outcome differs
+from another engine's.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ from ..agent.records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN
                              PORT_ENGINE, SHORT, SYMBOLS, UNMET_MARK, cell_key)
 
 GROUP_ORDER = ("lifecycle", "diff", "quirks", "failure-class")
+#: the group of the engine-neutral scenarios (run once per engine)
+ENGINE_GROUP = "engine"
 
 CellKey = Tuple[str, str, str, str]  # (target, profile, scenario, engine)
 
@@ -128,6 +136,47 @@ class CellView:
         return self.record.get("kernel_release", "") or ""
 
     @property
+    def label(self) -> str:
+        """The scenario, with ``[engine]`` for an engine other than the port."""
+        return self.scenario if self.engine == PORT_ENGINE else "%s[%s]" % (self.scenario, self.engine)
+
+    @property
+    def in_engine_section(self) -> bool:
+        """Shown in the engine section (an engine scenario, or any engine but the port)
+        rather than in the classic matrix."""
+        return self.group == ENGINE_GROUP or self.engine != PORT_ENGINE
+
+    @property
+    def engine_evidence(self) -> Dict[str, Any]:
+        """What the agent recorded about the engine: ``{"engine", "version", "verdict":
+        {"accepted", "message", "evidence"}, "commands"}`` ({} when it recorded nothing)."""
+        found = (self.record.get("evidence") or {}).get("engine")
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def engine_version(self) -> str:
+        return str(self.engine_evidence.get("version") or "")
+
+    @property
+    def verdict_line(self) -> str:
+        """The engine's verdict on the backing filesystem, as one line ("" if none was recorded)."""
+        verdict = self.engine_evidence.get("verdict")
+        if not isinstance(verdict, dict):
+            return ""
+        said = "accepted" if verdict.get("accepted") else "refused"
+        message = " ".join(str(verdict.get("message") or "").split())
+        return "%s: %s" % (said, message) if message else said
+
+    @property
+    def reason_line(self) -> str:
+        """Why the cell came out as it did, in one line: the error's first line, else the
+        engine's verdict."""
+        for line in self.error.splitlines():
+            if line.strip():
+                return line.strip()
+        return self.verdict_line
+
+    @property
     def bad(self) -> bool:
         """Failing in a release engineer's sense: FAIL/ERROR, or not what was expected."""
         return self.outcome in BAD_OUTCOMES or not self.met
@@ -176,12 +225,15 @@ class RunReport:
         return _ordered(listed + [k[2] for k in self.cells])
 
     def groups(self) -> List[Tuple[str, List[str]]]:
-        """Scenario groups in the catalogue's order, each with its scenarios."""
+        """The classic matrix's scenario groups in the catalogue's order, each with its
+        scenarios (the engine group has its own section: :meth:`engine_rows`)."""
         by_group: Dict[str, List[str]] = {}
         group_of = {}
         for cv in self.cells.values():
             group_of.setdefault(cv.scenario, cv.group)
         for sid in self.scenarios():
+            if group_of.get(sid) == ENGINE_GROUP:
+                continue
             by_group.setdefault(group_of.get(sid, "other"), []).append(sid)
         order = [g for g in GROUP_ORDER if g in by_group] + [g for g in by_group if g not in GROUP_ORDER]
         return [(g, by_group[g]) for g in order]
@@ -192,6 +244,37 @@ class RunReport:
 
     def get(self, target: str, profile: str, scenario: str, engine: str = PORT_ENGINE) -> Optional[CellView]:
         return self.cells.get((target, profile, scenario, engine))
+
+    # the engine section --------------------------------------------------------------------
+    def classic_cells(self) -> List[CellView]:
+        return [c for c in self.cells.values() if not c.in_engine_section]
+
+    def engine_cells(self, target: Optional[str] = None) -> List[CellView]:
+        return [c for c in self.cells.values() if c.in_engine_section and target in (None, c.target)]
+
+    def engine_columns(self) -> List[str]:
+        """The engines of the engine section: the port first, then :meth:`engines` order."""
+        present = {c.engine for c in self.engine_cells()}
+        return _ordered(e for e in [PORT_ENGINE] + self.engines() if e in present)
+
+    def engine_rows(self, target: Optional[str] = None) -> List[Tuple[str, str]]:
+        """(profile, scenario) rows of a kernel's engine section (of every kernel's without
+        ``target``), grouped by profile."""
+        present = {(c.profile, c.scenario) for c in self.engine_cells(target)}
+        return [(p, s) for p in self.profiles() for s in self.scenarios() if (p, s) in present]
+
+    def disagreements(self) -> List[Tuple[str, str, str]]:
+        """(kernel, profile, scenario) engine rows where the port's outcome differs from at
+        least one other engine's."""
+        out = []
+        for t in self.targets():
+            for p, s in self.engine_rows(t):
+                port = self.get(t, p, s)
+                if port is not None and any(
+                        c.outcome != port.outcome for c in (self.get(t, p, s, e) for e in self.engine_columns())
+                        if c is not None):
+                    out.append((t, p, s))
+        return out
 
     # summaries -----------------------------------------------------------------------------
     @property
@@ -239,20 +322,6 @@ class RunReport:
         if self.repeat > 1:
             line += "; %d flaky over %d repeats" % (len(self.flaky()), self.repeat)
         return line
-
-    def view_run(self) -> Run:
-        """A :class:`Run` with one record per cell (FLAKY where attempts differ), for the
-        terminal tables that read ``Run`` directly."""
-        cells = []
-        for cv in self.cells.values():
-            rec = dict(cv.record)
-            rec["outcome"] = cv.outcome
-            rec["met"] = cv.met
-            if cv.flaky:
-                rec["error"] = cv.rate_text()
-            cells.append(rec)
-        return Run(path=self.run.path, meta=self.run.meta, targets=self.run.targets,
-                   profiles=self.run.profiles, cells=cells, damaged=self.run.damaged)
 
 
 def _ordered(items: Iterable[Any]) -> List[Any]:
@@ -302,6 +371,9 @@ def evidence_sections(rec: Dict[str, Any]) -> List[Tuple[str, str]]:
     ev = rec.get("evidence") or {}
     keys = [k for k in _FIRST if k in ev] + sorted(k for k in ev if k not in _FIRST)
     for key in keys:
+        if key == "engine" and isinstance(ev[key], dict):
+            out.extend(engine_sections(ev[key]))
+            continue
         if key == "backing_fs" and isinstance(ev[key], dict):
             bf = ev[key]
             short = {k: v for k, v in bf.items() if k in ("step", "error", "stderr", "errno", "dmesg")}
@@ -312,6 +384,28 @@ def evidence_sections(rec: Dict[str, Any]) -> List[Tuple[str, str]]:
             out.append((key, text))
     if rec.get("log"):
         out.append(("log", as_text(rec["log"])))
+    return out
+
+
+def engine_sections(info: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(title, text) pairs for a cell's ``evidence["engine"]``: the engine and its version,
+    its verdict with the verdict's evidence, and the commands it ran (``$ argv  # exit rc``,
+    then their stderr)."""
+    out = [("engine", " ".join(str(x) for x in (info.get("engine"), info.get("version")) if x))]
+    verdict = info.get("verdict")
+    if isinstance(verdict, dict):
+        text = "%s: %s" % ("accepted" if verdict.get("accepted") else "refused", verdict.get("message") or "")
+        extra = as_text(verdict.get("evidence"))
+        out.append(("engine verdict", text + ("\n" + extra if extra and extra != "{}" else "")))
+    lines = []
+    for cmd in info.get("commands") or []:
+        if not isinstance(cmd, dict):
+            lines.append(as_text(cmd))
+            continue
+        lines.append("$ %s    # exit %s, %s s" % (shell_join(cmd.get("argv") or []), cmd.get("rc"), cmd.get("seconds")))
+        lines.extend("  " + line for line in str(cmd.get("stderr") or "").splitlines())
+    if lines:
+        out.append(("engine commands", "\n".join(lines)))
     return out
 
 

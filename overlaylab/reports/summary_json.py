@@ -4,22 +4,25 @@ Keys: ``schema``, ``run_id``, ``status``, ``started``/``ended``, ``provider``, `
 ``repeat``, ``ok`` (every cell met its expectation, flaky cells aside), ``cells`` (count),
 ``counts`` (per outcome, FLAKY included), ``unmet`` and ``flaky`` (one object per cell),
 ``targets`` (per kernel: release, provider, accel, boot time, counts, error), ``profiles``
-(per kernel x profile: what was made, mkfs argv, mount options, unavailable), and
-``matrix`` (``{kernel: {profile: {scenario: outcome}}}``).
+(per kernel x profile: what was made, mkfs argv, mount options, unavailable), ``matrix``
+(the port's cells: ``{kernel: {profile: {scenario: outcome}}}``), ``engines`` (per engine:
+cells, counts per outcome, how many not as expected), ``engine_matrix`` (the engine
+scenarios: ``{kernel: {profile: {scenario: {engine: outcome}}}}``) and ``disagreements``
+(the engine rows where the port and another engine differ, with every engine's outcome).
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Dict, List
 
-from .model import CellView, RunReport, recipe_lines
+from .model import PORT_ENGINE, CellView, RunReport, recipe_lines
 
 SUMMARY_SCHEMA = 1
 
 
 def _cell(cv: CellView) -> Dict[str, Any]:
     out = {"cell": cv.id, "kernel": cv.target, "profile": cv.profile, "scenario": cv.scenario,
-           "group": cv.group, "outcome": cv.outcome, "expected": cv.expected, "expected_why": cv.expected_why,
+           "engine": cv.engine, "group": cv.group, "outcome": cv.outcome, "expected": cv.expected, "expected_why": cv.expected_why,
            "met": cv.met, "duration": round(cv.duration, 3), "error": cv.error[:1000],
            "kernel_release": cv.kernel_release}
     if len(cv.attempts) > 1:
@@ -59,14 +62,29 @@ def summary(rep: RunReport) -> Dict[str, Any]:
                              "driver_init": (prec.get("facts") or {}).get("driver_init")})
     matrix: Dict[str, Dict[str, Dict[str, str]]] = {}
     for cv in rep.cells.values():
-        matrix.setdefault(cv.target, {}).setdefault(cv.profile, {})[cv.scenario] = cv.outcome
+        if cv.engine == PORT_ENGINE:
+            matrix.setdefault(cv.target, {}).setdefault(cv.profile, {})[cv.scenario] = cv.outcome
+    engine_matrix: Dict[str, Dict[str, Dict[str, Dict[str, str]]]] = {}
+    for cv in rep.engine_cells():
+        engine_matrix.setdefault(cv.target, {}).setdefault(cv.profile, {}).setdefault(cv.scenario, {})[cv.engine] = \
+            cv.outcome
+    engines = {}
+    for e in rep.engines():
+        cells = [c for c in rep.cells.values() if c.engine == e]
+        engines[e] = {"cells": len(cells), "counts": rep.counts(cells),
+                      "unmet": sum(1 for c in cells if not c.met and not c.flaky)}
+    disagreements = [{"kernel": t, "profile": p, "scenario": s,
+                      "outcomes": {e: c.outcome for e, c in ((e, rep.get(t, p, s, e)) for e in rep.engine_columns())
+                                   if c is not None}}
+                     for t, p, s in rep.disagreements()]
     return {"schema": SUMMARY_SCHEMA, "run_id": rep.run_id, "status": meta.get("status"),
             "started": meta.get("started"), "ended": meta.get("ended"), "provider": meta.get("provider"),
             "argv": meta.get("argv"), "host": meta.get("host"), "repeat": rep.repeat,
             "ok": not rep.gate_failures(), "summary": rep.summary_line(), "cells": len(rep.cells),
             "counts": rep.counts(), "unmet": [_cell(c) for c in rep.unmet()],
             "flaky": [_cell(c) for c in rep.flaky()], "targets": targets, "profiles": profiles,
-            "matrix": matrix, "skipped_lines": rep.run.skipped_lines}
+            "matrix": matrix, "engines": engines, "engine_matrix": engine_matrix,
+            "disagreements": disagreements, "skipped_lines": rep.run.skipped_lines}
 
 
 def render(rep: RunReport) -> str:
