@@ -78,8 +78,8 @@ class ContainersStorageSession(EngineSession):
     # start and stop ------------------------------------------------------------------------
     def start(self) -> None:
         with open(self.conf, "w") as f:
-            f.write('[storage]\ndriver = "overlay"\nrunroot = "%s"\ngraphroot = "%s"\n'
-                    % (self.run_root, self.graph_root))
+            f.write('[storage]\ndriver = "overlay"\nrunroot = %s\ngraphroot = %s\n'
+                    % (json.dumps(self.run_root), json.dumps(self.graph_root)))  # a JSON string is a TOML one
         res = self.run(self.command("status"), check=False)
         rows = status_rows(res.stderr + res.stdout) if res.ok else {}  # the CLI prints them on stderr
         checks = self.cached_checks()
@@ -125,13 +125,13 @@ class ContainersStorageSession(EngineSession):
 
     # the adapter ---------------------------------------------------------------------------
     def pull(self, layer_tars: Sequence[str]) -> str:
+        if not layer_tars:
+            raise EngineError("an image needs at least one layer")
         layers: List[str] = []
         for tar in layer_tars:
             layer = self.cs("create-layer", *layers[-1:]).stdout.strip()
             layers.append(layer)
             self.cs("applydiff", "-f", tar, layer, timeout=600.0)
-        if not layers:
-            raise EngineError("an image needs at least one layer")
         self.images[layers[-1]] = layers
         return layers[-1]
 
