@@ -218,6 +218,12 @@ ENGINE_KEYWORDS: Dict[str, Tuple[str, ...]] = {
 }
 
 
+def is_engine_scenario(sid: str) -> bool:
+    """Whether scenario ``sid`` of the catalogue runs once per engine."""
+    sc = all_scenarios().get(sid)
+    return sc is not None and sc.group == ENGINE_GROUP
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """An engine as ``--engine`` expressions see it: a name and keywords (no import of the
