@@ -89,12 +89,13 @@ class Entry:
     def exact(self) -> bool:
         return not any(ch in self.match for ch in "*?[")
 
-    def matches(self, key: CellKey) -> bool:
-        """Part by part (a ``*`` never spans a ``/``); three parts name port cells only."""
-        parts = self.match.split("/")
-        if len(parts) == 3:
-            parts.append(PORT_ENGINE)
-        return len(parts) == len(key) and all(fnmatch.fnmatchcase(k, p) for k, p in zip(key, parts))
+    def matches(self, key: Sequence[str]) -> bool:
+        """Part by part (a ``*`` never spans a ``/``); three parts (of a match or a key) mean the port."""
+        parts, key = self.match.split("/"), list(key)
+        for form in (parts, key):
+            if len(form) == 3:
+                form.append(PORT_ENGINE)
+        return len(parts) == len(key) == 4 and all(fnmatch.fnmatchcase(k, p) for k, p in zip(key, parts))
 
 
 @dataclass
