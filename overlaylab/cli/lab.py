@@ -49,8 +49,8 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
             engine_exprs: Sequence[str], jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool,
             baseline_ref: Optional[str], repeat: int) -> None:
     """Run the matrix: kernels x filesystem profiles x scenarios (the engine scenarios once per
-    storage engine); print the tables and write
-    report.md, report.html, junit.xml and summary.json into the run directory.
+    storage engine); print the tables and write report.md, report.html, junit.xml and
+    summary.json into the run directory.
 
     Exit status 0 when every cell met its expectation (a flaky cell that met it at least once
     counts as met); 1 when a cell is not as expected (with --baseline: regressed against BASE;
@@ -75,10 +75,9 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
 
 def engine_rows() -> List[Dict[str, Any]]:
     """Each registered engine: name, description, version, and whether it can run here (or why not)."""
-    from ..agent.engines import get_engine
-    from ..lab.matrix import select_engines
+    from ..agent.engines import engine_names, get_engine
     rows = []
-    for name in select_engines([]):
+    for name in engine_names():
         row: Dict[str, Any] = {"name": name, "description": "", "version": "", "available": False}
         try:
             engine = get_engine(name)

@@ -206,10 +206,11 @@ def _engine_files(cv: CellView) -> Dict[str, str]:
         ev = ev if isinstance(ev, dict) else {}
         head = "== attempt %s\n" % a.get("attempt") if len(cv.attempts) > 1 else ""
         verdict = ev.get("verdict") if isinstance(ev.get("verdict"), dict) else {}
-        version.append(head + "engine: %s\nversion: %s\nverdict: %s%s\n" % (
+        version.append(head + "engine: %s\nversion: %s\nverdict: %s%s\n%s" % (
             ev.get("engine") or cv.engine, ev.get("version") or "(not recorded)",
             {True: "accepted", False: "refused"}.get(verdict.get("accepted"), "(not recorded)"),
-            " — " + str(verdict["message"]) if verdict.get("message") else ""))
+            " — " + str(verdict["message"]) if verdict.get("message") else "",
+            "unavailable here: %s\n" % ev["unavailable"] if ev.get("unavailable") else ""))
         lines = []
         for cmd in ev.get("commands") or []:
             if not isinstance(cmd, dict):

@@ -64,7 +64,8 @@ USAGE_CASES = [
     (["--repeat", "0"], "0 is not in the range x>=1"),
     (["--provider", "qemuu"], "(did you mean qemu?)"),
     (["--engine", "dokcer"], "--engine 'dokcer': 'dokcer' at column 1 matches no engine (did you mean docker?)"),
-    (["--engine", "port", "--engine", "docker and fuse"], "--engine 'docker and fuse': matches no engine"),
+    (["--engine", "docker and fuse"], "--engine 'docker and fuse': matches no engine (have: port, "),
+    (["--engine", "port", "--engine", "docker-overlay3"], "matches no engine (did you mean docker-overlay"),
     (["--bogus"], "No such option '--bogus'"),
 ]
 
