@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
@@ -29,6 +29,11 @@ from .util import HintedChoice, load_run_checked, run_path
 @click.option("-p", "--profile", "profile_exprs", multiple=True,
               help="Filesystem profiles, a -k style expression (e.g. 'ext4 and not small').")
 @click.option("-k", "scenario_exprs", multiple=True, help="Scenarios, a -k style expression (e.g. 'diff or whiteout').")
+@click.option("--engine", "engine_exprs", multiple=True, metavar="ENGINE",
+              help="Storage engines the engine scenarios run on (repeatable; `overlaylab list engines`): a "
+                   "name, 'all', or a -k style expression over names and keywords (e.g. 'docker*', "
+                   "'not fuse', daemon). Default: every engine; one not installed on a target gives "
+                   "UNSUPPORTED cells there. Other scenarios run on the port alone.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Targets run in parallel.")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
@@ -41,10 +46,11 @@ from .util import HintedChoice, load_run_checked, run_path
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run every cell N times; cells whose outcomes differ are FLAKY, with pass rates.")
 def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
-            jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool,
+            engine_exprs: Sequence[str], jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool,
             baseline_ref: Optional[str], repeat: int) -> None:
-    """Run the matrix: kernels x filesystem profiles x scenarios; print the tables and write
-    report.md, report.html, junit.xml and summary.json into the run directory.
+    """Run the matrix: kernels x filesystem profiles x scenarios (the engine scenarios once per
+    storage engine); print the tables and write report.md, report.html, junit.xml and
+    summary.json into the run directory.
 
     Exit status 0 when every cell met its expectation (a flaky cell that met it at least once
     counts as met); 1 when a cell is not as expected (with --baseline: regressed against BASE;
@@ -54,6 +60,7 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     try:
         code = run_lab(RunRequest(provider=provider, kernels=list(kernels), boxes=list(boxes),
                                   profile_exprs=list(profile_exprs), scenario_exprs=list(scenario_exprs),
+                                  engine_exprs=list(engine_exprs),
                                   jobs=jobs, reports_dir=reports_dir, profiles_file=profiles_file, keep=keep,
                                   baseline_ref=baseline_ref, repeat=repeat, argv=sys.argv[1:]),
                        echo=click.echo)
@@ -66,13 +73,41 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
         raise click.exceptions.Exit(code)
 
 
+def engine_rows() -> List[Dict[str, Any]]:
+    """Each registered engine: name, description, version, and whether it can run here (or why not)."""
+    from ..agent.engines import engine_names, get_engine
+    rows = []
+    for name in engine_names():
+        row: Dict[str, Any] = {"name": name, "description": "", "version": "", "available": False}
+        try:
+            engine = get_engine(name)
+        except ImportError:  # its adapter is not written on this branch yet
+            row["unavailable"] = "not built"
+            rows.append(row)
+            continue
+        reason = engine.unavailable()
+        row.update(description=engine.description, available=reason is None, unavailable=reason,
+                   version=engine.version() if reason is None else "")
+        rows.append(row)
+    return rows
+
+
 @click.command("list")
-@click.argument("what", type=HintedChoice(["kernels", "profiles", "scenarios"]))
+@click.argument("what", type=HintedChoice(["kernels", "profiles", "scenarios", "engines"]))
 @click.option("--json", "as_json", is_flag=True, help="A JSON list (profiles and scenarios as the run records them).")
 def list_cmd(what: str, as_json: bool) -> None:
-    """List the kernel catalogue, the filesystem profiles or the scenario catalogue."""
+    """List the kernel catalogue, the filesystem profiles, the scenario catalogue or the storage
+    engines (with their versions, and whether each can run here)."""
     from tabulate import tabulate
-    if as_json and what != "kernels":
+    if what == "engines":
+        rows = engine_rows()
+        if as_json:
+            click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        else:
+            click.echo(tabulate([(r["name"], r["version"], "available here" if r["available"] else r["unavailable"],
+                                  r["description"]) for r in rows],
+                                headers=["engine", "version", "here", "description"]))
+    elif as_json and what != "kernels":
         items = load_profiles().values() if what == "profiles" else all_scenarios().values()
         click.echo(json.dumps([item.to_dict() for item in items], indent=2, sort_keys=True))
     elif what == "profiles":

@@ -124,13 +124,14 @@ def history_cmd(cell: Optional[str], reindex: bool, reports_dir: Optional[str], 
 
 @click.command("bundle")
 @click.argument("run_ref", metavar="RUN")
-@click.argument("cell", metavar="KERNEL/PROFILE/SCENARIO")
+@click.argument("cell", metavar="KERNEL/PROFILE/SCENARIO[/ENGINE]")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Where to write the .tar.gz (a file or a directory; default RUN/bundles/).")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
 def bundle_cmd(run_ref: str, cell: str, output: Optional[str], reports_dir: Optional[str]) -> None:
     """Write a bug bundle for one cell: kernel and config, filesystem recipe and real
-    parameters, probes, dmesg, the scenario's log and evidence, versions, and a repro command."""
+    parameters, probes, dmesg, the scenario's log and evidence, versions (and for an engine's
+    cell its version, verdict and command log), and a repro command."""
     from ..reports.bundle import BundleError, write_bundle
     path = run_path(run_ref, reports_dir)
     run = load_run_checked(path)
@@ -153,7 +154,7 @@ def bundle_cmd(run_ref: str, cell: str, output: Optional[str], reports_dir: Opti
               help="Use the profiles file the bundle brings (profiles.toml; its mkfs commands run as root).")
 def repro_cmd(bundle: str, reports_dir: Optional[str], dry_run: bool, profiles_file: Optional[str],
               trust_bundle_profiles: bool) -> None:
-    """Re-run a bundle's cell (same kernel, profile, scenario, provider, repeat) and say whether
+    """Re-run a bundle's cell (same kernel, profile, scenario, engine, provider, repeat) and say whether
     the bundled outcome reproduced.
 
     The command is rebuilt from the bundle's fields, each checked against this machine's

@@ -1,4 +1,8 @@
-"""What a run covers: kernels x filesystem profiles x scenarios, chosen with ``-K``/``-p``/``-k``.
+"""What a run covers: kernels x filesystem profiles x scenarios (x engines), chosen with
+``-K``/``-p``/``-k``/``--engine``.
+
+Scenarios of the ``engine`` group run once per selected storage engine; every other scenario
+runs once, on the port (issue #12: the engine is an axis of the matrix).
 
 The selection language is pytest's ``-k`` (words, ``and``/``or``/``not``, parentheses) over
 names and keywords; every mistake in it is a :class:`SelectionError` of one line naming the
@@ -11,7 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..agent.engines import engine_names
 from ..agent.profiles import FsProfile
+from ..agent.records import PORT_ENGINE
 from ..agent.scenario import Scenario, all_scenarios
 from ..hints import close_matches, did_you_mean
 
@@ -199,6 +205,57 @@ def check_expressions(option: str, exprs: Sequence[str], items: Mapping[str, Any
             raise SelectionError("%s %r: %s" % (option, expr, err.problem)) from None
 
 
+#: the scenario group that runs once per engine (the engine-neutral scenarios of issue #12)
+ENGINE_GROUP = "engine"
+
+#: what an ``--engine`` word matches besides the engine's name: its family and how it runs
+ENGINE_KEYWORDS: Dict[str, Tuple[str, ...]] = {
+    "port": ("port", "in-process"),
+    "containers-storage": ("containers",),
+    "fuse-overlayfs": ("containers", "fuse"),
+    "docker-overlay": ("docker", "daemon"),
+    "docker-overlay2": ("docker", "daemon"),
+}
+
+
+def is_engine_scenario(sid: str) -> bool:
+    """Whether scenario ``sid`` of the catalogue runs once per engine."""
+    sc = all_scenarios().get(sid)
+    return sc is not None and sc.group == ENGINE_GROUP
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """An engine as ``--engine`` expressions see it: a name and keywords (no import of the
+    engine's module: selecting must work where an engine is not built or installed)."""
+
+    name: str
+
+    def keywords(self) -> List[str]:
+        return list(ENGINE_KEYWORDS.get(self.name, ()))
+
+
+def select_engines(exprs: Sequence[str]) -> List[str]:
+    """The registered engines ``--engine`` selects, in registry order (all when none is given):
+    ``all``, an exact engine name (``docker-overlay`` is not also ``docker-overlay2``), or a
+    ``-k``-style expression over names and keywords (``'docker*'``, ``'not fuse'``, ``daemon``).
+    :class:`SelectionError` for a word naming no engine (with the closest names) or a selection
+    of none."""
+    names = engine_names()
+    exprs = [e.strip() for e in exprs if e and e.strip()]
+    if not exprs or "all" in exprs:
+        return names
+    exprs = ["=" + e if e in names else e for e in exprs]
+    choices = {n: EngineChoice(n) for n in names}
+    check_expressions("--engine", exprs, choices, "engine")
+    preds = [profile_matcher(e, "engine") for e in exprs]
+    chosen = [n for n in names if any(f(choices[n]) for f in preds)]
+    if not chosen:
+        raise SelectionError("--engine %s: matches no engine (have: %s)" % (
+            " / ".join(repr(e) for e in exprs), ", ".join(names)))
+    return chosen
+
+
 def catalogue_kernels() -> List[str]:
     """Every catalogue entry, ``host`` first (the default kernels of ``overlaylab run``)."""
     from ..kernels.catalogue import load_catalogue
@@ -225,7 +282,8 @@ def check_kernels(provider: str, kernels: Sequence[str]) -> None:
 
 @dataclass
 class Matrix:
-    """What to run: kernels x profiles x scenarios (already filtered)."""
+    """What to run: kernels x profiles x scenarios (already filtered); the scenarios of the
+    ``engine`` group once per engine of ``engines``, every other scenario once (the port)."""
 
     kernels: List[str]
     profiles: Dict[str, FsProfile]
@@ -233,35 +291,50 @@ class Matrix:
     all_profiles: Dict[str, FsProfile] = field(default_factory=dict)  # for overlay bases
     # What VM kernels run when no scenario was asked for: TCG makes scale scenarios cost minutes.
     vm_scenarios: Optional[Dict[str, Scenario]] = None
+    #: the engines the ``engine`` scenarios run on (empty when none of them is selected)
+    engines: List[str] = field(default_factory=lambda: [PORT_ENGINE])
 
     def scenarios_for(self, kernel: str) -> Dict[str, Scenario]:
         if self.vm_scenarios is None or kernel in ("host", "local"):
             return self.scenarios
         return self.vm_scenarios
 
+    def runs_for(self, kernel: str) -> List[Tuple[str, str]]:
+        """``(scenario, engine)`` of each cell per profile on ``kernel``, in catalogue order."""
+        return [(sid, engine) for sid, sc in self.scenarios_for(kernel).items()
+                for engine in (self.engines if sc.group == ENGINE_GROUP else [PORT_ENGINE])]
+
+    def cells_for(self, kernel: str) -> int:
+        return len(self.profiles) * len(self.runs_for(kernel))
+
     @property
     def cell_count(self) -> int:
-        return sum(len(self.profiles) * len(self.scenarios_for(k)) for k in self.kernels)
+        return sum(self.cells_for(k) for k in self.kernels)
 
     def disks(self) -> List[Tuple[str, int]]:
         """One disk per profile that needs a block device (tmpfs needs none)."""
         return [(p.name, p.size_mib) for p in self.profiles.values() if p.kind != "tmpfs"]
 
     def to_dict(self) -> Dict[str, Any]:
-        out = {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios)}
+        out = {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios),
+               "engines": list(self.engines)}
         if self.vm_scenarios is not None:
             out["vm_scenarios"] = list(self.vm_scenarios)
         return out
 
 
 def plan_matrix(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile_exprs: Sequence[str],
-                scenario_exprs: Sequence[str], all_profiles: Mapping[str, FsProfile]) -> Tuple[str, Matrix]:
-    """The provider and matrix of ``overlaylab run -K/-B/-p/-k``, or :class:`SelectionError`.
+                scenario_exprs: Sequence[str], all_profiles: Mapping[str, FsProfile],
+                engine_exprs: Sequence[str] = ()) -> Tuple[str, Matrix]:
+    """The provider and matrix of ``overlaylab run -K/-B/-p/-k/--engine``, or :class:`SelectionError`.
 
     No kernel named: the host alone for ``local``, else the host and every catalogue kernel.
-    With no ``-k``, VM kernels skip the ``scale`` tier (under TCG it costs minutes)."""
+    With no ``-k``, VM kernels skip the ``scale`` tier (under TCG it costs minutes). No
+    ``--engine``: every registered engine (one not installed on a target gives UNSUPPORTED
+    cells there); engines add nothing when no ``engine`` scenario is selected."""
     check_expressions("-p", profile_exprs, all_profiles, "profile")
     check_expressions("-k", scenario_exprs, all_scenarios(), "scenario")
+    engines = select_engines(engine_exprs)
     profiles = select_profiles(all_profiles, list(profile_exprs) or None)
     scenarios = select_scenarios(scenario_exprs)
     if not profiles:
@@ -270,6 +343,8 @@ def plan_matrix(provider: str, kernels: Sequence[str], boxes: Sequence[str], pro
     if not scenarios:
         raise SelectionError("-k %s: matches no scenario (`overlaylab list scenarios`)" %
                              " / ".join(repr(e) for e in scenario_exprs))
+    if not any(sc.group == ENGINE_GROUP for sc in scenarios.values()):
+        engines = []
     if boxes:
         if provider not in ("auto", "vagrant"):
             raise SelectionError("--box goes with --provider vagrant")
@@ -285,4 +360,4 @@ def plan_matrix(provider: str, kernels: Sequence[str], boxes: Sequence[str], pro
     vm_scenarios = None
     if not scenario_exprs:
         vm_scenarios = {sid: sc for sid, sc in scenarios.items() if "scale" not in sc.tags}
-    return provider, Matrix(kernel_list, dict(profiles), scenarios, dict(all_profiles), vm_scenarios)
+    return provider, Matrix(kernel_list, dict(profiles), scenarios, dict(all_profiles), vm_scenarios, engines)

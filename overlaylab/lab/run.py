@@ -42,6 +42,7 @@ class RunRequest:
     boxes: List[str] = field(default_factory=list)
     profile_exprs: List[str] = field(default_factory=list)
     scenario_exprs: List[str] = field(default_factory=list)
+    engine_exprs: List[str] = field(default_factory=list)
     jobs: int = 1
     reports_dir: Optional[str] = None
     profiles_file: Optional[str] = None
@@ -130,7 +131,7 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
     except (ValueError, OSError) as err:  # ProfileError, TOMLDecodeError, unreadable
         raise SelectionError("--profiles-file %s: %s" % (profiles_path, err)) from None
     provider, matrix = plan_matrix(req.provider, req.kernels, req.boxes, req.profile_exprs,
-                                   req.scenario_exprs, all_profiles)
+                                   req.scenario_exprs, all_profiles, req.engine_exprs)
     problem = root_problem("overlaylab run")
     if problem:
         raise SelectionError(problem)
@@ -145,7 +146,7 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
         profiles_text = f.read()
     # A live bar per target on a terminal, plain lines otherwise; all of it in run.log.
     on_event = ProgressDisplay(matrix.cell_count * repeat, store.path, {
-        k: len(matrix.profiles) * len(matrix.scenarios_for(k)) * repeat for k in matrix.kernels})
+        k: matrix.cells_for(k) * repeat for k in matrix.kernels})
     if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in matrix.kernels):
         from ..kernels.prefetch import prefetch
         try:  # cached kernels are instant; a missing one turns into ERROR cells

@@ -18,13 +18,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..providers.session import Session
 from ..providers.transport import stream_lines
-from ..agent.records import CellRecord, TargetRecord, parse_records
+from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
 from .results import RunStore
 
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
+#: seconds more per profile for each engine other than the port: starting it (a private dockerd
+#: takes seconds on the host) and stopping it; times TCG_SLOWDOWN in a guest without KVM
+ENGINE_GRACE = 30.0
+TCG_SLOWDOWN = 5.0
 
 
 def signal_name(num: int) -> str:
@@ -198,15 +202,27 @@ class Runner:
             args += ["--profiles-b64", base64.b64encode(self.profiles_text.encode()).decode()]
         for sid in scenarios:
             args += ["--scenario", sid]
+        for engine in self.matrix.engines:  # all of them: the agent's default is the port alone
+            args += ["--engine", engine]
         return args
+
+    def _agent_timeout(self, session: Session, kernel: str, profiles: int) -> float:
+        """How long one agent may take for ``profiles`` profiles: the set-up grace, each cell's
+        own limit (capped) and each engine's start-up grace."""
+        runs = self.matrix.runs_for(kernel)
+        scenarios = self.matrix.scenarios_for(kernel)
+        engines = len({e for _, e in runs if e != PORT_ENGINE})
+        engine_grace = ENGINE_GRACE * (TCG_SLOWDOWN if getattr(session, "accel", None) == "tcg" else 1.0)
+        per_profile = AGENT_GRACE + sum(min(scenarios[sid].timeout, 120.0) for sid, _ in runs) + engines * engine_grace
+        return per_profile * profiles
 
     def _run_profiles(self, kernel: str, session: Session, profiles: Sequence[FsProfile], attempt: int = 1) -> None:
         """One agent process for all profiles of a target (interpreter start-up in a TCG guest
         over 9p costs seconds), its records stored and shown line by line as they arrive."""
         scenarios = self.matrix.scenarios_for(kernel)
-        per_profile = AGENT_GRACE + sum(min(sc.timeout, 120.0) for sc in scenarios.values())
-        timeout = per_profile * len(profiles)
-        done: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        runs = self.matrix.runs_for(kernel)
+        timeout = self._agent_timeout(session, kernel, len(profiles))
+        done: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
         junk: List[str] = []
         state = {"problem": None, "started": time.monotonic()}
         extra = {"target": kernel, "kernel_release": session.kernel_release,
@@ -226,7 +242,7 @@ class Runner:
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
                 elif kind == "cell":
-                    done[(rec["profile"], rec["scenario"])] = rec
+                    done[(rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)] = rec
                     self._append(dict(rec, record="cell"))
                     self.progress("cell", rec)
                 elif kind == "done" and rec.get("profile"):
@@ -270,16 +286,17 @@ class Runner:
             # The agent works through the profiles in order: it died in the first unfinished one.
             unfinished = [p for p in profiles if p.name not in finished_profiles]
             rerun = unfinished[1:]
-        missing = [(p.name, sid) for p in profiles for sid in scenarios
-                   if (p.name, sid) not in done and p not in rerun]
+        missing = [(p.name, sid, engine) for p in profiles for sid, engine in runs
+                   if (p.name, sid, engine) not in done and p not in rerun]
         if missing:
             evidence = {"agent_problem": problem or "the agent stopped before these scenarios",
                         "stderr_tail": _tail(stderr), "stdout_junk": junk[-20:],
                         "console_tail": self._console_tail(session)}
             if died:
                 evidence["cleanup"] = cleaned
-            for profile_name, sid in missing:
-                cell = self._error_cell(kernel, profile_name, sid, problem or "no result from the agent", evidence)
+            for profile_name, sid, engine in missing:
+                cell = self._error_cell(kernel, profile_name, sid, engine, problem or "no result from the agent",
+                                        evidence)
                 cell.update(extra)  # with the session's provider
                 self._append(cell)
                 self.progress("cell", cell)
@@ -315,9 +332,11 @@ class Runner:
         except OSError:
             return []
 
-    def _error_cell(self, kernel: str, profile: str, sid: str, error: str, evidence: Dict[str, Any]) -> Dict[str, Any]:
+    def _error_cell(self, kernel: str, profile: str, sid: str, engine: str, error: str,
+                    evidence: Dict[str, Any]) -> Dict[str, Any]:
         sc = self.matrix.scenarios[sid]
         return CellRecord(profile, sid, "ERROR", group=sc.group, error=error, evidence=evidence,
+                          engine=None if engine == PORT_ENGINE else engine,
                           target=kernel, provider=self._provider_name(kernel)).to_json()
 
     def _target_failed(self, kernel: str, err: BaseException) -> None:
@@ -329,7 +348,8 @@ class Runner:
                 evidence[attr] = value
         self._append(TargetRecord(kernel, self._provider_name(kernel), error=str(err), evidence=evidence).to_json())
         for profile in self.matrix.profiles:
-            for sid in self.matrix.scenarios_for(kernel):
-                cell = self._error_cell(kernel, profile, sid, "target %s did not come up: %s" % (kernel, err), evidence)
+            for sid, engine in self.matrix.runs_for(kernel):
+                cell = self._error_cell(kernel, profile, sid, engine, "target %s did not come up: %s" % (kernel, err),
+                                        evidence)
                 self._append(cell)
                 self.progress("cell", cell)

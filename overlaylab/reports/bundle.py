@@ -1,7 +1,7 @@
 """Bug bundles: one ``.tar.gz`` per cell with everything a kernel or driver developer needs,
 and ``overlaylab repro BUNDLE`` to re-run exactly that cell.
 
-The archive holds one directory, ``overlaylab-bundle-<run>-<kernel>-<profile>-<scenario>/``:
+The archive holds one directory, ``overlaylab-bundle-<run>-<kernel>-<profile>-<scenario>[-<engine>]/``:
 
     README.txt              what happened, how to reproduce, what each file is
     repro                   shell script: the one `overlaylab run` that re-runs this cell
@@ -10,6 +10,9 @@ The archive holds one directory, ``overlaylab-bundle-<run>-<kernel>-<profile>-<s
     scenario/log.txt        the scenario's log lines
     scenario/evidence.txt   error, kernel answer, errno, dmesg, driver log, traceback ...
     scenario/driver-status.txt   the driver's Status() rows
+    engine/version.txt      (a cell of an engine) the engine, its version and its verdict on the
+                            backing filesystem
+    engine/commands.txt     (a cell of an engine) the engine's commands, exit codes and stderr
     dmesg.txt               kernel messages: during the scenario and the filesystem's set-up
     kernel.txt              kernel release, uname, overlay/backing config symbols, overlay
                             module parameters, provider (qemu accel, boot time)
@@ -40,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..lab.results import Run, load_run
-from .model import (CellKey, CellView, RunReport, as_text, cell_id, evidence_sections, fs_sections,
+from .model import (PORT_ENGINE, CellKey, CellView, RunReport, as_text, cell_id, evidence_sections, fs_sections,
                     parse_cell_id, probe_rows, recipe_lines, shell_join)
 
 README_NAME = "README.txt"
@@ -67,10 +70,14 @@ def cell_provider(rep: RunReport, cv: CellView) -> str:
 
 
 def cell_run_args(kernel: str, profile: str, scenario: str, provider: str, repeat: int = 1,
-                  profiles_file: Optional[str] = None) -> List[str]:
+                  profiles_file: Optional[str] = None, engine: str = PORT_ENGINE) -> List[str]:
     """The ``overlaylab run`` arguments (after ``overlaylab``) that run exactly one cell: what a
-    bundle's ``repro`` script says and what ``overlaylab repro`` executes."""
+    bundle's ``repro`` script says and what ``overlaylab repro`` executes. ``--engine`` is given
+    where the engine matters: a cell of another engine, or of a scenario that runs per engine."""
+    from ..lab.matrix import is_engine_scenario
     args = ["run", "--provider", provider, "-K", kernel, "-p", "=" + profile, "-k", "=" + scenario]
+    if engine != PORT_ENGINE or is_engine_scenario(scenario):
+        args += ["--engine", engine]
     if repeat != 1:
         args += ["--repeat", str(repeat)]
     if profiles_file:
@@ -93,7 +100,8 @@ def repro_argv(rep: RunReport, cv: CellView) -> List[str]:
     """``overlaylab run`` re-running exactly this cell on the same kernel and profile (with the
     run's own profiles file, bundled as profiles.toml, when it had one)."""
     return ["overlaylab"] + cell_run_args(cv.target, cv.profile, cv.scenario, cell_provider(rep, cv),
-                                          len(cv.attempts), BUNDLE_PROFILES if _run_profiles_file(rep) else None)
+                                          len(cv.attempts), BUNDLE_PROFILES if _run_profiles_file(rep) else None,
+                                          cv.engine)
 
 
 def _tool_versions() -> str:
@@ -187,6 +195,33 @@ def _filesystem_files(rep: RunReport, cv: CellView) -> Dict[str, str]:
     return files
 
 
+def _engine_files(cv: CellView) -> Dict[str, str]:
+    """The engine's version, verdict and command log, from each attempt's ``evidence["engine"]``
+    (what :meth:`EngineSession.evidence` recorded); nothing for a port cell."""
+    if cv.engine == PORT_ENGINE:
+        return {}
+    version, commands = [], []
+    for a in cv.attempts:
+        ev = (a.get("evidence") or {}).get("engine")
+        ev = ev if isinstance(ev, dict) else {}
+        head = "== attempt %s\n" % a.get("attempt") if len(cv.attempts) > 1 else ""
+        verdict = ev.get("verdict") if isinstance(ev.get("verdict"), dict) else {}
+        version.append(head + "engine: %s\nversion: %s\nverdict: %s%s\n%s" % (
+            ev.get("engine") or cv.engine, ev.get("version") or "(not recorded)",
+            {True: "accepted", False: "refused"}.get(verdict.get("accepted"), "(not recorded)"),
+            " — " + str(verdict["message"]) if verdict.get("message") else "",
+            "unavailable here: %s\n" % ev["unavailable"] if ev.get("unavailable") else ""))
+        lines = []
+        for cmd in ev.get("commands") or []:
+            if not isinstance(cmd, dict):
+                continue
+            lines.append("$ %s   # rc %s, %s s" % (shell_join([str(w) for w in cmd.get("argv") or []]),
+                                                    cmd.get("rc"), cmd.get("seconds")))
+            lines += ["  " + line for line in str(cmd.get("stderr") or "").splitlines()]
+        commands.append(head + ("\n".join(lines) if lines else "(no engine commands recorded)") + "\n")
+    return {"engine/version.txt": "\n".join(version), "engine/commands.txt": "\n".join(commands)}
+
+
 def build_files(rep: RunReport, key: CellKey) -> Tuple[str, Dict[str, str]]:
     cv = rep.cells.get(key)
     if cv is None:
@@ -208,16 +243,17 @@ def build_files(rep: RunReport, key: CellKey) -> Tuple[str, Dict[str, str]]:
         script_argv = script_argv.replace(shell_join([BUNDLE_PROFILES]), '"$(dirname "$0")/%s"' % BUNDLE_PROFILES)
         trust_note = ("# The run had its own filesystem profiles, bundled as %s: their mkfs and mount\n"
                       "# commands run as root. Read that file before running this script.\n" % BUNDLE_PROFILES)
-    files["repro"] = ("#!/bin/sh\n# Re-runs exactly one cell of run %s: kernel %s, profile %s, scenario %s.\n"
+    files["repro"] = ("#!/bin/sh\n# Re-runs exactly one cell of run %s: kernel %s, profile %s, scenario %s, engine %s.\n"
                       "# Bundled outcome: %s (expected %s). Extra arguments go to `overlaylab run`\n"
                       "# (e.g. --reports-dir DIR). `overlaylab repro THIS-BUNDLE` runs it and compares.\n%s"
-                      "exec %s \"$@\"\n" % (rep.run_id, cv.target, cv.profile, cv.scenario, cv.outcome, cv.expected,
+                      "exec %s \"$@\"\n" % (rep.run_id, cv.target, cv.profile, cv.scenario, cv.engine,
+                                            cv.outcome, cv.expected,
                                             trust_note, script_argv))
-    # `overlaylab repro` reads only the fields (kernel, profile, scenario, provider, repeat,
-    # profiles_file) and rebuilds the command from them; "command" is for people.
+    # `overlaylab repro` reads only the fields (kernel, profile, scenario, engine, provider,
+    # repeat, profiles_file) and rebuilds the command from them; "command" is for people.
     files[REPRO_JSON] = json.dumps({"command": shell_join(argv), "run_id": rep.run_id,
                                     "cell": cv.id, "kernel": cv.target, "profile": cv.profile,
-                                    "scenario": cv.scenario, "provider": cell_provider(rep, cv),
+                                    "scenario": cv.scenario, "engine": cv.engine, "provider": cell_provider(rep, cv),
                                     "repeat": len(cv.attempts), "profiles_file": BUNDLE_PROFILES if profiles_src else None,
                                     "outcome": cv.outcome, "outcomes": cv.outcomes,
                                     "expected": cv.expected, "met": cv.met,
@@ -229,6 +265,7 @@ def build_files(rep: RunReport, key: CellKey) -> Tuple[str, Dict[str, str]]:
     files["scenario/evidence.txt"] = "\n\n".join("== %s\n%s" % (t, x) for t, x in evidence_sections(cv.record)) + "\n"
     status = (cv.record.get("evidence") or {}).get("driver_status")
     files["scenario/driver-status.txt"] = (as_text(status) if status else "(no driver status recorded)") + "\n"
+    files.update(_engine_files(cv))
     files["dmesg.txt"] = _dmesg_text(rep, cv)
     files["kernel.txt"] = _kernel_text(rep, cv)
     files.update(_filesystem_files(rep, cv))
@@ -252,12 +289,15 @@ def build_files(rep: RunReport, key: CellKey) -> Tuple[str, Dict[str, str]]:
 _DESCRIBE = {
     "README.txt": "this file",
     "repro": "the one command that re-runs exactly this cell (shell script)",
-    "repro.json": "the cell's fields (kernel, profile, scenario, provider, repeat) and the bundled outcome, for `overlaylab repro`",
+    "repro.json": "the cell's fields (kernel, profile, scenario, engine, provider, repeat) and the bundled outcome, "
+                  "for `overlaylab repro`",
     "profiles.toml": "the run's own --profiles-file (its mkfs commands run as root: read it before use)",
     "cell.json": "the cell's result record(s) as stored in results.jsonl",
     "scenario/log.txt": "the scenario's log lines",
     "scenario/evidence.txt": "error, kernel answer, errno, dmesg, driver log, traceback and other evidence",
     "scenario/driver-status.txt": "the driver's Status() rows",
+    "engine/version.txt": "the engine, its version and its verdict on the backing filesystem",
+    "engine/commands.txt": "the engine's commands as run (argv, exit code, seconds, stderr)",
     "dmesg.txt": "kernel messages during the scenario and during the filesystem's set-up",
     "kernel.txt": "kernel release, uname, overlay/backing-fs config symbols, overlay module parameters",
     "filesystem/recipe.sh": "the commands that really made the backing filesystem (mkfs argv, mount)",
@@ -281,6 +321,7 @@ def _readme(rep: RunReport, cv: CellView, name: str, argv: List[str], files: Dic
              "kernel    %s, release %s" % (cv.target, cv.kernel_release or rep.kernel_release(cv.target)),
              "profile   %s%s" % (cv.profile, " — " + desc if desc else ""),
              "scenario  %s (group %s)" % (cv.scenario, cv.group),
+             "engine    %s" % cv.engine,
              "outcome   %s%s" % (cv.outcome, "" if len(cv.attempts) == 1 else " — " + cv.rate_text()),
              "expected  %s%s" % (cv.expected, " — " + cv.expected_why if cv.expected_why else ""),
              "verdict   %s" % ("as expected" if cv.met else "NOT as expected"),
@@ -307,7 +348,7 @@ def _readme(rep: RunReport, cv: CellView, name: str, argv: List[str], files: Dic
 
 
 def write_bundle(run_path: str, cell: str, output: Optional[str] = None, run: Optional[Run] = None) -> str:
-    """Write the bundle of ``cell`` (KERNEL/PROFILE/SCENARIO) of the run at ``run_path``; return its path."""
+    """Write the bundle of ``cell`` (KERNEL/PROFILE/SCENARIO[/ENGINE]) of the run at ``run_path``; return its path."""
     key = parse_cell_id(cell)
     rep = RunReport.from_run(run if run is not None else load_run(run_path))
     name, files = build_files(rep, key)
@@ -341,7 +382,7 @@ def write_bundle(run_path: str, cell: str, output: Optional[str] = None, run: Op
 #
 # A bundle comes from someone else. `overlaylab repro` never executes a command taken from it:
 # it reads the cell's fields, checks each against what this machine knows (the kernel
-# catalogue, the profiles, the scenario catalogue, the provider registry) and rebuilds the
+# catalogue, the profiles, the scenario catalogue, the engines, the provider registry) and rebuilds the
 # command with cell_run_args(), the same arguments the bundle's `repro` script gives `run`.
 
 MAX_MEMBERS = 200              # a real bundle has ~20 files
@@ -465,7 +506,7 @@ def _parse_spec(path: str, data: bytes) -> Dict[str, Any]:
     missing = [k for k in _REQUIRED_FIELDS if k not in spec]
     if missing:
         raise BundleError("%s: %s lacks %s" % (path, REPRO_JSON, ", ".join(missing)))
-    for key in _REQUIRED_FIELDS + ("provider", "run_id", "cell", "profiles_file"):
+    for key in _REQUIRED_FIELDS + ("provider", "run_id", "cell", "profiles_file", "engine"):
         value = spec.get(key)
         if key in _REQUIRED_FIELDS or value is not None:
             if not isinstance(value, str):
@@ -526,9 +567,12 @@ def read_bundle(path: str, profiles_file: Optional[str] = None, trust_bundle_pro
     _known(path, "kernel", spec["kernel"], kernels, where)
     from ..agent.profiles import ProfileError, default_profiles_path, load_profiles, parse_profiles
     from ..lab.matrix import select_profiles
-    from ..lab.matrix import select_scenarios
+    from ..lab.matrix import select_engines, select_scenarios
     from ..agent.scenario import all_scenarios
     _known(path, "scenario", spec["scenario"], list(all_scenarios()), "the scenario catalogue")
+    from ..agent.engines import engine_names
+    engine = spec.get("engine") or PORT_ENGINE  # bundles written before engines: the port
+    _known(path, "engine", engine, engine_names(), "the engine registry")
     used_profiles: Optional[str] = None
     if profiles_file:
         used_profiles = os.path.abspath(profiles_file)
@@ -570,14 +614,15 @@ def read_bundle(path: str, profiles_file: Optional[str] = None, trust_bundle_pro
         raise BundleError("%s: run_id %r is not a run id" % (path, spec["run_id"]))
     if spec["outcome"] not in ALL_OUTCOMES:
         raise BundleError("%s: outcome %r is not one of %s" % (path, spec["outcome"], ", ".join(ALL_OUTCOMES)))
-    args = cell_run_args(spec["kernel"], spec["profile"], spec["scenario"], provider, spec.get("repeat", 1), used_profiles)
+    args = cell_run_args(spec["kernel"], spec["profile"], spec["scenario"], provider, spec.get("repeat", 1), used_profiles,
+                         engine)
+    cell = cell_id((spec["kernel"], spec["profile"], spec["scenario"], engine))
     # The same selection `run` makes from these arguments must give exactly this one cell.
     if (list(select_profiles(profiles, ["=" + spec["profile"]])) != [spec["profile"]]
-            or list(select_scenarios(["=" + spec["scenario"]])) != [spec["scenario"]]):  # pragma: no cover
-        raise BundleError("%s: %s does not select exactly one cell" % (path, cell_id(
-            (spec["kernel"], spec["profile"], spec["scenario"]))))
-    spec.update(provider=provider, repeat=spec.get("repeat", 1), args=args,
-                cell=cell_id((spec["kernel"], spec["profile"], spec["scenario"])),
+            or list(select_scenarios(["=" + spec["scenario"]])) != [spec["scenario"]]
+            or select_engines([engine]) != [engine]):  # pragma: no cover
+        raise BundleError("%s: %s does not select exactly one cell" % (path, cell))
+    spec.update(provider=provider, repeat=spec.get("repeat", 1), args=args, engine=engine, cell=cell,
                 run_id=spec.get("run_id") or "?")
     return spec
 
@@ -619,7 +664,7 @@ def run_repro(spec: Dict[str, Any], reports_dir: Optional[str] = None, timeout: 
     except (OSError, ValueError) as err:
         result["problem"] = "cannot read the re-run: %s" % err
         return result
-    cv = rep.get(spec["kernel"], spec["profile"], spec["scenario"])
+    cv = rep.get(spec["kernel"], spec["profile"], spec["scenario"], spec.get("engine") or PORT_ENGINE)
     if cv is None:
         result["problem"] = "run %s has no cell %s" % (run_id, spec["cell"])
         return result

@@ -12,6 +12,7 @@ file of known outcomes (TOML, or the same structure as JSON)::
 
     [[cell]]                     # entries are tried in order; the first whose glob matches
     match = "host/btrfs/*"       # KERNEL/PROFILE/SCENARIO (fnmatch: * ? [..]) decides
+                                 # (port cells; KERNEL/PROFILE/SCENARIO/ENGINE for any engine's)
     outcome = "REFUSED"          # or a list of allowed outcomes: ["PASS", "FAIL"] (known flaky)
     why = "Docker 1.10.3 refuses overlay over btrfs"   # optional
     # met = false                # optional: the outcome is known but not the expected one
@@ -43,8 +44,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from ..lab.matrix import is_engine_scenario
 from ..lab.results import load_run, resolve_run_dir
-from .model import BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, CellKey, CellView, RunReport, cell_id, parse_cell_id
+from .model import (BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, PORT_ENGINE, CellKey, CellView, RunReport, cell_id,
+                    parse_cell_id)
 
 try:
     import tomllib  # type: ignore[import-not-found]
@@ -86,6 +89,14 @@ class Entry:
     def exact(self) -> bool:
         return not any(ch in self.match for ch in "*?[")
 
+    def matches(self, key: Sequence[str]) -> bool:
+        """Part by part (a ``*`` never spans a ``/``); three parts (of a match or a key) mean the port."""
+        parts, key = self.match.split("/"), list(key)
+        for form in (parts, key):
+            if len(form) == 3:
+                form.append(PORT_ENGINE)
+        return len(parts) == len(key) == 4 and all(fnmatch.fnmatchcase(k, p) for k, p in zip(key, parts))
+
 
 @dataclass
 class Baseline:
@@ -99,9 +110,8 @@ class Baseline:
     def lookup(self, key: CellKey) -> Optional[BaseCell]:
         if key in self.exact:
             return self.exact[key]
-        text = cell_id(key)
         for entry in self.entries:
-            if fnmatch.fnmatchcase(text, entry.match):
+            if entry.matches(key):
                 return entry.cell
         return None
 
@@ -269,12 +279,14 @@ def compare(base: Baseline, new: RunReport) -> Comparison:
     profiles = set(matrix.get("profiles") or new.profiles())
     scenarios = set(matrix.get("scenarios") or new.scenarios())
     vm_scenarios = set(matrix["vm_scenarios"]) if matrix.get("vm_scenarios") is not None else scenarios
+    engines = set(matrix.get("engines") or ())  # what the engine scenarios ran on
     out_of_scope = 0
     for key in sorted(base.known_keys()):
         if key in new.cells:
             continue
         in_scope = scenarios if key[0] in ("host", "local") else vm_scenarios  # VM kernels skip the scale tier
-        if key[0] in kernels and key[1] in profiles and key[2] in in_scope:
+        if (key[0] in kernels and key[1] in profiles and key[2] in in_scope
+                and key[3] in (engines if is_engine_scenario(key[2]) else {PORT_ENGINE})):
             changes.append(Change(key, "missing", base.lookup(key), None, False))
         else:
             out_of_scope += 1
@@ -329,7 +341,9 @@ def baseline_entries(rep: RunReport) -> List[Tuple[str, Tuple[str, ...], bool, s
 
     Order (first match wins): single cells that are exceptions (flaky, not as expected, or
     unlike their profile), then whole profiles with one outcome, then scenarios with one
-    outcome on every remaining profile, then each remaining profile's usual outcome.
+    outcome on every remaining profile, then each remaining profile's usual outcome. Each
+    kernel and engine is summarised on its own: port cells by 3-part matches, the others' by
+    4-part ones (``host/ext4/*/docker-overlay2``).
     """
     exact: List[Tuple[str, Tuple[str, ...], bool, str]] = []
     uniform: List[Tuple[str, Tuple[str, ...], bool, str]] = []
@@ -340,10 +354,11 @@ def baseline_entries(rep: RunReport) -> List[Tuple[str, Tuple[str, ...], bool, s
         whys = {c.expected_why for c in cells}
         return whys.pop() if len(whys) == 1 else ""
 
-    for t in rep.targets():
+    for t, e in [(t, e) for t in rep.targets() for e in rep.engines()]:
+        suffix = "" if e == PORT_ENGINE else "/" + e
         mixed: Dict[str, List[CellView]] = {}
         for p in rep.profiles():
-            cells = [c for c in rep.cells.values() if c.target == t and c.profile == p]
+            cells = [c for c in rep.cells.values() if c.target == t and c.profile == p and c.engine == e]
             if not cells:
                 continue
             special = [c for c in cells if c.flaky or not c.met]
@@ -354,7 +369,7 @@ def baseline_entries(rep: RunReport) -> List[Tuple[str, Tuple[str, ...], bool, s
             if not rest:
                 continue
             if len({c.outcome for c in rest}) == 1:
-                uniform.append(("%s/%s/*" % (t, p), (rest[0].outcome,), True, why_of(rest)))
+                uniform.append(("%s/%s/*%s" % (t, p, suffix), (rest[0].outcome,), True, why_of(rest)))
             else:
                 mixed[p] = rest
         covered: Set[CellKey] = set()
@@ -366,7 +381,7 @@ def baseline_entries(rep: RunReport) -> List[Tuple[str, Tuple[str, ...], bool, s
                 outcome = cells[0].outcome
                 if all(_majority([x.outcome for x in mixed[c.profile]]) == outcome for c in cells):
                     continue  # every profile's default says so already
-                by_scenario.append(("%s/*/%s" % (t, sid), (outcome,), True, why_of(cells)))
+                by_scenario.append(("%s/*/%s%s" % (t, sid, suffix), (outcome,), True, why_of(cells)))
                 covered.update(c.key for c in cells)
         for p, cells in mixed.items():
             rest = [c for c in cells if c.key not in covered]
@@ -376,14 +391,16 @@ def baseline_entries(rep: RunReport) -> List[Tuple[str, Tuple[str, ...], bool, s
             for c in rest:
                 if c.outcome != default:
                     exact.append((c.id, (c.outcome,), True, c.expected_why))
-            defaults.append(("%s/%s/*" % (t, p), (default,), True, why_of([c for c in rest if c.outcome == default])))
+            defaults.append(("%s/%s/*%s" % (t, p, suffix), (default,), True,
+                             why_of([c for c in rest if c.outcome == default])))
     return exact + uniform + by_scenario + defaults
 
 
 def render_baseline(rep: RunReport, name: Optional[str] = None, description: str = "") -> str:
-    lines = ["# overlaylab baseline: the known outcome of each kernel/profile/scenario cell.",
-             "# Entries are tried in order; the first whose `match` glob (KERNEL/PROFILE/SCENARIO)",
-             "# matches a cell gives its known outcome(s). Made by `overlaylab report RUN --format baseline`;",
+    lines = ["# overlaylab baseline: the known outcome of each kernel/profile/scenario[/engine] cell.",
+             "# Entries are tried in order; the first whose `match` glob (KERNEL/PROFILE/SCENARIO for",
+             "# the port, KERNEL/PROFILE/SCENARIO/ENGINE for another engine) matches a cell gives its",
+             "# known outcome(s). Made by `overlaylab report RUN --format baseline`;",
              "# edit freely (a list of outcomes marks a cell known to be flaky).",
              "schema = %d" % BASELINE_SCHEMA,
              "name = %s" % _toml_str(name or "baseline of run %s" % rep.run_id)]

@@ -63,6 +63,9 @@ USAGE_CASES = [
     (["-j", "-3"], "-3 is not in the range x>=1"),
     (["--repeat", "0"], "0 is not in the range x>=1"),
     (["--provider", "qemuu"], "(did you mean qemu?)"),
+    (["--engine", "dokcer"], "--engine 'dokcer': 'dokcer' at column 1 matches no engine (did you mean docker?)"),
+    (["--engine", "docker and fuse"], "--engine 'docker and fuse': matches no engine (have: port, "),
+    (["--engine", "port", "--engine", "docker-overlay3"], "matches no engine (did you mean docker-overlay"),
     (["--bogus"], "No such option '--bogus'"),
 ]
 

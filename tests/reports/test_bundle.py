@@ -12,6 +12,7 @@ from overlaylab.lab.results import load_run
 from overlaylab.reports import RunReport
 
 from .conftest import cli, run_dir_of
+from .engine_runs import ENGINE, with_engine_cells
 
 CELL = "host/tmpfs/mount-label"   # FAIL as expected here: no SELinux, the kernel rejects context=
 
@@ -102,3 +103,34 @@ def test_bundle_of_an_unknown_cell_is_a_clear_error(lab, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     res = cli(["bundle", lab.plain, "host/driver-init"])
     assert res.returncode == 2 and "KERNEL/PROFILE/SCENARIO" in res.stderr
+
+
+def test_bundle_of_an_engine_cell_holds_its_engine_and_reruns_only_it(lab, tmp_path):
+    run = with_engine_cells(lab.plain, str(tmp_path / "reports"), "20260101-000000-eng3")
+    cell = "host/tmpfs/driver-init/" + ENGINE
+    res = cli(["bundle", run, cell, "-o", str(tmp_path)])
+    assert res.returncode == 0, res.stderr
+    top = "overlaylab-bundle-20260101-000000-eng3-host-tmpfs-driver-init-" + ENGINE
+    assert res.stdout.strip() == str(tmp_path / (top + ".tar.gz"))
+    with tarfile.open(res.stdout.strip()) as tar:
+        tar.extractall(str(tmp_path / "x"))
+    d = tmp_path / "x" / top
+    spec = json.loads((d / "repro.json").read_text())
+    assert spec["engine"] == ENGINE and spec["cell"] == cell
+    version = (d / "engine" / "version.txt").read_text()
+    assert "engine: %s" % ENGINE in version and "version: 20.10.24+dfsg1" in version and "verdict: accepted" in version
+    commands = (d / "engine" / "commands.txt").read_text()
+    assert "$ docker -H unix:///x/docker.sock create img   # rc 0, 0.2 s" in commands and "a warning of dockerd" in commands
+    readme = (d / "README.txt").read_text()
+    assert "engine    %s" % ENGINE in readme and "engine/commands.txt" in readme
+    assert "-k =driver-init --engine %s \"$@\"" % ENGINE in (d / "repro").read_text()
+    dry = cli(["repro", str(d), "--dry-run"])
+    assert dry.returncode == 0, dry.stderr
+    assert shlex.split(dry.stdout)[3:] == ["run", "--provider", "local", "-K", "host", "-p", "=tmpfs",
+                                           "-k", "=driver-init", "--engine", ENGINE]
+    # the port's twin of that cell: no engine files, no --engine (old bundles read the same)
+    port = cli(["bundle", run, "host/tmpfs/driver-init", "-o", str(tmp_path / "port.tar.gz")])
+    with tarfile.open(port.stdout.strip()) as tar:
+        names = tar.getnames()
+    assert not [n for n in names if "/engine/" in n]
+    assert shlex.split(cli(["repro", port.stdout.strip(), "--dry-run"]).stdout)[-1] == "=driver-init"

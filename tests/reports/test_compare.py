@@ -10,6 +10,7 @@ from overlaylab.reports import RunReport
 from overlaylab.reports.compare import compare, load_baseline, render_baseline
 
 from .conftest import CHECKED_IN_BASELINE, PROFILES, SCENARIOS, cli, copy_run, run_dir_of
+from .engine_runs import ENGINE, with_engine_cells
 
 # A baseline that differs from what this machine really gives in known cells:
 #   tmpfs/mount-label    really FAIL (no SELinux)   baseline PASS     -> newly failing (REGRESSION)
@@ -154,3 +155,36 @@ def test_history_shows_how_a_cell_moved(lab, tmp_path):
     assert res.returncode == 0 and "== host/btrfs/driver-init" in res.stdout and "== host/btrfs/mount-label" in res.stdout
     assert os.path.basename(lab.plain) in res.stdout and os.path.basename(lab.repeat) in res.stdout
     assert os.path.exists(os.path.join(lab.reports, "index.sqlite"))
+
+
+def _docker_differs(rec):
+    """Docker's overlay2 accepts btrfs, which the port refuses: its cells there PASS."""
+    if rec["profile"] == "btrfs":
+        rec.update(outcome="PASS", expected="PASS", met=True, expected_why="")
+
+
+def test_baseline_round_trip_with_engine_cells(lab, tmp_path):
+    """Engine cells are compared by their 4-part key; --format baseline writes 4-part matches for
+    them and 3-part ones for the port, and a 3-part match never covers another engine's cell."""
+    reports = str(tmp_path / "reports")
+    run = with_engine_cells(lab.plain, reports, "20260101-000000-eng1", _docker_differs)
+    rep = RunReport.from_run(load_run(run))
+    assert len(rep.cells) == 12 and rep.engines() == ["port", ENGINE]
+    res = cli(["report", run, "--format", "baseline", "-o", str(tmp_path / "e.toml")])
+    assert res.returncode == 0, res.stderr
+    base = load_baseline(str(tmp_path / "e.toml"))
+    matches = [e.match for e in base.entries]
+    assert "host/btrfs/*/%s" % ENGINE in matches and "host/btrfs/*" in matches
+    assert all(m.count("/") == 3 and m.endswith("/" + ENGINE) for m in matches if m.count("/") == 3)
+    cmp = compare(base, rep)
+    assert cmp.counts()["same"] == 12 and not cmp.regressions
+    assert base.lookup(("host", "btrfs", "driver-init", ENGINE)).outcomes == ("PASS",)
+    assert base.lookup(("host", "btrfs", "driver-init", "port")).outcomes == ("REFUSED",)
+    # a port-only baseline (3-part matches) knows none of the engine cells: they are new
+    port_only = compare(load_baseline(CHECKED_IN_BASELINE), rep)
+    assert {c.id for c in port_only.of_kind("new")} == {cv.id for cv in rep.cells.values() if cv.engine == ENGINE}
+    # an engine cell that regresses is named by its 4-part id; its port twin is untouched
+    worse = RunReport.from_run(load_run(with_engine_cells(lab.plain, reports, "20260101-000000-eng2", lambda rec: (
+        _docker_differs(rec), rec.update(outcome="FAIL", met=False) if rec["scenario"] == "driver-init" else None))))
+    assert {c.id for c in compare(base, worse).regressions} == {
+        "host/tmpfs/driver-init/" + ENGINE, "host/btrfs/driver-init/" + ENGINE}

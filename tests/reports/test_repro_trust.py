@@ -104,6 +104,21 @@ def test_repeat_and_provider_come_from_the_fields(tmp_path):
     ctx = run_cmd.make_context("run", shlex.split(res.stdout)[4:])
     assert ctx.params["kernels"] == ("host",) and ctx.params["profile_exprs"] == ("=tmpfs",)
     assert ctx.params["scenario_exprs"] == ("=driver-init",) and ctx.params["repeat"] == 3
+    assert ctx.params["engine_exprs"] == ()  # a bundle without an engine field is the port's
+
+
+def test_an_engine_comes_from_its_field(tmp_path):
+    """The engine of a bundle's cell is checked against the registry and given to run as
+    --engine: that run's selection is the one engine."""
+    from overlaylab.cli.lab import run_cmd
+    from overlaylab.lab.matrix import select_engines
+    path = bundle(tmp_path / "e.tar.gz", spec(engine="docker-overlay", cell="host/tmpfs/driver-init/docker-overlay"))
+    res = cli(["repro", path, "--dry-run"])
+    assert res.returncode == 0, res.stderr
+    args = shlex.split(res.stdout)[4:]
+    assert args[-2:] == ["--engine", "docker-overlay"]
+    ctx = run_cmd.make_context("run", args)
+    assert select_engines(ctx.params["engine_exprs"]) == ["docker-overlay"]
 
 
 def _fifo():
@@ -127,6 +142,10 @@ MALFORMED = {
     "expression-as-profile": (lambda p: bundle(p, spec(profile="tmpfs or btrfs")), ["profile 'tmpfs or btrfs' is not a name"]),
     "unknown-scenario": (lambda p: bundle(p, spec(scenario="rm-rf")), ["unknown scenario 'rm-rf'"]),
     "unknown-provider": (lambda p: bundle(p, spec(provider="docker")), ["unknown provider 'docker'"]),
+    "unknown-engine": (lambda p: bundle(p, spec(engine="docker-overlay3")),
+                       ["unknown engine 'docker-overlay3' in the engine registry", "did you mean docker-overlay"]),
+    "engine-not-a-string": (lambda p: bundle(p, spec(engine=["port"])), ["'engine' is a list"]),
+    "expression-as-engine": (lambda p: bundle(p, spec(engine="not fuse")), ["engine 'not fuse' is not a name"]),
     "escapes-in-run-id": (lambda p: bundle(p, spec(run_id="x\x1b]0;owned\x07\nREPRODUCED")), ["run_id 'x\\x1b]0;owned"]),
     "unknown-outcome": (lambda p: bundle(p, spec(outcome="MAYBE")), ["outcome 'MAYBE'"]),
     "no-repro-json": (lambda p: write_tar(p, [member(TOP + "/README.txt", b"hi")]), ["no repro.json"]),

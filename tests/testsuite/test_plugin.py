@@ -3,6 +3,7 @@ outcomes map as in ``overlaylab run``'s JUnit, its JUnit carries the same proper
 default profiles are the CLI's (all of them)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -10,18 +11,22 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from overlaylab.agent.engines import engine_names
 from overlaylab.agent.profiles import load_profiles
+from overlaylab.lab.matrix import Matrix
 from overlaylab.agent.scenario import all_scenarios
 from overlaylab.testsuite.plugin import cell_properties, report_cell
+
+from ..throwaway_engine import THROWAWAY, site_dir
 
 RUN_JUNIT_PROPERTIES = ["kernel", "kernel_release", "profile", "scenario", "group", "outcome", "expected",
                         "expected_why", "met", "provider"]
 
 
-def _pytest(tmp_path, *args, timeout=300):
+def _pytest(tmp_path, *args, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "overlaylab.testsuite", "--hosts=local://",
                            "-p", "no:cacheprovider", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=str(tmp_path))
+                          cwd=str(tmp_path), env=env)
 
 
 def test_catalogue_outcomes_map_as_in_run_junit(tmp_path):
@@ -72,6 +77,21 @@ def test_default_profiles_are_the_clis(tmp_path):
     res = _pytest(tmp_path, "--collect-only", "-q")
     assert res.returncode == 0, res.stdout + res.stderr
     ids = [line for line in res.stdout.splitlines() if "::test_cell_meets_expectation[" in line]
-    assert len(ids) == len(load_profiles()) * len(all_scenarios())
+    every = Matrix(["host"], load_profiles(), all_scenarios(), engines=engine_names())  # the CLI's default
+    assert len(ids) == every.cell_count == len(load_profiles()) * len(every.runs_for("host"))
     for name in load_profiles():
         assert any("[%s-driver-init-local]" % name in i for i in ids), name
+
+
+def test_engine_cells_get_their_own_test_ids(tmp_path):
+    """An engine scenario is one test per engine (PROFILE-SCENARIO-ENGINE); the port's scenarios
+    keep their ids; --lab-engines selects as run --engine, a typo in it is a usage error."""
+    env = dict(os.environ, PYTHONPATH=site_dir(str(tmp_path)))
+    res = _pytest(tmp_path, "--collect-only", "-q", "--lab-profiles", "=tmpfs", "--lab-engines", "docker*",
+                  "-k", "driver-init or %s" % THROWAWAY, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ids = sorted(re.findall(r"test_cell_meets_expectation\[(.*)-local\]", res.stdout))
+    assert ids == ["tmpfs-driver-init", "tmpfs-%s-docker-overlay" % THROWAWAY, "tmpfs-%s-docker-overlay2" % THROWAWAY]
+    bad = _pytest(tmp_path, "--collect-only", "-q", "--lab-engines", "dokcer", env=env)
+    assert bad.returncode != 0 and "--lab-engines 'dokcer'" in bad.stdout + bad.stderr
+    assert "did you mean docker?" in bad.stdout + bad.stderr
