@@ -69,24 +69,24 @@ def kernel_overlay(facts: Facts) -> bool:
 ExtraExpect = Callable[[Facts], Optional[Expectation]]
 
 
-def expect_engine(mounts: bool = True, container_whiteouts: bool = False, image_whiteouts: bool = False,
-                  extra: Optional[ExtraExpect] = None):
+def expect_engine(image_whiteouts: bool = False, extra: Optional[ExtraExpect] = None):
     """An ``expect=`` function: REFUSED where the engine refused the fs (its words); FAIL where
-    a container is mounted by the kernel on an fs it refuses as upperdir, or whiteouts must be
-    hidden without d_type (moby#22937: a container's deletions, and for stacked engines the
-    image's too); then ``extra``; else PASS."""
+    a container is mounted (``needs_mount``) by the kernel on an fs it refuses as upperdir, or
+    whiteouts must be hidden without d_type (moby#22937: a container's deletions,
+    ``needs_dtype``, and for stacked engines an image's, ``image_whiteouts``); then ``extra``;
+    else PASS."""
     def expect(sc, facts: Facts) -> Expectation:
         accepted, message = verdict_of(facts)
         name = engine_of(facts)
         if not accepted:
             return Expectation(Outcome.REFUSED, "%s refuses %s: %s" % (name, facts.fs_name, message))
         kernel = kernel_overlay(facts)
-        if mounts and kernel and facts.get("upperdir") is False:
+        if sc.needs_mount and kernel and facts.get("upperdir") is False:
             return Expectation(Outcome.FAIL, "the kernel refuses %s as overlay upperdir" % facts.fs_name)
         stacked = name in STACKED_LAYERS
-        if kernel and facts.get("d_type") is False and (container_whiteouts or (image_whiteouts and stacked)):
+        if kernel and facts.get("d_type") is False and (sc.needs_dtype or (image_whiteouts and stacked)):
             return Expectation(Outcome.FAIL, "no d_type: overlay cannot hide %s whiteouts in readdir (moby#22937)"
-                               % ("the container's" if container_whiteouts else "the image layers'"))
+                               % ("the container's" if sc.needs_dtype else "the image layers'"))
         other = extra(facts) if extra else None
         return other or Expectation(Outcome.PASS)
     return expect
@@ -166,7 +166,7 @@ def engine_verdict(ctx: ScenarioContext) -> None:
 # image-whiteouts -------------------------------------------------------------------------------
 
 @scenario("image-whiteouts", "An image whose upper layers delete a file and a dir (whiteouts), hide a dir's old entries (opaque) and re-add a file shows the result in a container",
-          "moby pkg/archive whiteouts.go (.wh. and .wh..wh..opq); kernel Documentation/filesystems/overlayfs.rst 'whiteouts and opaque directories'; moby#22937",
+          "moby pkg/archive whiteouts.go (.wh. and .wh..wh..opq); https://docs.kernel.org/filesystems/overlayfs.html (whiteouts and opaque directories); moby#22937",
           ENGINE_GROUP, expect=expect_engine(image_whiteouts=True), timeout=60)
 def image_whiteouts(ctx: ScenarioContext) -> None:
     session = ctx.engine
@@ -193,8 +193,8 @@ def image_whiteouts(ctx: ScenarioContext) -> None:
 # delete-in-container ---------------------------------------------------------------------------
 
 @scenario("delete-in-container", "Deleting image files and a dir in a container hides them from readdir and stat; a dir deleted and made again shows only its new entries",
-          "no d_type: deleted files stay listed (moby#22937, moby#10294); kernel Documentation/filesystems/overlayfs.rst 'whiteouts and opaque directories'",
-          ENGINE_GROUP, expect=expect_engine(container_whiteouts=True), timeout=60)
+          "no d_type: deleted files stay listed (moby#22937, moby#10294); https://docs.kernel.org/filesystems/overlayfs.html (whiteouts and opaque directories)",
+          ENGINE_GROUP, expect=expect_engine(), needs_dtype=True, timeout=60)
 def delete_in_container(ctx: ScenarioContext) -> None:
     session = ctx.engine
     image = pull(ctx, LayerTar().dir(OWN).file(OWN + "/f", b"f").file(OWN + "/g", b"g")
@@ -234,7 +234,7 @@ def _expect_rename(facts: Facts) -> Optional[Expectation]:
 
 
 @scenario("rename-image-dir", "Renaming an image directory in a container (rename(2)) moves it with its files (EXDEV where the kernel's overlay redirect_dir is off)",
-          "moby#25409 (EXDEV 'Invalid cross-device link'); kernel Documentation/filesystems/overlayfs.rst 'Renaming directories' (redirect_dir)",
+          "moby#25409 (EXDEV 'Invalid cross-device link'); https://docs.kernel.org/filesystems/overlayfs.html (renaming directories, redirect_dir)",
           ENGINE_GROUP, expect=expect_engine(extra=_expect_rename), timeout=60)
 def rename_image_dir(ctx: ScenarioContext) -> None:
     session = ctx.engine
@@ -259,7 +259,7 @@ def rename_image_dir(ctx: ScenarioContext) -> None:
 # hardlinks-pulled ------------------------------------------------------------------------------
 
 @scenario("hardlinks-pulled", "Three names of one file in an image layer are still one inode in a container, also under a later layer",
-          "moby pkg/archive archive.go createTarFile (TypeLink); moby v1.10.3 overlay copy.go copyDir (hard-link copy of the parent); kernel Documentation/filesystems/overlayfs.rst 'Inode properties'",
+          "moby pkg/archive archive.go createTarFile (TypeLink); moby v1.10.3 overlay copy.go copyDir, the parent's hard-link copy (docs/reference-behaviour.md#copydir-quirks); https://docs.kernel.org/filesystems/overlayfs.html (inode properties)",
           ENGINE_GROUP, expect=expect_engine(), timeout=60)
 def hardlinks_pulled(ctx: ScenarioContext) -> None:
     session = ctx.engine
@@ -289,7 +289,7 @@ def _expect_xattrs(facts: Facts) -> Optional[Expectation]:
 
 
 @scenario("xattrs-pulled", "A user.* xattr and a security.capability (CAP_NET_RAW) from an image layer read back through a container",
-          "moby pkg/archive archive.go createTarFile (SCHILY.xattr PAX records, Lsetxattr); moby v1.10.3 overlay copy.go copyXattr; kernel Documentation/filesystems/overlayfs.rst 'Permission model'",
+          "moby pkg/archive archive.go createTarFile (SCHILY.xattr PAX records, Lsetxattr; docs/reference-behaviour.md#the-tar-layer); moby v1.10.3 overlay copy.go copyXattr; https://docs.kernel.org/filesystems/overlayfs.html (permission model)",
           ENGINE_GROUP, expect=expect_engine(extra=_expect_xattrs), timeout=60)
 def xattrs_pulled(ctx: ScenarioContext) -> None:
     if ctx.facts.get("xattr_user") is False:
@@ -317,7 +317,7 @@ def xattrs_pulled(ctx: ScenarioContext) -> None:
 # copy-up-isolation ----------------------------------------------------------------------------
 
 @scenario("copy-up-isolation", "A container's writes to image files (content, mode) stay in it: a second container on the image sees the originals",
-          "kernel Documentation/filesystems/overlayfs.rst 'Non-directories' (copy up); moby v1.12 daemon/graphdriver/graphtest DriverTestCreateSnap",
+          "https://docs.kernel.org/filesystems/overlayfs.html (non-directories: copy up); moby v1.12 daemon/graphdriver/graphtest DriverTestCreateSnap (docs/reference-behaviour.md#graphtest)",
           ENGINE_GROUP, expect=expect_engine(), timeout=60)
 def copy_up_isolation(ctx: ScenarioContext) -> None:
     session = ctx.engine
@@ -369,8 +369,8 @@ WORK_CHANGES = [("C", "/lab"), ("D", "/lab/gone"), ("C", "/lab/mod"), ("A", "/la
 
 
 @scenario("container-changes", "The changes of a container that added, changed and deleted files and a dir are listed as docker diff lists them (A/C/D)",
-          "moby pkg/archive changes.go ChangesDirs and addChanges (parent dirs reported C); moby v1.10.3 daemon/graphdriver/fsdiff.go Changes; docker diff",
-          ENGINE_GROUP, expect=expect_engine(container_whiteouts=True), timeout=60)
+          "moby pkg/archive changes.go ChangesDirs and addChanges (parent dirs reported C); moby v1.10.3 daemon/graphdriver/fsdiff.go Changes (docs/reference-behaviour.md#naivediff); docker diff",
+          ENGINE_GROUP, expect=expect_engine(), needs_dtype=True, timeout=60)
 def container_changes(ctx: ScenarioContext) -> None:
     session = ctx.engine
     image, ctr = _container_work(ctx)
@@ -390,8 +390,8 @@ def _member_name(info: tarfile.TarInfo) -> str:
 
 
 @scenario("exported-diff", "A container's exported diff holds what it added and changed, and an AUFS whiteout for each deletion (none for the image's untouched files)",
-          "moby pkg/archive archive.go ExportChanges (.wh. whiteouts); moby v1.10.3 daemon/graphdriver/fsdiff.go Diff; moby daemon/graphdriver/overlay2 Diff",
-          ENGINE_GROUP, expect=expect_engine(container_whiteouts=True), timeout=60)
+          "moby pkg/archive archive.go ExportChanges (.wh. whiteouts, docs/reference-behaviour.md#whiteouts); moby v1.10.3 daemon/graphdriver/fsdiff.go Diff; moby daemon/graphdriver/overlay2 Diff",
+          ENGINE_GROUP, expect=expect_engine(), needs_dtype=True, timeout=60)
 def exported_diff(ctx: ScenarioContext) -> None:
     session = ctx.engine
     image, ctr = _container_work(ctx)
@@ -464,8 +464,8 @@ def _base_layer() -> LayerTar:
 
 
 @scenario("out-of-space", "Pulling an image whose second layer is bigger than the free space fails cleanly ('no space left on device'), gives the space back, and the engine pulls again",
-          "moby pkg/archive ApplyLayer errors, moby layer/layer_store.go Register (failed layer removed); moby v1.10.3 overlay.go ApplyDiff (tmproot removed on error)",
-          ENGINE_GROUP, expect=expect_engine(mounts=False), timeout=120, tags=("scale",))
+          "moby layer/layer_store.go Register (a failed layer is removed); moby v1.10.3 overlay.go ApplyDiff, tmproot removed on error (docs/reference-behaviour.md#applydiff)",
+          ENGINE_GROUP, expect=expect_engine(), needs_mount=False, timeout=120, tags=("scale",))
 def out_of_space(ctx: ScenarioContext) -> None:
     session = ctx.engine
     fs = ctx.backing_dir
@@ -524,7 +524,7 @@ def _expect_inodes(facts: Facts) -> Optional[Expectation]:
 
 @scenario("out-of-inodes", "With the inodes (nearly) all used, pulling an image whose second layer has 200 files fails cleanly ('no space left on device'), and the engine pulls again once they are freed",
           "inode exhaustion: ENOSPC with free blocks (moby#17486, coreos/bugs#264); moby layer/layer_store.go Register (failed layer removed)",
-          ENGINE_GROUP, expect=expect_engine(mounts=False, extra=_expect_inodes), timeout=120, tags=("scale", "inodes"))
+          ENGINE_GROUP, expect=expect_engine(extra=_expect_inodes), needs_mount=False, timeout=120, tags=("scale", "inodes"))
 def out_of_inodes(ctx: ScenarioContext) -> None:
     session = ctx.engine
     fs = ctx.backing_dir
@@ -577,7 +577,7 @@ def _mounts_under(path: str) -> int:
 
 
 @scenario("remove-mounted-container", "Removing a container while its rootfs is mounted is refused or done without harm: the image stays intact and nothing stays mounted",
-          "moby v1.10.3 overlay.go (*Driver).Remove (no unmount: EBUSY); moby daemon/delete.go (rm of a running container needs -f); containers/storage layers.go Delete (unmounts first)",
+          "moby v1.10.3 overlay.go (*Driver).Remove, no unmount: EBUSY (docs/reference-behaviour.md#put-remove-status); moby daemon/delete.go (rm of a running container needs -f); containers/storage layers.go Delete (unmounts first)",
           ENGINE_GROUP, expect=expect_engine(), timeout=60)
 def remove_mounted_container(ctx: ScenarioContext) -> None:
     session = ctx.engine
