@@ -40,11 +40,14 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
                           expected_why=expected.why, met=outcome == expected.outcome, error=error,
                           evidence=evidence, engine=engine_name)
 
+    def unsupported(sc: Scenario, why: str) -> CellRecord:
+        return cell(sc, Outcome.UNSUPPORTED, Expectation(Outcome.UNSUPPORTED, "%s cannot run here" % engine_name),
+                    why, {"engine": {"engine": engine_name, "unavailable": why}})
+
     why = engine.unavailable()
     if why:
         for sc in scenarios:
-            yield cell(sc, Outcome.UNSUPPORTED, Expectation(Outcome.UNSUPPORTED, "%s cannot run here" % engine_name),
-                       why, {"engine": {"engine": engine_name, "unavailable": why}})
+            yield unsupported(sc, why)
         return
     done = set()
     workdir = tempfile.mkdtemp(prefix="engine-%s." % engine_name, dir=scratch_root)
@@ -69,15 +72,15 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
         if not left:  # the engine failed to stop: not hidden behind cells that are all out
             raise
         unstarted = Facts(dict(facts, engine=engine_name))
+        trace = traceback.format_exc(limit=8)
         for sc in left:
             if isinstance(err, EngineUnavailable):  # found out only when starting (no /dev/fuse, no cgroups)
-                yield cell(sc, Outcome.UNSUPPORTED, Expectation(Outcome.UNSUPPORTED, "%s cannot run here" % engine_name),
-                           str(err), {"engine": {"engine": engine_name, "unavailable": str(err)}})
+                yield unsupported(sc, str(err))
             elif isinstance(err, EngineError):  # it would not start: the engine misbehaved
                 yield cell(sc, Outcome.FAIL, sc.expect(unstarted), str(err),
                            {"engine": {"engine": engine_name, "version": engine.version(), "error": err.evidence}})
             else:  # the lab's own failure
                 yield cell(sc, Outcome.ERROR, sc.expect(unstarted), "%s: %s" % (type(err).__name__, err),
-                           {"engine": {"engine": engine_name}, "traceback": traceback.format_exc(limit=8)})
+                           {"engine": {"engine": engine_name}, "traceback": trace})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -7,6 +7,7 @@ an engine whose program is missing gives UNSUPPORTED cells with the reason.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -189,20 +190,61 @@ class MissingProgramEngine(Engine):
     package = "overlaylab-nothing"
 
 
+class NoFuseEngine(Engine):
+    """Installed, but finds out only when starting that it cannot run (like fuse-overlayfs without /dev/fuse)."""
+    name = "no-fuse"
+
+    @contextlib.contextmanager
+    def open(self, backing_dir, workdir):
+        raise EngineUnavailable("/dev/fuse is missing")
+        yield
+
+
+class BrokenStartEngine(Engine):
+    """Its daemon dies while starting: the engine misbehaved."""
+    name = "broken-start"
+
+    @contextlib.contextmanager
+    def open(self, backing_dir, workdir):
+        raise EngineError("dockerd exited 1: failed to start daemon", {"rc": 1})
+        yield
+
+
 @pytest.fixture
-def missing_engine(monkeypatch):
-    module = types.ModuleType("overlaylab.agent.engines.missing_for_test")
-    module.MissingProgramEngine = MissingProgramEngine  # type: ignore[attr-defined]
+def register_engine(monkeypatch):
+    """``register_engine(cls)``: the engine table knows ``cls`` for this test only."""
+    module = types.ModuleType("overlaylab.agent.engines.engines_for_test")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(ENGINES, "missing-program", "missing_for_test:MissingProgramEngine")
-    return "missing-program"
+
+    def register(cls):
+        setattr(module, cls.__name__, cls)
+        monkeypatch.setitem(ENGINES, cls.name, "engines_for_test:%s" % cls.__name__)
+        return cls.name
+    return register
 
 
-def test_an_engine_whose_program_is_missing_gives_unsupported_cells_with_the_reason(missing_engine, short_dir):
+def test_an_engine_whose_program_is_missing_gives_unsupported_cells_with_the_reason(register_engine, short_dir):
+    name = register_engine(MissingProgramEngine)
     facts = Facts({"profile": "tmpfs", "engine_verdict": {"accepted": True}})
-    cells = list(run_engine_cells(missing_engine, engine_scenarios(), short_dir, facts, short_dir))
+    cells = list(run_engine_cells(name, engine_scenarios(), short_dir, facts, short_dir))
     assert len(cells) == len(engine_scenarios())
     for cell in cells:
-        assert (cell.outcome, cell.expected, cell.met, cell.engine) == ("UNSUPPORTED", "UNSUPPORTED", True, missing_engine)
+        assert (cell.outcome, cell.expected, cell.met, cell.engine) == ("UNSUPPORTED", "UNSUPPORTED", True, name)
         assert cell.error == "overlaylab-no-such-program is not installed (Debian package overlaylab-nothing)"
+    assert os.listdir(short_dir) == []
+
+
+@pytest.mark.parametrize("cls, outcome, error", [
+    (NoFuseEngine, "UNSUPPORTED", "/dev/fuse is missing"),
+    (BrokenStartEngine, "FAIL", "dockerd exited 1: failed to start daemon"),
+])
+def test_an_engine_that_cannot_start_gives_cells_with_its_reason(register_engine, short_dir, cls, outcome, error):
+    name = register_engine(cls)
+    cells = list(run_engine_cells(name, engine_scenarios(), short_dir, Facts({"profile": "tmpfs"}), short_dir))
+    assert [(c.outcome, c.error) for c in cells] == [(outcome, error)] * len(engine_scenarios())
+    assert all(c.met == (c.expected == outcome) for c in cells)
+    if outcome == "UNSUPPORTED":  # the engine's absence is expected; a start that fails is not
+        assert all(c.met for c in cells)
+    else:
+        assert not cells[0].met and cells[0].evidence["engine"]["error"] == {"rc": 1}
     assert os.listdir(short_dir) == []
