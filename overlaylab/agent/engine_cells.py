@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from .engines import get_engine
 from .engines.base import EngineError, EngineSession, EngineUnavailable
 from .records import CellRecord, Outcome
-from .scenario import Expectation, Facts, Scenario, engine_evidence, run_scenario
+from .scenario import Expectation, Facts, Scenario, run_scenario
 
 
 def engine_facts(facts: Mapping[str, Any], session: EngineSession) -> Facts:
@@ -56,14 +56,10 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
         with engine.open(backing_dir, workdir) as session:
             opened = round(time.monotonic() - started, 3)
             efacts = engine_facts(facts, session)
-            for sc in scenarios:
-                if session.verdict.accepted:
-                    rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
-                                       engine=session).to_record(profile, sc.id, sc.group)
-                    rec.engine = engine_name
-                else:  # nothing to run: every cell is the verdict
-                    rec = cell(sc, Outcome.REFUSED, sc.expect(efacts), session.verdict.message,
-                               {"engine": engine_evidence(session)})
+            for sc in scenarios:  # where the engine refused the fs, each cell is its verdict
+                rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
+                                   engine=session).to_record(profile, sc.id, sc.group)
+                rec.engine = engine_name
                 rec.evidence["engine"]["open_seconds"] = opened
                 done.add(sc.id)
                 yield rec

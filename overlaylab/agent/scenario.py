@@ -255,10 +255,8 @@ def classify(err: BaseException) -> Outcome:
         return Outcome.UNSUPPORTED
     if is_sentinel(err) or isinstance(err, EngineRefused):
         return Outcome.REFUSED
-    if isinstance(err, EngineError):
-        return Outcome.FAIL  # the engine (or the kernel under it) did not do what it should
-    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError, GoError)):
-        return Outcome.FAIL  # the driver (or the kernel under it) did not do what it should
+    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError, GoError, EngineError)):
+        return Outcome.FAIL  # the driver or engine (or the kernel under it) did not do what it should
     try:
         from ..archive import ArchiveError
         if isinstance(err, ArchiveError):
@@ -275,7 +273,8 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
 
     An ``engine``-group scenario works through ``engine`` (a session whose facts, see
     :func:`overlaylab.agent.engine_cells.engine_facts`, are in ``facts``); given none, it runs
-    on the port, opened for this one scenario."""
+    on the port, opened for this one scenario. Where the engine refused the backing fs, the
+    cell is REFUSED with its verdict and the scenario does not run."""
     if sc.group == ENGINE_GROUP and engine is None:
         from .engine_cells import engine_facts
         from .engines import get_engine
@@ -292,6 +291,8 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
             old_umask = os.umask(0o022)  # the daemon's umask
             start = time.monotonic()
             try:
+                if engine is not None and not engine.verdict.accepted:
+                    raise EngineRefused(engine.verdict.message)
                 with _time_limit(sc.timeout):
                     sc.func(ctx)
                 outcome = Outcome.PASS
