@@ -2,10 +2,11 @@
 
 ``python -m overlaylab.agent probe-target``
     one ``target`` record: kernel release, overlay config, /proc/filesystems, module parameters.
-``python -m overlaylab.agent run --profile NAME [--device DEV] [--scenario ID ...]``
+``python -m overlaylab.agent run --profile NAME [--device DEV] [--scenario ID ...] [--engine NAME ...]``
     makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
     asks the driver's Init for its verdict, then runs each scenario and prints one ``cell``
-    record per scenario as soon as it finishes; ends with a ``done`` record.
+    record per scenario as soon as it finishes; ends with a ``done`` record. The port's own
+    scenarios run on the port; the ``engine`` group runs once per engine (default: the port).
 
 Every record is flushed as it is written, so a runner that has to kill a hung agent still has
 the cells that finished.
@@ -22,16 +23,18 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import cleanup as cleanup_mod
 from . import probes as probe_mod
 from .backingfs import BackingFsUnavailable, make_backing_fs
+from .engine_cells import run_engine_cells
+from .engines import DEFAULT_ENGINE, ENGINES
 from .profiles import load_profiles, parse_profiles
-from .scenario import Expectation, Facts, Outcome, all_scenarios, run_scenario
+from .scenario import ENGINE_GROUP, Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .shell import KernelLogCursor
 from ..mountutil import mounts_under
-from .records import CellRecord, ProfileRecord, TargetRecord
+from .records import PORT_ENGINE, CellRecord, ProfileRecord, TargetRecord
 
 
 def emit(record: Any) -> None:
@@ -136,18 +139,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         emit({"record": "error", "error": "unknown scenario(s): %s" % ", ".join(unknown)})
         return 2
+    engines = args.engine or [DEFAULT_ENGINE]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        emit({"record": "error", "error": "unknown engine(s) %s (have: %s)" % (", ".join(unknown), ", ".join(ENGINES))})
+        return 2
     devices = _devices(args)
     # The runner has probed this kernel already (probe-target) and hands its facts on;
     # probing again would cost seconds per agent in a TCG guest.
     target = _target_facts(args) or probe_mod.run_target_probes()
     for name in args.profile:
-        run_profile(profiles[name], devices.get(name), wanted, catalogue, target, args.workdir)
+        run_profile(profiles[name], devices.get(name), wanted, catalogue, target, args.workdir,
+                    list(dict.fromkeys(engines)))
     return 0
 
 
 def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, target_probes,
-                workdir: Optional[str]) -> None:
-    """Make one profile's backing fs, probe it, run the scenarios; records go to stdout."""
+                workdir: Optional[str], engines: Sequence[str] = (DEFAULT_ENGINE,)) -> None:
+    """Make one profile's backing fs, probe it, run the scenarios; records go to stdout.
+
+    The port's own scenarios run when the port is among ``engines``; the ``engine`` group runs
+    on each of ``engines``."""
+    classic = [s for s in wanted if catalogue[s].group != ENGINE_GROUP] if PORT_ENGINE in engines else []
+    neutral = [catalogue[s] for s in wanted if catalogue[s].group == ENGINE_GROUP]
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="overlaylab-agent.")
     os.makedirs(workdir, exist_ok=True)
@@ -165,12 +179,16 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                                    dmesg=klog.read_new()))
                 scratch = os.path.join(workdir, "scratch")
                 os.makedirs(scratch, exist_ok=True)
-                for sid in wanted:
+                for sid in classic:
                     sc = catalogue[sid]
                     cell = run_scenario(sc, bfs.mountpoint, facts, scratch, kernel_log=klog)
                     emit(cell.to_record(profile.name, sid, sc.group))
+                for engine in engines if neutral else ():
+                    for record in run_engine_cells(engine, neutral, bfs.mountpoint, facts, scratch, klog):
+                        emit(record)
         except BackingFsUnavailable as err:
-            _emit_unavailable(profile.name, wanted, catalogue, err, klog)
+            _emit_unavailable(profile.name, [(catalogue[s], None) for s in classic] +
+                              [(sc, engine) for engine in engines for sc in neutral], err, klog)
     finally:
         klog.close()
         if not mounts_under(workdir):
@@ -183,17 +201,18 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
 
 
-def _emit_unavailable(profile: str, wanted: List[str], catalogue, err: BackingFsUnavailable,
+def _emit_unavailable(profile: str, cells: List[Tuple[Any, Optional[str]]], err: BackingFsUnavailable,
                       klog: KernelLogCursor) -> None:
-    """The profile could not be made: every cell is UNSUPPORTED (the kernel's) or ERROR (the lab's)."""
+    """The profile could not be made: every cell (scenario, engine) is UNSUPPORTED (the
+    kernel's) or ERROR (the lab's)."""
     detail = err.to_dict()
     emit(ProfileRecord(profile, unavailable=detail, dmesg=err.dmesg or klog.read_new()))
     outcome = Outcome.ERROR if err.infrastructure else Outcome.UNSUPPORTED
     expected = Expectation(Outcome.UNSUPPORTED, "this kernel cannot make the %s profile (%s failed)" % (profile, err.step))
-    for sid in wanted:
-        emit(CellRecord(profile, sid, outcome.value, group=catalogue[sid].group, expected=expected.outcome.value,
+    for sc, engine in cells:
+        emit(CellRecord(profile, sc.id, outcome.value, group=sc.group, expected=expected.outcome.value,
                         expected_why=expected.why, met=outcome == expected.outcome, error=str(err),
-                        evidence={"backing_fs": detail}))
+                        evidence={"backing_fs": detail}, engine=engine))
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -214,6 +233,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="PROFILE=DEV: a block device to format instead of a loop image (inside VMs); "
                         "a bare DEV applies to a single profile")
     r.add_argument("--scenario", action="append", default=[], help="scenario id (repeatable; default all)")
+    r.add_argument("--engine", action="append", default=[],
+                   help="storage engine for the engine scenarios (repeatable; default %s; one of %s)"
+                        % (DEFAULT_ENGINE, ", ".join(ENGINES)))
     r.add_argument("--workdir", help="where images, mounts and scratch go (default: a new temp dir)")
     r.add_argument("--profiles-file", help="filesystems.toml to read (default: the project's)")
     r.add_argument("--profiles-b64", help="filesystems.toml content, base64 (for targets without the repo)")

@@ -1,8 +1,9 @@
 """Scenarios: plain functions that exercise the driver on one backing filesystem.
 
 A scenario gets a :class:`ScenarioContext` (where the backing fs is mounted, the probe facts,
-a scratch dir, a way to make drivers) and either returns (PASS), raises
-:class:`ScenarioFailure` or a driver error (FAIL), raises :class:`Unsupported` (UNSUPPORTED),
+a scratch dir, a way to make drivers, and for the ``engine`` group the storage engine's session
+``ctx.engine``) and either returns (PASS), raises :class:`ScenarioFailure`, a driver error or an
+:class:`~overlaylab.agent.engines.base.EngineError` (FAIL), raises :class:`Unsupported` (UNSUPPORTED),
 or has its driver refused at Init (REFUSED). Anything else is the lab's own problem (ERROR).
 
 Each scenario also says what outcome to *expect* given the facts (e.g. FAIL on a filesystem the
@@ -23,10 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..graphdriver.graphtest import Checks
+from .engines.base import EngineError, EngineRefused, EngineSession, EngineUnavailable
 from .logcapture import capture_log
-from .records import CellRecord, Outcome
+from .records import PORT_ENGINE, CellRecord, Outcome
 
 log = logging.getLogger("overlaylab.agent.scenario")
+
+
+#: the group of the engine-neutral scenarios: they work through ``ctx.engine``, not a driver
+ENGINE_GROUP = "engine"
 
 
 class ScenarioFailure(AssertionError):
@@ -92,7 +98,7 @@ class Scenario:
     id: str
     description: str            # one line, what it does
     reference: str              # the reference behaviour it checks (upstream file/function, issue, docs/ anchor)
-    group: str                  # lifecycle | diff | quirks | failure-class
+    group: str                  # lifecycle | diff | quirks | failure-class | engine
     func: Callable[["ScenarioContext"], Any]
     expect_func: Optional[ExpectFunc] = None
     needs_mount: bool = True    # mounts a Shape-O layer (fails where upperdir is refused)
@@ -145,13 +151,16 @@ class ScenarioContext(Checks):
     """What a scenario function works with. Everything it makes is released in :meth:`close`.
 
     It is the ``t`` of the graph driver suite's cases (:class:`Checks`): ``note`` keeps a line
-    of the log and evidence, ``check`` fails the scenario with a :class:`ScenarioFailure`."""
+    of the log and evidence, ``check`` fails the scenario with a :class:`ScenarioFailure`.
+    ``engine`` is the storage engine's session an ``engine``-group scenario works through."""
 
-    def __init__(self, backing_dir: str, facts: Mapping[str, Any], scratch: str):
+    def __init__(self, backing_dir: str, facts: Mapping[str, Any], scratch: str,
+                 engine: Optional[EngineSession] = None):
         super().__init__()
         self.backing_dir = backing_dir
         self.facts = facts if isinstance(facts, Facts) else Facts(facts)
         self.scratch = scratch
+        self.engine = engine
         self._drivers: List[Any] = []
         self._roots: List[str] = []
 
@@ -242,12 +251,12 @@ def classify(err: BaseException) -> Outcome:
     from ..graphdriver.errors import GraphDriverError, is_sentinel
     if isinstance(err, ScenarioTimeout):
         return Outcome.ERROR
-    if isinstance(err, Unsupported):
+    if isinstance(err, (Unsupported, EngineUnavailable)):
         return Outcome.UNSUPPORTED
-    if is_sentinel(err):
+    if is_sentinel(err) or isinstance(err, EngineRefused):
         return Outcome.REFUSED
-    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError, GoError)):
-        return Outcome.FAIL  # the driver (or the kernel under it) did not do what it should
+    if isinstance(err, (ScenarioFailure, AssertionError, OSError, GraphDriverError, ValueError, GoError, EngineError)):
+        return Outcome.FAIL  # the driver or engine (or the kernel under it) did not do what it should
     try:
         from ..archive import ArchiveError
         if isinstance(err, ArchiveError):
@@ -258,18 +267,32 @@ def classify(err: BaseException) -> Outcome:
 
 
 def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
-                 scratch_root: Optional[str] = None, kernel_log: Any = None) -> CellOutcome:
-    """Run one scenario on a mounted backing fs and classify what happened, with evidence."""
+                 scratch_root: Optional[str] = None, kernel_log: Any = None,
+                 engine: Optional[EngineSession] = None) -> CellOutcome:
+    """Run one scenario on a mounted backing fs and classify what happened, with evidence.
+
+    An ``engine``-group scenario works through ``engine`` (a session whose facts, see
+    :func:`overlaylab.agent.engine_cells.engine_facts`, are in ``facts``); given none, it runs
+    on the port, opened for this one scenario. Where the engine refused the backing fs, the
+    cell is REFUSED with its verdict and the scenario does not run."""
+    if sc.group == ENGINE_GROUP and engine is None:
+        from .engine_cells import engine_facts
+        from .engines import get_engine
+        with get_engine(PORT_ENGINE).open(backing_dir, scratch_root or tempfile.gettempdir()) as session:
+            return run_scenario(sc, backing_dir, engine_facts(facts, session), scratch_root, kernel_log, session)
     facts = facts if isinstance(facts, Facts) else Facts(facts)
     expected = sc.expect(facts)
     scratch = tempfile.mkdtemp(prefix="scenario-%s." % sc.id, dir=scratch_root)
-    ctx = ScenarioContext(backing_dir, facts, scratch)
+    ctx = ScenarioContext(backing_dir, facts, scratch, engine)
+    first_command = len(engine.commands) if engine is not None else 0
     error = ""
     try:
         with capture_log("overlaylab") as capture:  # until the context is closed
             old_umask = os.umask(0o022)  # the daemon's umask
             start = time.monotonic()
             try:
+                if engine is not None and not engine.verdict.accepted:
+                    raise EngineRefused(engine.verdict.message)
                 with _time_limit(sc.timeout):
                     sc.func(ctx)
                 outcome = Outcome.PASS
@@ -281,6 +304,9 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
                 if outcome is Outcome.ERROR:
                     ctx.evidence["traceback"] = traceback.format_exc(limit=8)
                 code = err.errno if isinstance(err, OSError) else getattr(err, "wrapped_errno", None)
+                if isinstance(err, EngineError) and err.evidence:
+                    ctx.evidence["engine_error"] = err.evidence
+                    code = code or err.evidence.get("errno")
                 if code:  # a Go error string keeps the errno it formatted in, as evidence
                     ctx.evidence["errno"] = code
             finally:
@@ -291,6 +317,8 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         shutil.rmtree(scratch, ignore_errors=True)
     if capture.lines:
         ctx.evidence["driver_log"] = capture.lines[-50:]
+    if engine is not None:
+        ctx.evidence["engine"] = engine_evidence(engine, first_command)
     if kernel_log is not None:
         try:
             lines = kernel_log.read_new()
@@ -299,3 +327,11 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         except Exception:  # pragma: no cover - dmesg is evidence, never a reason to fail
             pass
     return CellOutcome(outcome, expected, duration, error, ctx.log, ctx.evidence)
+
+
+def engine_evidence(session: EngineSession, first_command: int = 0) -> Dict[str, Any]:
+    """The session's evidence for one cell: name, version, verdict, and the commands run since
+    ``first_command`` (the cell's own)."""
+    evidence = session.evidence()
+    evidence["commands"] = session.commands[first_command:][-30:]
+    return evidence

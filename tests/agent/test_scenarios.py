@@ -31,7 +31,7 @@ EXPECTED_IDS = {
     "driver-init", "overlay-on-overlay", "dtype-whiteouts", "inode-exhaustion", "too-many-links",
     "dir-rename-exdev", "open-fd-copy-up", "mtime-diff-bug", "deep-layer-limit", "enospc",
 }
-GROUPS = {"lifecycle", "diff", "quirks", "failure-class"}
+GROUPS = {"lifecycle", "diff", "quirks", "failure-class", "engine"}
 
 
 @pytest.fixture(scope="module")

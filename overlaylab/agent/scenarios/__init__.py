@@ -9,6 +9,8 @@ Groups (one module each):
 - ``failure-class`` the known field failures (docs/reference-behaviour.md#field-failures), each at a small scale; each checks the
                     healthy behaviour, so it FAILs where the kernel/fs breaks it, and its
                     expectation says so where that is the known behaviour
+- ``engine``        engine-neutral scenarios, written once against the storage engine adapter
+                    (``ctx.engine``) and run on every engine: the port and the living drivers
 
 Scenarios make their own layers (Create + ApplyDiff of tars built in the scratch dir, or Get
 and writing files) on a fresh driver root and must stay fast (a few seconds each on a small
@@ -16,6 +18,6 @@ loop filesystem).
 """
 from __future__ import annotations
 
-from . import lifecycle, diffs, quirks, hazards, failure_classes  # noqa: F401  (registration order)
+from . import lifecycle, diffs, quirks, hazards, failure_classes, engine  # noqa: F401  (registration order)
 
-__all__ = ["lifecycle", "diffs", "quirks", "hazards", "failure_classes"]
+__all__ = ["lifecycle", "diffs", "quirks", "hazards", "failure_classes", "engine"]

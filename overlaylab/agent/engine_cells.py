@@ -1,0 +1,82 @@
+"""The ``engine`` scenarios of one profile on one storage engine: one cell record each.
+
+The engine is opened once for the profile (a private daemon where it has one), its verdict on
+the backing filesystem and its version join the profile's probed facts (``engine``,
+``engine_version``, ``engine_verdict``), and each scenario runs through the session. The
+outcomes follow from the engine, never from the lab: an engine this target does not have is
+UNSUPPORTED with the reason (expected so), one whose driver refused the filesystem is REFUSED
+with its own verdict line, one that failed to start is FAIL with its message.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import traceback
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from .engines import get_engine
+from .engines.base import EngineError, EngineSession, EngineUnavailable
+from .records import CellRecord, Outcome
+from .scenario import Expectation, Facts, Scenario, run_scenario
+
+
+def engine_facts(facts: Mapping[str, Any], session: EngineSession) -> Facts:
+    """``facts`` plus what the open session says: the engine, its version and its verdict."""
+    verdict = session.verdict
+    return Facts(dict(facts, engine=session.engine.name, engine_version=session.engine.version(),
+                      engine_verdict={"accepted": verdict.accepted, "message": verdict.message}))
+
+
+def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_dir: str, facts: Mapping[str, Any],
+                     scratch_root: Optional[str], kernel_log: Any = None) -> Iterator[CellRecord]:
+    """Run ``scenarios`` (group ``engine``) on engine ``engine_name`` over the mounted
+    ``backing_dir``; yields each cell as soon as it is known (``record.engine`` set)."""
+    engine = get_engine(engine_name)
+    profile = str(facts.get("profile") or "")
+
+    def cell(sc: Scenario, outcome: Outcome, expected: Expectation, error: str, evidence: dict) -> CellRecord:
+        return CellRecord(profile, sc.id, outcome.value, group=sc.group, expected=expected.outcome.value,
+                          expected_why=expected.why, met=outcome == expected.outcome, error=error,
+                          evidence=evidence, engine=engine_name)
+
+    def unsupported(sc: Scenario, why: str) -> CellRecord:
+        return cell(sc, Outcome.UNSUPPORTED, Expectation(Outcome.UNSUPPORTED, "%s cannot run here" % engine_name),
+                    why, {"engine": {"engine": engine_name, "unavailable": why}})
+
+    why = engine.unavailable()
+    if why:
+        for sc in scenarios:
+            yield unsupported(sc, why)
+        return
+    done = set()
+    workdir = tempfile.mkdtemp(prefix="engine-%s." % engine_name, dir=scratch_root)
+    started = time.monotonic()
+    try:
+        with engine.open(backing_dir, workdir) as session:
+            opened = round(time.monotonic() - started, 3)
+            efacts = engine_facts(facts, session)
+            for sc in scenarios:  # where the engine refused the fs, each cell is its verdict
+                rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
+                                   engine=session).to_record(profile, sc.id, sc.group)
+                rec.engine = engine_name
+                rec.evidence["engine"]["open_seconds"] = opened
+                done.add(sc.id)
+                yield rec
+    except Exception as err:
+        left = [sc for sc in scenarios if sc.id not in done]
+        if not left:  # the engine failed to stop: not hidden behind cells that are all out
+            raise
+        unstarted = Facts(dict(facts, engine=engine_name))
+        trace = traceback.format_exc(limit=8)
+        for sc in left:
+            if isinstance(err, EngineUnavailable):  # found out only when starting (no /dev/fuse, no cgroups)
+                yield unsupported(sc, str(err))
+            elif isinstance(err, EngineError):  # it would not start: the engine misbehaved
+                yield cell(sc, Outcome.FAIL, sc.expect(unstarted), str(err),
+                           {"engine": {"engine": engine_name, "version": engine.version(), "error": err.evidence}})
+            else:  # the lab's own failure
+                yield cell(sc, Outcome.ERROR, sc.expect(unstarted), "%s: %s" % (type(err).__name__, err),
+                           {"engine": {"engine": engine_name}, "traceback": trace})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

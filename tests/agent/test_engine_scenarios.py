@@ -1,0 +1,250 @@
+"""The engine-neutral scenarios (group ``engine``) and the agent's way of running them.
+
+Real runs: every engine scenario on the port over real filesystems (loop devices, tmpfs) meets
+the expectation its probed facts give; the whole group through ``run_engine_cells`` on each
+engine (``-k port`` runs the one engine every checkout has); the agent's ``--engine`` option;
+an engine whose program is missing gives UNSUPPORTED cells with the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+
+import pytest
+
+from overlaylab.agent import probes as probe_mod
+from overlaylab.agent.engine_cells import run_engine_cells
+from overlaylab.agent.engines import ENGINES, engine_names, get_engine
+from overlaylab.agent.engines.base import Engine, EngineError, EngineRefused, EngineUnavailable
+from overlaylab.agent.main import probe_profile
+from overlaylab.agent.scenario import ENGINE_GROUP, Facts, Outcome, all_scenarios, classify, run_scenario
+from tests.needs import need
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENGINE_IDS = {"engine-verdict", "image-whiteouts", "delete-in-container", "rename-image-dir", "hardlinks-pulled",
+              "xattrs-pulled", "copy-up-isolation", "container-changes", "exported-diff", "many-layers",
+              "out-of-space", "out-of-inodes", "remove-mounted-container"}
+
+
+def engine_scenarios():
+    return [sc for sc in all_scenarios().values() if sc.group == ENGINE_GROUP]
+
+
+@pytest.fixture
+def short_dir():
+    """A scratch dir with a short path free of ``[``/``]`` (containerd and AF_UNIX need it)."""
+    path = tempfile.mkdtemp(prefix="ol-eng.")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def profile_cells(fs_factory, lab_profiles, profile, engine, scratch):
+    bfs = fs_factory(profile)
+    facts = probe_profile(lab_profiles[profile], bfs.mountpoint, probe_mod.run_target_probes())[1]
+    return facts, {rec.scenario: rec for rec in run_engine_cells(engine, engine_scenarios(), bfs.mountpoint, facts,
+                                                                   scratch)}
+
+
+def unmet(cells) -> str:
+    return "\n".join("%s: got %s expected %s (%s) error: %s log: %s" % (sid, c.outcome, c.expected, c.expected_why,
+                                                                        c.error[:300], c.log[-3:])
+                     for sid, c in cells.items() if not c.met)
+
+
+# The catalogue (pure) ------------------------------------------------------------------------------
+
+def test_the_engine_group_has_every_listed_scenario_each_with_reference_and_expectation():
+    scs = {sc.id: sc for sc in engine_scenarios()}
+    assert ENGINE_IDS <= set(scs) and len(scs) >= 12
+    for sc in scs.values():
+        assert sc.expect_func is not None and sc.reference and "\n" not in sc.description, sc.id
+
+
+def _facts(**over):
+    base = {"fs_magic": {"name": "extfs"}, "d_type": True, "upperdir": True, "dir_rename": "EXDEV",
+            "xattr_user": True, "fs_inodes": 16384, "engine": "port", "engine_verdict": {"accepted": True, "message": ""}}
+    base.update(over)
+    return Facts(base)
+
+
+def _expected(sid, **over):
+    return all_scenarios()[sid].expect(_facts(**over)).outcome
+
+
+def test_expectations_follow_the_engines_verdict_and_the_probed_facts():
+    refused = {"accepted": False, "message": "driver not supported"}
+    assert all(sc.expect(_facts(engine_verdict=refused)).outcome is Outcome.REFUSED for sc in engine_scenarios())
+    assert "driver not supported" in all_scenarios()["engine-verdict"].expect(_facts(engine_verdict=refused)).why
+    # No d_type: a container's deletions show everywhere the kernel merges; an image's only where layers stack.
+    assert _expected("delete-in-container", d_type=False) is Outcome.FAIL
+    assert _expected("delete-in-container", d_type=False, engine="fuse-overlayfs") is Outcome.PASS
+    assert _expected("image-whiteouts", d_type=False) is Outcome.PASS
+    assert _expected("image-whiteouts", d_type=False, engine="docker-overlay2") is Outcome.FAIL
+    assert _expected("rename-image-dir") is Outcome.FAIL
+    assert _expected("rename-image-dir", dir_rename="redirect") is Outcome.PASS
+    assert _expected("rename-image-dir", engine="fuse-overlayfs") is Outcome.PASS
+    assert _expected("xattrs-pulled", xattr_user=False) is Outcome.UNSUPPORTED
+    assert _expected("many-layers", fs_inodes=128) is Outcome.FAIL
+    assert _expected("out-of-inodes", fs_inodes=0) is Outcome.UNSUPPORTED
+    assert _expected("out-of-inodes", fs_inodes=128) is Outcome.PASS
+    assert _expected("engine-verdict", upperdir=False) is Outcome.FAIL
+    assert _expected("out-of-space", upperdir=False) is Outcome.PASS
+    # Without engine facts, the port's Init as probed decides.
+    assert all_scenarios()["engine-verdict"].expect(Facts({"driver_init": "REFUSED"})).outcome is Outcome.REFUSED
+
+
+def test_engine_errors_are_classified():
+    assert classify(EngineRefused("driver not supported")) is Outcome.REFUSED
+    assert classify(EngineError("mount failed")) is Outcome.FAIL
+    assert classify(EngineUnavailable("no /dev/fuse")) is Outcome.UNSUPPORTED
+
+
+# Real runs on the port -----------------------------------------------------------------------------
+
+PROFILES = ["ext4", "ext4-nofiletype", "xfs", "btrfs", "tmpfs", "ext4-small", "ext4-fewinodes"]
+#: what the port does per profile on this kind of target, beyond "as expected"
+KNOWN = {
+    "ext4-nofiletype": {"delete-in-container": "FAIL", "container-changes": "FAIL", "image-whiteouts": "PASS"},
+    "xfs": {"out-of-inodes": "UNSUPPORTED"},
+    "tmpfs": {"out-of-inodes": "UNSUPPORTED"},
+    "ext4-small": {"out-of-space": "PASS", "out-of-inodes": "PASS"},
+    "ext4-fewinodes": {"many-layers": "FAIL", "out-of-inodes": "PASS"},
+}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_engine_scenario_on_the_port_meets_its_expectation(fs_factory, lab_profiles, profile, short_dir):
+    facts, cells = profile_cells(fs_factory, lab_profiles, profile, "port", short_dir)
+    assert set(cells) == {sc.id for sc in engine_scenarios()}
+    assert not unmet(cells), unmet(cells)
+    for sid, outcome in KNOWN.get(profile, {}).items():
+        assert cells[sid].outcome == outcome, (sid, cells[sid].error)
+    for cell in cells.values():
+        assert cell.engine == "port" and cell.outcome != "ERROR"
+        assert cell.evidence["engine"]["version"].startswith("v1.10.3")
+    if profile == "btrfs":
+        assert {c.outcome for c in cells.values()} == {"REFUSED"}
+        assert {c.error for c in cells.values()} == {"backing file system is unsupported for this graph driver"}
+    else:
+        assert cells["engine-verdict"].outcome == "PASS"
+        assert cells["rename-image-dir"].error.endswith("Invalid cross-device link (EXDEV)") == (facts["dir_rename"] == "EXDEV")
+    if cells["out-of-space"].outcome == "PASS":
+        assert "no space left on device" in cells["out-of-space"].evidence["pull_error"]
+
+
+def test_an_engine_scenario_without_a_session_runs_on_the_port(fs_factory, lab_profiles, short_dir):
+    bfs = fs_factory("tmpfs")
+    facts = probe_profile(lab_profiles["tmpfs"], bfs.mountpoint, probe_mod.run_target_probes())[1]
+    cell = run_scenario(all_scenarios()["container-changes"], bfs.mountpoint, facts, short_dir)
+    assert cell.outcome is Outcome.PASS and cell.met, cell.error
+    assert cell.evidence["engine"]["engine"] == "port"
+    assert [c["argv"][0] for c in cell.evidence["engine"]["commands"]][:3] == ["Create", "ApplyDiff", "Create"]
+
+
+@pytest.mark.parametrize("engine", engine_names())
+def test_the_whole_engine_group_on_ext4_meets_its_expectations(fs_factory, lab_profiles, engine, short_dir):
+    why = get_engine(engine).unavailable()
+    need(why is None, why or "")
+    facts, cells = profile_cells(fs_factory, lab_profiles, "ext4", engine, short_dir)
+    assert not unmet(cells), unmet(cells)
+    assert all(c.engine == engine and c.evidence["engine"]["engine"] == engine for c in cells.values())
+    assert cells["engine-verdict"].outcome == "PASS"
+
+
+# The agent ---------------------------------------------------------------------------------------
+
+def _agent(*args):
+    return subprocess.run([sys.executable, "-m", "overlaylab.agent", "run"] + list(args), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_agent_refuses_an_unknown_engine_in_one_line():
+    res = _agent("--profile", "ext4", "--engine", "port", "--engine", "nosuch")
+    assert res.returncode == 2 and res.stderr == ""
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["record"] == "error" and record["error"].startswith("unknown engine(s) nosuch (have: port, ")
+
+
+def test_the_agent_runs_port_scenarios_as_before_and_engine_scenarios_per_engine():
+    res = _agent("--profile", "tmpfs", "--scenario", "create-empty", "--scenario", "engine-verdict")
+    assert res.returncode == 0, res.stderr
+    cells = [json.loads(line) for line in res.stdout.splitlines() if '"record": "cell"' in line]
+    assert [(c["scenario"], c.get("engine")) for c in cells] == [("create-empty", None), ("engine-verdict", "port")]
+    assert all(c["met"] for c in cells)
+    assert cells[1]["evidence"]["engine"]["verdict"]["accepted"] is True
+
+
+class MissingProgramEngine(Engine):
+    name = "missing-program"
+    programs = ("overlaylab-no-such-program",)
+    package = "overlaylab-nothing"
+
+
+class NoFuseEngine(Engine):
+    """Installed, but finds out only when starting that it cannot run (like fuse-overlayfs without /dev/fuse)."""
+    name = "no-fuse"
+
+    @contextlib.contextmanager
+    def open(self, backing_dir, workdir):
+        raise EngineUnavailable("/dev/fuse is missing")
+        yield
+
+
+class BrokenStartEngine(Engine):
+    """Its daemon dies while starting: the engine misbehaved."""
+    name = "broken-start"
+
+    @contextlib.contextmanager
+    def open(self, backing_dir, workdir):
+        raise EngineError("dockerd exited 1: failed to start daemon", {"rc": 1})
+        yield
+
+
+@pytest.fixture
+def register_engine(monkeypatch):
+    """``register_engine(cls)``: the engine table knows ``cls`` for this test only."""
+    module = types.ModuleType("overlaylab.agent.engines.engines_for_test")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    def register(cls):
+        setattr(module, cls.__name__, cls)
+        monkeypatch.setitem(ENGINES, cls.name, "engines_for_test:%s" % cls.__name__)
+        return cls.name
+    return register
+
+
+def test_an_engine_whose_program_is_missing_gives_unsupported_cells_with_the_reason(register_engine, short_dir):
+    name = register_engine(MissingProgramEngine)
+    facts = Facts({"profile": "tmpfs", "engine_verdict": {"accepted": True}})
+    cells = list(run_engine_cells(name, engine_scenarios(), short_dir, facts, short_dir))
+    assert len(cells) == len(engine_scenarios())
+    for cell in cells:
+        assert (cell.outcome, cell.expected, cell.met, cell.engine) == ("UNSUPPORTED", "UNSUPPORTED", True, name)
+        assert cell.error == "overlaylab-no-such-program is not installed (Debian package overlaylab-nothing)"
+    assert os.listdir(short_dir) == []
+
+
+@pytest.mark.parametrize("cls, outcome, error", [
+    (NoFuseEngine, "UNSUPPORTED", "/dev/fuse is missing"),
+    (BrokenStartEngine, "FAIL", "dockerd exited 1: failed to start daemon"),
+])
+def test_an_engine_that_cannot_start_gives_cells_with_its_reason(register_engine, short_dir, cls, outcome, error):
+    name = register_engine(cls)
+    cells = list(run_engine_cells(name, engine_scenarios(), short_dir, Facts({"profile": "tmpfs"}), short_dir))
+    assert [(c.outcome, c.error) for c in cells] == [(outcome, error)] * len(engine_scenarios())
+    assert all(c.met == (c.expected == outcome) for c in cells)
+    if outcome == "UNSUPPORTED":  # the engine's absence is expected; a start that fails is not
+        assert all(c.met for c in cells)
+    else:
+        assert not cells[0].met and cells[0].evidence["engine"]["error"] == {"rc": 1}
+    assert os.listdir(short_dir) == []
