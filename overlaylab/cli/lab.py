@@ -79,12 +79,7 @@ def engine_rows() -> List[Dict[str, Any]]:
     rows = []
     for name in engine_names():
         row: Dict[str, Any] = {"name": name, "description": "", "version": "", "available": False}
-        try:
-            engine = get_engine(name)
-        except ImportError:  # its adapter is not written on this branch yet
-            row["unavailable"] = "not built"
-            rows.append(row)
-            continue
+        engine = get_engine(name)
         reason = engine.unavailable()
         row.update(description=engine.description, available=reason is None, unavailable=reason,
                    version=engine.version() if reason is None else "")

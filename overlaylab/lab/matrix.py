@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from ..agent.engines import engine_names
 from ..agent.profiles import FsProfile
 from ..agent.records import PORT_ENGINE
-from ..agent.scenario import Scenario, all_scenarios
+from ..agent.scenario import ENGINE_GROUP, Scenario, all_scenarios
 from ..hints import close_matches, did_you_mean
 
 
@@ -205,19 +205,6 @@ def check_expressions(option: str, exprs: Sequence[str], items: Mapping[str, Any
             raise SelectionError("%s %r: %s" % (option, expr, err.problem)) from None
 
 
-#: the scenario group that runs once per engine (the engine-neutral scenarios of issue #12)
-ENGINE_GROUP = "engine"
-
-#: what an ``--engine`` word matches besides the engine's name: its family and how it runs
-ENGINE_KEYWORDS: Dict[str, Tuple[str, ...]] = {
-    "port": ("port", "in-process"),
-    "containers-storage": ("containers",),
-    "fuse-overlayfs": ("containers", "fuse"),
-    "docker-overlay": ("docker", "daemon"),
-    "docker-overlay2": ("docker", "daemon"),
-}
-
-
 def is_engine_scenario(sid: str) -> bool:
     """Whether scenario ``sid`` of the catalogue runs once per engine."""
     sc = all_scenarios().get(sid)
@@ -226,13 +213,13 @@ def is_engine_scenario(sid: str) -> bool:
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """An engine as ``--engine`` expressions see it: a name and keywords (no import of the
-    engine's module: selecting must work where an engine is not built or installed)."""
+    """An engine as ``--engine`` expressions see it: a name and its keywords (family, how it runs)."""
 
     name: str
 
     def keywords(self) -> List[str]:
-        return list(ENGINE_KEYWORDS.get(self.name, ()))
+        from ..agent.engines import get_engine
+        return list(get_engine(self.name).keywords)
 
 
 def select_engines(exprs: Sequence[str]) -> List[str]:

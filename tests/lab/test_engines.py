@@ -30,16 +30,6 @@ from ..throwaway_engine import THROWAWAY, registered, site_dir
 OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
 
 
-def _agent_runs_engines() -> bool:
-    """Whether this tree's agent takes ``run --engine`` (the agent change of issue #12)."""
-    res = subprocess.run([sys.executable, "-m", "overlaylab.agent", "run", "--help"], capture_output=True, text=True)
-    return "--engine" in res.stdout
-
-
-#: TODO(issue #12): remove with the agent's --engine merged (the mark is then dead)
-needs_agent_engines = pytest.mark.skipif(not _agent_runs_engines(),
-                                         reason="this tree's agent has no `run --engine` yet")
-
 
 @pytest.fixture
 def engine_scenario():
@@ -204,7 +194,6 @@ def lab_tmp(tmp_path):
     assert left == []
 
 
-@needs_agent_engines
 def test_a_run_records_engine_cells_and_its_bundle_reproduces_one(tmp_path, lab_tmp):
     reports = str(tmp_path / "reports")
     env = {"PYTHONPATH": site_dir(str(tmp_path)), "TMPDIR": lab_tmp}

@@ -131,6 +131,8 @@ class Engine:
     programs: ClassVar[Tuple[str, ...]] = ()     # what must be on PATH
     package: ClassVar[str] = ""                  # the Debian package that brings them
     reference: ClassVar[str] = ""                # upstream source of the driver it runs
+    #: what an ``--engine`` word matches besides the name: its family and how it runs
+    keywords: ClassVar[Tuple[str, ...]] = ()
 
     def unavailable(self) -> Optional[str]:
         """Why this engine cannot run on this target, or None when it can."""

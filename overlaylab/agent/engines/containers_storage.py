@@ -174,6 +174,7 @@ class ContainersStorageSession(EngineSession):
 
 class ContainersStorageEngine(Engine):
     name = "containers-storage"
+    keywords = ("containers",)
     description = "containers/storage 1.43's overlay driver via Debian's containers-storage CLI"
     programs = ("containers-storage",)
     package = "containers-storage"
@@ -214,6 +215,7 @@ class ContainersStorageEngine(Engine):
 
 class FuseOverlayfsEngine(ContainersStorageEngine):
     name = "fuse-overlayfs"
+    keywords = ("containers", "fuse")
     description = "the same driver with fuse-overlayfs as mount program (the rootless path)"
     programs = ("containers-storage", "fuse-overlayfs")
     package = "fuse-overlayfs"

@@ -91,6 +91,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
 
 class DockerEngine(Engine):
+    keywords = ("docker", "daemon")
     """Docker 20.10 (Debian's docker.io) with one storage driver, as a private daemon."""
 
     storage_driver: ClassVar[str] = ""

@@ -146,6 +146,7 @@ class PortSession(EngineSession):
 
 class PortEngine(Engine):
     name = "port"
+    keywords = ("port", "in-process")
     description = "this project's port of Docker v1.10.3's overlay graph driver, in process"
     reference = "moby v1.10.3 daemon/graphdriver/overlay/overlay.go"
 
