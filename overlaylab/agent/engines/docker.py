@@ -350,7 +350,8 @@ class DockerSession(EngineSession):
         except BaseException:
             self.docker("stop", "-t", "0", container, check=False)  # the first error is the one to see
             raise
-        self.docker("stop", "-t", "0", container)
+        if container in self.containers:  # removed inside the block (`rm -f` stopped it): nothing to stop
+            self.docker("stop", "-t", "0", container)
 
     def changes(self, container: str) -> List[Change]:
         self._check()
