@@ -14,8 +14,8 @@
 #    the kernel config at /boot/config-<release>; /dev/disk/by-profile/<serial> links to the
 #    virtio disks (the serial is the profile name) and udev database entries for lsblk;
 #    what the storage engines (containers-storage, fuse-overlayfs, dockerd + containerd + runc)
-#    need besides /run: a writable /var/lib and /etc/docker, cgroup2 at /sys/fs/cgroup
-#    (/dev/fuse comes with the fuse module of step 1)
+#    need besides /run: a writable /var/lib and /etc/docker, cgroup2 at /sys/fs/cgroup, the
+#    /dev/fd links (/dev/fuse comes with the fuse module of step 1)
 # 4. eth0 10.0.2.15/24 via 10.0.2.2 (qemu user-mode networking), the HOST's sshd in a chroot
 #    of /newroot on port 22, then the ready marker on the console
 # 5. waits until /run/overlaylab/poweroff exists in the guest, then `poweroff -f`
@@ -159,6 +159,12 @@ mount -t devtmpfs devtmpfs $R/dev || fail "devtmpfs in the new root"
 # the shims also make /run/docker/plugins and /run/containerd/s whatever --exec-root says: /run
 # is a tmpfs already
 mount -t cgroup2 -o nsdelegate cgroup2 $R/sys/fs/cgroup || say "cannot mount cgroup2"
+# the links udev makes in /dev: on 5.10 execveat(fd, "", AT_EMPTY_PATH) fails with ENOENT
+# without /dev/fd, and so does runc's re-exec of its own binary ("could not ensure we are a
+# cloned binary", opencontainers/runc#2552): no container starts
+for l in fd:fd stdin:fd/0 stdout:fd/1 stderr:fd/2; do
+    ln -sfn "/proc/self/${l#*:}" "$R/dev/${l%%:*}"
+done
 mkdir -p $R/dev/pts $R/dev/shm
 # No udev in the guest: /dev/disk/by-profile/<profile> -> ../../vdX from the virtio serial qemu
 # sets to the profile name, and a udev database entry per disk so `lsblk -o NAME,SERIAL` shows it

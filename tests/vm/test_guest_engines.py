@@ -1,10 +1,13 @@
-"""The storage engines' prerequisites in a qemu guest (debian-6.1, one boot for the module).
+"""The storage engines' prerequisites in a qemu guest (one boot for the module per kernel).
+
+``OVERLAYLAB_VM_KERNELS=debian-6.1,debian-5.10,debian-sid`` boots more kernels (default: 6.1).
 
 The guest runs the host's binaries over 9p; what the engines need besides comes from the guest
 init (overlaylab/vm/guest_init.sh): cgroup2 at /sys/fs/cgroup, /dev/fuse (the fuse module of
-the initramfs), a writable /run, /var/lib and /etc/docker. Each test checks one of them with the
-real engine where one can: containers-storage on a fresh ext4 on the guest's disk, fuse-overlayfs
-mounting a layer, and a private dockerd (Docker 20.10, containerd, runc) running a container.
+the initramfs), /dev/fd, a writable /run, /var/lib and /etc/docker. Each test checks one of
+them, with the real engine where one can: containers-storage on a fresh ext4 on the guest's
+disk, fuse-overlayfs mounting a layer, a private dockerd (Docker 20.10, containerd, runc)
+running a container.
 """
 from __future__ import annotations
 
@@ -17,11 +20,16 @@ import time
 
 import pytest
 
-from tests.needs import need, need_tool
+from tests.needs import missing, need, need_tool
+
+from overlaylab.kernels import KernelUnavailable, fetch_kernel
+from overlaylab.providers.qemu import QemuProvider, run_with_timeout
 
 from .conftest import qemu_pids
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+KERNELS = [k.strip() for k in os.environ.get("OVERLAYLAB_VM_KERNELS", "debian-6.1").split(",") if k.strip()]
 
 DISK = "engines"
 MNT = "/mnt/lab/engines"        # the ext4 of the guest's disk
@@ -30,19 +38,21 @@ DOCKER_SOCK = "/tmp/dockerd/docker.sock"
 ENGINE_COMMS = ("dockerd", "containerd", "containerd-shim", "runc", "docker-init", "fuse-overlayfs")
 
 
-@pytest.fixture(scope="module")
-def guest(kernel_61):
-    """debian-6.1 under qemu with one raw disk, made ext4 and mounted at MNT in the guest."""
-    from overlaylab.providers.qemu import QemuProvider, run_with_timeout
-
+@pytest.fixture(scope="module", params=KERNELS)
+def guest(request):
+    """The kernel under qemu with one raw disk, made ext4 and mounted at MNT in the guest."""
     need_tool("qemu-system-x86_64", "qemu-system-x86")
     need(os.path.exists("/bin/busybox"), "busybox-static is not installed")
     for tool, package in (("containers-storage", None), ("fuse-overlayfs", None), ("dockerd", "docker.io"),
                           ("containerd", None), ("runc", None), ("docker", "docker.io")):
         need_tool(tool, package)
+    try:
+        kernel = fetch_kernel(request.param)
+    except KernelUnavailable as e:
+        missing(str(e))
     workdir = None
     try:
-        with QemuProvider().up(kernel_61, [(DISK, 256)]) as vm:
+        with QemuProvider().up(kernel, [(DISK, 256)]) as vm:
             workdir = vm.workdir
             r = run_with_timeout(vm.host, "mkfs.ext4 -q -F %s && mkdir -p %s && mount %s %s"
                                  % (vm.disks[DISK], MNT, vm.disks[DISK], MNT), 120)
@@ -58,8 +68,6 @@ def guest(kernel_61):
 
 def sh(vm, command: str, timeout: float = 120.0) -> str:
     """Run ``command`` in the guest; its stdout, or the test fails with its stderr."""
-    from overlaylab.providers.qemu import run_with_timeout
-
     r = run_with_timeout(vm.host, command, timeout)
     assert r.rc == 0, "%s: rc=%s\n%s%s" % (command, r.rc, r.stdout, r.stderr)
     return r.stdout
@@ -84,6 +92,14 @@ def test_guest_has_a_usable_dev_fuse(guest):
     assert sh(guest, "stat -c '%F %t:%T' /dev/fuse").strip() == "character special file a:e5"  # 10:229
     assert re.search(r"^nodev\tfuse$", sh(guest, "cat /proc/filesystems"), re.M)
     sh(guest, "python3 -c \"import os; os.close(os.open('/dev/fuse', os.O_RDWR))\"")
+
+
+def test_guest_executes_a_file_descriptor(guest):
+    """fexecve (execveat with AT_EMPTY_PATH), as runc re-executes itself: 5.10 needs /dev/fd."""
+    assert sh(guest, "readlink /dev/fd").strip() == "/proc/self/fd"
+    out = sh(guest, "python3 -c \"import os; os.execve(os.open('/bin/busybox', os.O_RDONLY), "
+                    "['busybox', 'echo', 'fexecve-ok'], {})\"")
+    assert out.strip() == "fexecve-ok"
 
 
 def test_guest_run_var_lib_and_etc_docker_are_writable_and_host_state_still_reads(guest):
@@ -156,5 +172,5 @@ def test_private_dockerd_runs_a_container_on_overlay2_and_stops_leaving_nothing(
     mounts = sh(guest, "cat /proc/self/mounts")
     assert data_root + "/" not in mounts and exec_root not in mounts, mounts
     with capsys.disabled():
-        print("\n[vm] dockerd in the guest (%s): ready in %.1fs, docker run in %.1fs"
-              % (guest.accel, started, ran))
+        print("\n[vm] %s (%s, boot %.1fs): dockerd ready in %.1fs, docker run in %.1fs"
+              % (guest.kernel_release, guest.accel, guest.boot_seconds, started, ran))
