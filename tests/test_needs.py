@@ -69,5 +69,6 @@ def test_setup_installs_chromium_and_the_tools_tests_need():
     block = text[text.index("SYSTEM_PACKAGES=(") + len("SYSTEM_PACKAGES=("):text.index("\n)\n")]
     packages = {word for line in block.splitlines() for word in line.split("#")[0].split()}
     for p in ("chromium", "python3-toml", "zstd", "cpio", "qemu-system-x86", "busybox-static", "vagrant",
-              "xfsprogs", "btrfs-progs", "e2fsprogs", "util-linux", "tar"):
+              "xfsprogs", "btrfs-progs", "e2fsprogs", "util-linux", "tar",
+              "docker.io", "containers-storage", "fuse-overlayfs"):
         assert p in packages, p

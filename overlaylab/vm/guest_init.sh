@@ -12,7 +12,10 @@
 #    (MODPROBE_OPTIONS="-d /run/overlaylab/modroot", and the kernel's own requests go through
 #    /sbin/overlaylab-modprobe), and at /lib/modules/<release> where the host has that dir;
 #    the kernel config at /boot/config-<release>; /dev/disk/by-profile/<serial> links to the
-#    virtio disks (the serial is the profile name) and udev database entries for lsblk
+#    virtio disks (the serial is the profile name) and udev database entries for lsblk;
+#    what the storage engines (containers-storage, fuse-overlayfs, dockerd + containerd + runc)
+#    need besides /run: a writable /var/lib and /etc/docker, cgroup2 at /sys/fs/cgroup, the
+#    /dev/fd links (/dev/fuse comes with the fuse module of step 1)
 # 4. eth0 10.0.2.15/24 via 10.0.2.2 (qemu user-mode networking), the HOST's sshd in a chroot
 #    of /newroot on port 22, then the ready marker on the console
 # 5. waits until /run/overlaylab/poweroff exists in the guest, then `poweroff -f`
@@ -87,6 +90,19 @@ for p in $LAB_KEEP_PATHS; do
     i=$((i + 1))
 done
 IFS=$OLDIFS
+# /var/lib for the engines' state (containers-storage makes /var/lib/containers/storage on any
+# command without --graph, `version` included; dockerd and containerd keep to --data-root but
+# default there): stash the host's, cover it with a tmpfs below, bind each entry back read-only,
+# so new dirs there are writable and dpkg's database still answers
+varlib=
+if [ -d $R/var/lib ]; then
+    mkdir -p $R/run/overlaylab/varlib
+    if mount -o bind $R/var/lib $R/run/overlaylab/varlib; then
+        varlib=$R/run/overlaylab/varlib
+    else
+        say "cannot stash /var/lib: it stays read-only"
+    fi
+fi
 for d in tmp var/tmp root mnt; do
     if [ -d "$R/$d" ]; then
         mount -t tmpfs -o mode=0755 tmpfs "$R/$d" || fail "tmpfs on /$d"
@@ -94,6 +110,25 @@ for d in tmp var/tmp root mnt; do
         say "no /$d in the host root; left out"
     fi
 done
+if [ -n "$varlib" ] && mount -t tmpfs -o mode=0755 tmpfs $R/var/lib; then
+    for e in $varlib/*; do
+        n=${e##*/}
+        case "$n" in
+            docker|containerd|containers) continue ;;  # the engines' own state starts empty
+        esac
+        if [ -L "$e" ]; then
+            ln -s "$(readlink "$e")" "$R/var/lib/$n"
+        elif [ -d "$e" ]; then
+            mkdir "$R/var/lib/$n" && mount -o bind "$e" "$R/var/lib/$n"
+        elif [ -e "$e" ]; then
+            touch "$R/var/lib/$n" && mount -o bind "$e" "$R/var/lib/$n"
+        fi || say "cannot bind /var/lib/$n back"
+    done
+    umount $varlib && rmdir $varlib
+fi
+# dockerd 20.10 creates its trust key /etc/docker/key.json when there is none (docker.io ships
+# the dir); the tmpfs also keeps a host daemon.json away from the lab's private daemons
+[ -d $R/etc/docker ] && mount -t tmpfs -o mode=0700 tmpfs $R/etc/docker
 chmod 1777 $R/tmp $R/var/tmp 2>/dev/null
 chmod 0700 $R/root 2>/dev/null
 mkdir -p $R/mnt/lab
@@ -119,6 +154,17 @@ IFS=$OLDIFS
 mount -t proc proc $R/proc || fail "proc in the new root"
 mount -t sysfs sysfs $R/sys || fail "sysfs in the new root"
 mount -t devtmpfs devtmpfs $R/dev || fail "devtmpfs in the new root"
+# cgroup v2 where dockerd, containerd and runc look for it (without it dockerd 20.10 stops with
+# "Devices cgroup isn't mounted"); they enable the controllers they use. dockerd, containerd and
+# the shims also make /run/docker/plugins and /run/containerd/s whatever --exec-root says: /run
+# is a tmpfs already
+mount -t cgroup2 -o nsdelegate cgroup2 $R/sys/fs/cgroup || say "cannot mount cgroup2"
+# the links udev makes in /dev: on 5.10 execveat(fd, "", AT_EMPTY_PATH) fails with ENOENT
+# without /dev/fd, and so does runc's re-exec of its own binary ("could not ensure we are a
+# cloned binary", opencontainers/runc#2552): no container starts
+for l in fd:fd stdin:fd/0 stdout:fd/1 stderr:fd/2; do
+    ln -sfn "/proc/self/${l#*:}" "$R/dev/${l%%:*}"
+done
 mkdir -p $R/dev/pts $R/dev/shm
 # No udev in the guest: /dev/disk/by-profile/<profile> -> ../../vdX from the virtio serial qemu
 # sets to the profile name, and a udev database entry per disk so `lsblk -o NAME,SERIAL` shows it

@@ -38,8 +38,11 @@ BOOT_MODULES: Tuple[str, ...] = (
 )
 #: What the lab needs in the guest, in the order it asks for it. Modules not in BOOT_MODULES
 #: (nor their dependencies) load in the background while sshd starts; init waits for them
-#: before it prints the ready marker.
-LAB_MODULES: Tuple[str, ...] = BOOT_MODULES + ("overlay", "loop", "ext4", "xfs", "btrfs")
+#: before it prints the ready marker. ``fuse`` makes /dev/fuse for fuse-overlayfs (no udev in
+#: the guest to load it on first open); dockerd, containerd and runc need nothing more with
+#: ``--bridge=none --iptables=false`` and ``--network none`` (cgroup2, namespaces and seccomp are
+#: built into Debian's kernels).
+LAB_MODULES: Tuple[str, ...] = BOOT_MODULES + ("overlay", "loop", "ext4", "xfs", "btrfs", "fuse")
 
 FORMAT_VERSION = 4  # bump when the layout or the init changes incompatibly
 

@@ -155,7 +155,7 @@ def test_real_debian_61_initramfs(kernel_61, tmp_path):
     kos = [n[len("modules/"):-3] for n in names if n.endswith(".ko")]
     assert not [n for n in names if n.endswith((".ko.xz", ".ko.zst", ".ko.gz"))]
     for m in ("overlay", "9p", "9pnet", "9pnet_virtio", "virtio_blk", "virtio_net", "ext4", "xfs",
-              "btrfs", "loop"):
+              "btrfs", "loop", "fuse"):
         assert m in kos or m in info.builtin, m
     assert info.modules.index("libcrc32c") < info.modules.index("xfs")
     assert info.modules.index("crc32c_generic") < info.modules.index("libcrc32c")
