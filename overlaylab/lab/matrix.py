@@ -316,7 +316,8 @@ def plan_matrix(provider: str, kernels: Sequence[str], boxes: Sequence[str], pro
     """The provider and matrix of ``overlaylab run -K/-B/-p/-k/--engine``, or :class:`SelectionError`.
 
     No kernel named: the host alone for ``local``, else the host and every catalogue kernel.
-    With no ``-k``, VM kernels skip the ``scale`` tier (under TCG it costs minutes). No
+    With no ``-k``, VM kernels skip the ``scale`` tier and the ``engine`` group (under TCG they
+    cost minutes per kernel; ``-k engine`` runs the group there). No
     ``--engine``: every registered engine (one not installed on a target gives UNSUPPORTED
     cells there); engines add nothing when no ``engine`` scenario is selected."""
     check_expressions("-p", profile_exprs, all_profiles, "profile")
@@ -345,6 +346,8 @@ def plan_matrix(provider: str, kernels: Sequence[str], boxes: Sequence[str], pro
     else:  # the lab's reason to exist: the host and every catalogue kernel
         kernel_list = catalogue_kernels()
     vm_scenarios = None
-    if not scenario_exprs:
-        vm_scenarios = {sid: sc for sid, sc in scenarios.items() if "scale" not in sc.tags}
+    if not scenario_exprs:  # under TCG the scale tier costs minutes, and the engine group (a
+        # dockerd start and container runs per profile) about 3 s a cell: asked for by -k only
+        vm_scenarios = {sid: sc for sid, sc in scenarios.items()
+                        if "scale" not in sc.tags and sc.group != ENGINE_GROUP}
     return provider, Matrix(kernel_list, dict(profiles), scenarios, dict(all_profiles), vm_scenarios, engines)

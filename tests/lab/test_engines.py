@@ -220,3 +220,14 @@ def test_a_run_records_engine_cells_and_its_bundle_reproduces_one(tmp_path, lab_
     again = _cli(["repro", out.stdout.strip(), "--reports-dir", reports], env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "REPRODUCED: host/tmpfs/%s is %s again" % (THROWAWAY, engine_cell["outcome"]) in again.stdout
+
+
+def test_vm_kernels_leave_the_engine_group_to_an_explicit_k():
+    profiles = load_profiles()
+    _, default = plan_matrix("auto", ["host", "debian-6.1"], [], ["=tmpfs"], [], profiles)
+    host_engine = [s for s, e in default.runs_for("host") if all_scenarios()[s].group == "engine"]
+    vm_engine = [s for s, e in default.runs_for("debian-6.1") if all_scenarios()[s].group == "engine"]
+    assert host_engine and len(set(e for _, e in default.runs_for("host"))) == len(engine_names())
+    assert vm_engine == []  # TCG: a dockerd per profile and container runs cost minutes per kernel
+    _, asked = plan_matrix("auto", ["debian-6.1"], [], ["=tmpfs"], ["engine"], profiles)
+    assert {e for _, e in asked.runs_for("debian-6.1")} == set(engine_names())
