@@ -22,10 +22,12 @@ from .scenario import Expectation, Facts, Scenario, run_scenario
 
 
 def engine_facts(facts: Mapping[str, Any], session: EngineSession) -> Facts:
-    """``facts`` plus what the open session says: the engine, its version and its verdict."""
+    """``facts`` plus what the open session says: the engine, its version and its verdict
+    (with ``mount_program``: the driver mounts through a user-space program, per its evidence)."""
     verdict = session.verdict
     return Facts(dict(facts, engine=session.engine.name, engine_version=session.engine.version(),
-                      engine_verdict={"accepted": verdict.accepted, "message": verdict.message}))
+                      engine_verdict={"accepted": verdict.accepted, "message": verdict.message,
+                                      "mount_program": verdict.evidence.get("mount_program") is True}))
 
 
 def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_dir: str, facts: Mapping[str, Any],

@@ -19,9 +19,9 @@ import types
 import pytest
 
 from overlaylab.agent import probes as probe_mod
-from overlaylab.agent.engine_cells import run_engine_cells
+from overlaylab.agent.engine_cells import engine_facts, run_engine_cells
 from overlaylab.agent.engines import ENGINES, engine_names, get_engine
-from overlaylab.agent.engines.base import Engine, EngineError, EngineRefused, EngineUnavailable
+from overlaylab.agent.engines.base import Engine, EngineError, EngineRefused, EngineSession, EngineUnavailable, Verdict
 from overlaylab.agent.main import probe_profile
 from overlaylab.agent.scenario import ENGINE_GROUP, Facts, Outcome, all_scenarios, classify, run_scenario
 from tests.needs import need
@@ -85,12 +85,10 @@ def test_expectations_follow_the_engines_verdict_and_the_probed_facts():
     assert "driver not supported" in all_scenarios()["engine-verdict"].expect(_facts(engine_verdict=refused)).why
     # No d_type: a container's deletions show everywhere the kernel merges; an image's only where layers stack.
     assert _expected("delete-in-container", d_type=False) is Outcome.FAIL
-    assert _expected("delete-in-container", d_type=False, engine="fuse-overlayfs") is Outcome.PASS
     assert _expected("image-whiteouts", d_type=False) is Outcome.PASS
     assert _expected("image-whiteouts", d_type=False, engine="docker-overlay2") is Outcome.FAIL
     assert _expected("rename-image-dir") is Outcome.FAIL
     assert _expected("rename-image-dir", dir_rename="redirect") is Outcome.PASS
-    assert _expected("rename-image-dir", engine="fuse-overlayfs") is Outcome.PASS
     assert _expected("xattrs-pulled", xattr_user=False) is Outcome.UNSUPPORTED
     assert _expected("many-layers", fs_inodes=128) is Outcome.FAIL
     assert _expected("out-of-inodes", fs_inodes=0) is Outcome.UNSUPPORTED
@@ -99,6 +97,35 @@ def test_expectations_follow_the_engines_verdict_and_the_probed_facts():
     assert _expected("out-of-space", upperdir=False) is Outcome.PASS
     # Without engine facts, the port's Init as probed decides.
     assert all_scenarios()["engine-verdict"].expect(Facts({"driver_init": "REFUSED"})).outcome is Outcome.REFUSED
+
+
+FUSE_MOUNTED = {"accepted": True, "message": "", "mount_program": True}
+
+
+@pytest.mark.parametrize("engine", ["fuse-overlayfs", "containers-storage"])
+def test_a_mount_program_in_the_verdict_not_the_engines_name_gives_fuse_overlayfs_expectations(engine):
+    # where the driver said it mounts through fuse-overlayfs (configured, or 1.43's fallback on ext4 without
+    # filetype): no d_type or upperdir need, and fuse-overlayfs 1.10's own failures, each with its upstream source
+    fuse = dict(engine=engine, engine_verdict=FUSE_MOUNTED)
+    assert _expected("container-changes", d_type=False, **fuse) is Outcome.PASS
+    assert _expected("engine-verdict", upperdir=False, **fuse) is Outcome.PASS
+    for sid, ref in (("image-whiteouts", "fuse-overlayfs#324"), ("delete-in-container", "commit/6a1040f"),
+                     ("hardlinks-pulled", "issues/435"), ("rename-image-dir", "commit/7bbfb5b")):
+        expectation = all_scenarios()[sid].expect(_facts(**fuse))
+        assert expectation.outcome is Outcome.FAIL and ref in expectation.why, sid
+    # the same engine where the driver mounts with the kernel's overlayfs: the kernel's expectations
+    for sid in ("image-whiteouts", "delete-in-container", "hardlinks-pulled"):
+        assert _expected(sid, engine=engine) is Outcome.PASS, sid
+    assert _expected("rename-image-dir", engine=engine, dir_rename="redirect") is Outcome.PASS
+    assert _expected("delete-in-container", engine=engine, d_type=False) is Outcome.FAIL
+
+
+def test_engine_facts_carry_the_verdicts_mount_program():
+    session = EngineSession(get_engine("port"), "/nonexistent", "/nonexistent")
+    session.verdict = Verdict(True, "accepted", {"mount_program": True})
+    assert engine_facts({"profile": "ext4"}, session)["engine_verdict"] == FUSE_MOUNTED | {"message": "accepted"}
+    session.verdict = Verdict(True, "accepted", {})
+    assert engine_facts({}, session)["engine_verdict"]["mount_program"] is False
 
 
 def test_engine_errors_are_classified():

@@ -88,7 +88,9 @@ class EngineSession:
     @contextlib.contextmanager
     def rootfs(self, container: str) -> Iterator[str]:
         """The container's merged view as a path, mounted by the engine, for the block's duration;
-        writes through it land in the container's layer."""
+        writes through it land in the container's layer. If the container was removed inside the
+        block, leaving the block does nothing more (a mount the removal left behind is still there
+        for the scenario to catch)."""
         raise NotImplementedError
         yield ""  # pragma: no cover
 

@@ -12,7 +12,8 @@ What Init decides it caches: feature checks as empty-or-message files ``overlay-
 ``overlay-false``, ``metacopy(...)-false``, ``native-diff(...)-true`` in ``RUNROOT/overlay``
 (``drivers/overlay/check.go``, ``cachedFeatureRecord``), and whether a mount program is in use
 in ``GRAPHROOT/overlay/.has-mount-program``. The verdict records both beside the ``status``
-rows, because they can disagree: when the native check fails (ext4 without ``filetype``: "the
+rows (and the flag as ``mount_program``: true/false, what the ``engine`` scenarios' expectations
+read), because they can disagree: when the native check fails (ext4 without ``filetype``: "the
 backing extfs filesystem is formatted without d_type support"; overlayfs as backing fs) and
 ``fuse-overlayfs`` is on ``PATH``, 1.43's ``Init`` caches ``overlay-false`` and then silently
 continues with ``fuse-overlayfs`` as mount program (``exec.LookPath("fuse-overlayfs")`` in
@@ -83,9 +84,9 @@ class ContainersStorageSession(EngineSession):
         res = self.run(self.command("status"), check=False)
         rows = status_rows(res.stderr + res.stdout) if res.ok else {}  # the CLI prints them on stderr
         checks = self.cached_checks()
-        evidence = {"status": rows, "cached_checks": checks,
-                    "mount_program_flag": read_text(os.path.join(self.graph_root, "overlay", ".has-mount-program")),
-                    "returncode": res.returncode}
+        flag = read_text(os.path.join(self.graph_root, "overlay", ".has-mount-program"))
+        evidence = {"status": rows, "cached_checks": checks, "mount_program_flag": flag,
+                    "mount_program": flag == "true", "returncode": res.returncode}
         if not res.ok:
             self.verdict = Verdict(False, first_line(res.stderr or res.stdout)
                                    or "status exited %d" % res.returncode, evidence)
@@ -94,6 +95,8 @@ class ContainersStorageSession(EngineSession):
                  if k in rows]
         if checks.get("overlay-false") is not None:
             words.append("overlay-false: " + (checks["overlay-false"] or "(empty)"))
+        if flag == "true":
+            words.append("mounts through fuse-overlayfs")
         self.verdict = Verdict(True, "; ".join(words), evidence)
 
     def cached_checks(self) -> Dict[str, str]:
@@ -125,13 +128,22 @@ class ContainersStorageSession(EngineSession):
 
     # the adapter ---------------------------------------------------------------------------
     def pull(self, layer_tars: Sequence[str]) -> str:
+        """Each tar through ``import-layer``, which is ``store.PutLayer`` (containers/storage
+        ``store.go``; ``layerStore.Put`` in ``layers.go``): the layer is recorded ``incomplete``
+        before its diff is applied and deleted when the diff fails, so a full fs gets its space
+        and inodes back. (``create-layer`` + ``applydiff`` leaves the half-applied layer, whose
+        ``delete-layer`` must first save ``layers.json`` and fails while no inode is free.)
+        A failed pull also deletes the layers it already made below the one that failed."""
         if not layer_tars:
             raise EngineError("an image needs at least one layer")
         layers: List[str] = []
-        for tar in layer_tars:
-            layer = self.cs("create-layer", *layers[-1:]).stdout.strip()
-            layers.append(layer)
-            self.cs("applydiff", "-f", tar, layer, timeout=600.0)
+        try:
+            for tar in layer_tars:
+                layers.append(self.cs("import-layer", "--file", tar, *layers[-1:], timeout=600.0).stdout.strip())
+        except EngineError:
+            for layer in reversed(layers):  # top-down: a layer with children is refused
+                self.run(self.command("delete-layer", layer), check=False)
+            raise
         self.images[layers[-1]] = layers
         return layers[-1]
 
@@ -147,9 +159,11 @@ class ContainersStorageSession(EngineSession):
         try:
             yield path
         except BaseException:
-            self.run(self.command("unmount", container), check=False)
+            if container in self.containers:
+                self.run(self.command("unmount", container), check=False)
             raise
-        self.cs("unmount", container)
+        if container in self.containers:  # removed inside the block: ``delete-layer`` unmounted it
+            self.cs("unmount", container)
 
     def changes(self, container: str) -> List[Change]:
         out = self.cs("changes", "--json", container).stdout
