@@ -22,7 +22,7 @@ from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
-from .results import RunStore
+from .results import RunStore, now_iso
 
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
 #: seconds more per profile for each engine other than the port: starting it (a private dockerd
@@ -170,6 +170,9 @@ class Runner:
             "accel": session.accel, "boot_seconds": round(session.boot_seconds or 0.0, 3),
             "up_seconds": round(time.monotonic() - started, 3), "disks": dict(session.disks or {}),
             "boot_retries": list(session.boot_retries or [])}).to_json()
+        image = getattr(session, "kernel", None)  # a booted image (qemu): its Debian package, version, suite, config
+        if image is not None and hasattr(image, "to_json"):
+            info["kernel_image"] = image.to_json()
         try:
             with progress_mod.phase("probes", "kernel facts"):
                 res = session.run(session.agent_command(["probe-target"]), 120)
@@ -242,6 +245,7 @@ class Runner:
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
                 elif kind == "cell":
+                    rec["ended"] = now_iso()  # when it arrived: a report's start_time is this less its duration
                     done[(rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)] = rec
                     self._append(dict(rec, record="cell"))
                     self.progress("cell", rec)
