@@ -8,6 +8,7 @@ agent that hangs) becomes ERROR cells with the evidence, and the other targets c
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import signal as signal_mod
 import threading
@@ -22,7 +23,7 @@ from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
 from . import progress as progress_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
-from .results import RunStore, now_iso
+from .results import RunStore
 
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
 #: seconds more per profile for each engine other than the port: starting it (a private dockerd
@@ -245,7 +246,8 @@ class Runner:
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
                 elif kind == "cell":
-                    rec["ended"] = now_iso()  # when it arrived: a report's start_time is this less its duration
+                    # when it arrived (ms): a report's start time is this less its duration
+                    rec["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
                     done[(rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)] = rec
                     self._append(dict(rec, record="cell"))
                     self.progress("cell", rec)
