@@ -50,7 +50,7 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
         click.echo(text, nl=False)
         return
     if os.path.isdir(output):
-        output = os.path.join(output, FILES.get(fmt, "baseline.toml"))
+        output = os.path.join(output, FILES.get(fmt) or {"baseline": "baseline.toml", "kcidb": "kcidb.json"}[fmt])
     try:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)

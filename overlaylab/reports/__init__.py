@@ -13,8 +13,7 @@ from typing import Callable, Dict, List, Optional
 from ..lab.results import Run, load_run
 from .model import RunReport
 
-FILES = {"markdown": "report.md", "html": "report.html", "junit": "junit.xml", "json": "summary.json",
-         "kcidb": "kcidb.json"}
+FILES = {"markdown": "report.md", "html": "report.html", "junit": "junit.xml", "json": "summary.json"}
 
 
 def renderers() -> Dict[str, Callable[[RunReport], str]]:

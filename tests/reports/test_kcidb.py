@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 from kcidb_io.schema import LATEST
@@ -157,3 +158,18 @@ def test_kcidb_refuses_to_write_invalid_data_in_one_line(lab, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr
     assert "not valid KCIDB v5.3 data at checkouts/0/start_time" in lines[0] and "yesterday" in lines[0]
+
+
+def test_kcidb_into_a_directory_is_kcidb_json(lab, tmp_path):
+    res = cli(["report", "-f", "kcidb", lab.plain, "-o", str(tmp_path)])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(tmp_path / "kcidb.json")
+    assert os.listdir(str(tmp_path)) == ["kcidb.json"]
+
+
+def test_kcidb_without_kcidb_io_says_which_extra_to_install(lab, monkeypatch):
+    from overlaylab.reports.kcidb import KcidbError
+    monkeypatch.setitem(sys.modules, "kcidb_io.schema", None)    # as if the package were not installed
+    with pytest.raises(KcidbError, match=r"^the kcidb format needs the kcidb-io package: "
+                                         r"pip install 'overlaylab\[kcidb\]'$"):
+        build(RunReport.from_run(load_run(lab.plain)))
