@@ -340,11 +340,17 @@ def _history_section(rep: RunReport) -> str:
     from ``<reports>/index.sqlite``), the cells that stopped passing first with the run where
     they last worked and the one where they first failed (:func:`.history.regression`)."""
     import os
+    import sqlite3
     from .history import INDEX_FILE, history_until, regression
     from .model import reports_dir_of
     out = ['<h2 id="history-heading">History across indexed runs</h2>']
     in_reports = os.path.basename(os.path.dirname(os.path.abspath(rep.run.path))) == "runs"
-    found = history_until(reports_dir_of(rep.run.path), rep) if in_reports else None
+    try:
+        found = history_until(reports_dir_of(rep.run.path), rep) if in_reports else None
+    except sqlite3.Error as err:  # a damaged index costs the history view, not the report
+        out.append('<p class="muted" id="history-none">the run index cannot be read (%s): no history to show; '
+                   '<code>overlaylab history --reindex</code> rebuilds it</p>' % _e(err))
+        return "".join(out)
     if found is None:
         out.append('<p class="muted" id="history-none">no run index next to this run (%s in its reports directory): '
                    'no history to show</p>' % _e(INDEX_FILE))

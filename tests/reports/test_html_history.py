@@ -112,3 +112,39 @@ def test_html_history_says_when_there_is_no_history(lab, tmp_path, indexed):
     assert ("the run index holds no other run up to this one: no history yet" if indexed else
             "no run index next to this run (index.sqlite in its reports directory): no history to show") in text
     assert not os.path.exists(os.path.join(reports, "index.sqlite")) or indexed   # rendering makes no index
+
+
+def test_html_history_of_a_damaged_index_says_so_and_the_report_renders(lab, tmp_path):
+    reports = str(tmp_path / "reports")
+    run_dir = copy_run(lab.plain, reports, RUNS[0])
+    with open(os.path.join(reports, "index.sqlite"), "wb") as f:
+        f.write(b"not a database, " * 512)
+    with open(_page(run_dir), encoding="utf-8") as f:
+        text = f.read()
+    assert "the run index cannot be read (file is not a database): no history to show" in text
+    assert 'id="history-table"' not in text and 'id="report-data"' in text
+
+
+def test_html_history_keeps_engine_cells_apart(lab, tmp_path):
+    import json
+    import re
+
+    from .engine_runs import make_engine_run
+    reports = str(tmp_path / "reports")
+    dirs = []
+    for i, run_id in enumerate(("20990101-000000-engn", "20990102-000000-engn")):
+        dirs.append(make_engine_run(lab.plain, reports, run_id))
+        with open(os.path.join(dirs[-1], "run.json")) as f:
+            meta = json.load(f)
+        meta["started"] = "2099-01-0%dT00:00:00+00:00" % (i + 1)
+        with open(os.path.join(dirs[-1], "run.json"), "w") as f:
+            json.dump(meta, f)
+        index_run(reports, dirs[-1])
+    with open(_page(dirs[1]), encoding="utf-8") as f:
+        text = f.read()
+    rows = dict(re.findall(r'<tr data-history="([^"]+)">(.*?)</tr>', text))
+    rep = RunReport.from_run(load_run(dirs[1]))
+    assert sorted(rows) == sorted(cv.id for cv in rep.cells.values())
+    for engine, outcome in (("", "PASS"), ("/containers-storage", "PASS"), ("/docker-overlay2", "FLAKY")):
+        row = rows["host/tmpfs/engine-whiteouts" + engine]
+        assert re.findall(r'data-outcome="(\w+)"', row) == [outcome, outcome]
