@@ -13,9 +13,10 @@ from .util import BadInput, load_run_checked, run_path
 
 @click.command("report")
 @click.argument("run_ref", metavar="RUN", default="latest")
-@click.option("-f", "--format", "fmt", type=click.Choice(["markdown", "html", "junit", "json", "baseline", "all"]),
-              default="all", show_default=True,
-              help="all: report.md, report.html, junit.xml and summary.json; baseline: a baseline file of this run.")
+@click.option("-f", "--format", "fmt",
+              type=click.Choice(["markdown", "html", "junit", "json", "baseline", "kcidb", "all"]), default="all", show_default=True,
+              help="all: report.md, report.html, junit.xml and summary.json; baseline: a baseline file of this run; "
+                   "kcidb: KernelCI's KCIDB I/O JSON, validated with kcidb-io (the 'kcidb' extra).")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="File to write (one format; '-' for stdout) or directory (all; default: the run directory).")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
@@ -27,6 +28,7 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
     """
     from ..reports import FILES, RunReport, render, write_all
     from ..reports.compare import render_baseline
+    from ..reports.kcidb import KcidbError
     path = run_path(run_ref, reports_dir)
     run = load_run_checked(path)
     if fmt == "all":
@@ -38,14 +40,17 @@ def report_cmd(run_ref: str, fmt: str, output: Optional[str], reports_dir: Optio
             click.echo(written)
         return
     rep = RunReport.from_run(run)
-    text = render_baseline(rep, name=name) if fmt == "baseline" else render(rep, fmt)
+    try:
+        text = render_baseline(rep, name=name) if fmt == "baseline" else render(rep, fmt)
+    except KcidbError as err:  # invalid KCIDB data is never written
+        raise BadInput(str(err)) from None
     if output is None and fmt == "html":
         output = os.path.join(path, FILES["html"])
     if output is None or output == "-":
         click.echo(text, nl=False)
         return
     if os.path.isdir(output):
-        output = os.path.join(output, FILES.get(fmt, "baseline.toml"))
+        output = os.path.join(output, FILES.get(fmt) or {"baseline": "baseline.toml", "kcidb": "kcidb.json"}[fmt])
     try:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)

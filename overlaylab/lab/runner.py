@@ -8,6 +8,7 @@ agent that hangs) becomes ERROR cells with the evidence, and the other targets c
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import signal as signal_mod
 import threading
@@ -170,6 +171,9 @@ class Runner:
             "accel": session.accel, "boot_seconds": round(session.boot_seconds or 0.0, 3),
             "up_seconds": round(time.monotonic() - started, 3), "disks": dict(session.disks or {}),
             "boot_retries": list(session.boot_retries or [])}).to_json()
+        image = getattr(session, "kernel", None)  # a booted image (qemu): its Debian package, version, suite, config
+        if image is not None and hasattr(image, "to_json"):
+            info["kernel_image"] = image.to_json()
         try:
             with progress_mod.phase("probes", "kernel facts"):
                 res = session.run(session.agent_command(["probe-target"]), 120)
@@ -242,6 +246,8 @@ class Runner:
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
                 elif kind == "cell":
+                    # when it arrived (ms): a report's start time is this less its duration
+                    rec["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
                     done[(rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)] = rec
                     self._append(dict(rec, record="cell"))
                     self.progress("cell", rec)

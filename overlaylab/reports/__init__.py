@@ -1,4 +1,5 @@
-"""Reports of a run directory: markdown, HTML, JUnit XML, JSON summary; baselines and
+"""Reports of a run directory: markdown, HTML, JUnit XML, JSON summary, KCIDB (:mod:`.kcidb`,
+on request only: it needs the optional kcidb-io); baselines and
 regressions (:mod:`.compare`); the run index (:mod:`.history`); bug bundles (:mod:`.bundle`).
 
 ``write_all(run_path)`` writes ``report.md``, ``report.html``, ``junit.xml`` and
@@ -16,10 +17,10 @@ FILES = {"markdown": "report.md", "html": "report.html", "junit": "junit.xml", "
 
 
 def renderers() -> Dict[str, Callable[[RunReport], str]]:
-    from . import html, junit, markdown, summary_json
+    from . import html, junit, kcidb, markdown, summary_json
     from .compare import render_baseline
     return {"markdown": markdown.render, "html": html.render, "junit": junit.render, "json": summary_json.render,
-            "baseline": render_baseline}
+            "baseline": render_baseline, "kcidb": kcidb.render}
 
 
 def render(rep: RunReport, fmt: str) -> str:

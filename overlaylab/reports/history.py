@@ -244,3 +244,51 @@ def render_runs(reports_dir: str) -> str:
         text += "\n\nCells whose outcome moved across runs (see `overlaylab history --cell CELL`):\n"
         text += tabulate(moving, headers=["cell", "runs", "outcomes seen"])
     return text
+
+
+# --- a run's cells across the runs before it (the HTML report's history view) ----------------
+
+CellOutcomes = Dict[Tuple[str, str, str, str], Dict[str, Tuple[str, bool]]]
+
+
+def history_until(reports_dir: str, rep: RunReport) -> Optional[Tuple[List[Tuple[str, str]], CellOutcomes]]:
+    """``(runs, outcomes)`` for the cells of ``rep``: ``runs`` the (run id, started) of the
+    indexed runs that started no later than ``rep``'s, oldest first, then ``rep``'s own run
+    (indexed or not yet: ``overlaylab run`` writes its reports before it indexes the run);
+    ``outcomes[cell key][run id] = (outcome, met)``. None when there is no index: the index is
+    read, never made, here."""
+    if not os.path.exists(index_path(reports_dir)):
+        return None
+    started = rep.run.meta.get("started") or ""
+    conn = connect(reports_dir)
+    try:
+        runs = [(r[0], r[1] or "") for r in conn.execute(
+            "SELECT run_id, started FROM runs WHERE run_id != ? AND (? = '' OR started <= ?) ORDER BY started, run_id",
+            (rep.run_id, started, started))]
+        keys = set(rep.cells)
+        outcomes: CellOutcomes = {key: {} for key in keys}
+        for run_id, kernel, profile, scenario, engine, outcome, met in conn.execute(
+                "SELECT c.run_id, c.kernel, c.profile, c.scenario, c.engine, c.outcome, c.met FROM cells c "
+                "JOIN runs r USING (run_id) WHERE c.run_id != ? AND (? = '' OR r.started <= ?)",
+                (rep.run_id, started, started)):
+            key = (kernel, profile, scenario, engine)
+            if key in keys:
+                outcomes[key][run_id] = (outcome, bool(met))
+    finally:
+        conn.close()
+    for key, cv in rep.cells.items():
+        outcomes[key][rep.run_id] = (cv.outcome, cv.met)
+    return runs + [(rep.run_id, started)], outcomes
+
+
+def regression(timeline: List[Tuple[str, str]]) -> Tuple[Optional[str], Optional[str]]:
+    """``(last worked in, first failed in)`` for a cell's ``(run id, outcome)`` oldest first,
+    as KernelCI names a regression: when its latest outcome is not PASS, the last run where it
+    passed and the first run after that one (where it stopped passing); ``(None, None)`` when
+    it passes now or never passed."""
+    if not timeline or timeline[-1][1] == "PASS":
+        return None, None
+    passed = [i for i, (_, outcome) in enumerate(timeline) if outcome == "PASS"]
+    if not passed:
+        return None, None
+    return timeline[passed[-1]][0], timeline[passed[-1] + 1][0]

@@ -331,6 +331,73 @@ def _expected_table(rep: RunReport) -> str:
     return "".join(out)
 
 
+#: how many runs the history view shows as columns (the latest; regressions look at all)
+HISTORY_RUNS = 20
+
+
+def _history_section(rep: RunReport) -> str:
+    """Each cell's outcome across the indexed runs up to this one (:func:`.history.history_until`,
+    from ``<reports>/index.sqlite``), the cells that stopped passing first with the run where
+    they last worked and the one where they first failed (:func:`.history.regression`)."""
+    import os
+    import sqlite3
+    from .history import INDEX_FILE, history_until, regression
+    from .model import reports_dir_of
+    out = ['<h2 id="history-heading">History across indexed runs</h2>']
+    in_reports = os.path.basename(os.path.dirname(os.path.abspath(rep.run.path))) == "runs"
+    try:
+        found = history_until(reports_dir_of(rep.run.path), rep) if in_reports else None
+    except sqlite3.Error as err:  # a damaged index costs the history view, not the report
+        out.append('<p class="muted" id="history-none">the run index cannot be read (%s): no history to show; '
+                   '<code>overlaylab history --reindex</code> rebuilds it</p>' % _e(err))
+        return "".join(out)
+    if found is None:
+        out.append('<p class="muted" id="history-none">no run index next to this run (%s in its reports directory): '
+                   'no history to show</p>' % _e(INDEX_FILE))
+        return "".join(out)
+    runs, outcomes = found
+    if len(runs) == 1:
+        out.append('<p class="muted" id="history-none">the run index holds no other run up to this one: '
+                   'no history yet</p>')
+        return "".join(out)
+    rows = []
+    for key, cv in rep.cells.items():
+        timeline = [(run_id, outcomes[key][run_id][0]) for run_id, _ in runs if run_id in outcomes[key]]
+        worked, failed = regression(timeline)
+        rows.append((worked is None, cv.id, cv, timeline, worked, failed))
+    rows.sort(key=lambda r: r[0])   # the cells that stopped passing first, then the matrix's order
+    regressed = sum(1 for r in rows if not r[0])
+    shown = runs[-HISTORY_RUNS:]
+    out.append('<p id="history-summary">%d runs up to this one; %d of %d cells stopped passing since an earlier run%s</p>'
+               % (len(runs), regressed, len(rows),
+                  "" if len(shown) == len(runs) else " (the latest %d runs shown)" % len(shown)))
+    out.append('<div class="scroll"><table class="why" id="history-table"><thead><tr><th>cell</th>')
+    for run_id, started in shown:
+        out.append('<th data-run="%s" title="started %s">%s%s</th>' % (
+            _e(run_id), _e(started or "?"), _e(run_id), "<br>(this run)" if run_id == rep.run_id else ""))
+    out.append("<th>last worked in</th><th>first failed in</th></tr></thead><tbody>")
+    for _ok, cid, cv, timeline, worked, failed in rows:
+        out.append('<tr data-history="%s"><td><a class="open" data-cell="%s">%s</a></td>' % (_e(cid), _e(cid), _e(cid)))
+        for run_id, _ in shown:
+            got = outcomes[cv.key].get(run_id)
+            if got is None:
+                out.append('<td class="none" data-run="%s" title="not run">%s</td>' % (_e(run_id), NOT_RUN))
+                continue
+            outcome, met = got
+            out.append('<td data-run="%s" data-outcome="%s"><span class="pill o-%s%s">%s%s</span></td>' % (
+                _e(run_id), _e(outcome), _e(outcome), "" if met else " unmet", "" if met else UNMET_MARK + " ",
+                _e(SHORT.get(outcome, outcome))))
+        if worked:
+            out.append('<td class="last-worked">%s</td><td class="first-failed">%s (%s)</td>' % (
+                _e(worked), _e(failed), _e(dict(timeline)[failed])))
+        else:
+            out.append('<td class="last-worked muted">%s</td><td class="first-failed"></td>' % (
+                "never passed in these runs" if timeline[-1][1] != "PASS" else ""))
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
 def render(rep: RunReport) -> str:
     meta = rep.run.meta
     host = meta.get("host") or {}
@@ -428,6 +495,7 @@ def render(rep: RunReport) -> str:
         if not flaky:
             parts.append("<li class=\"muted\">no cell changed outcome between repeats</li>")
         parts.append("</ul>")
+    parts.append(_history_section(rep))
     parts.append("</main>")
     parts.append('<aside id="details" hidden></aside>')
     parts.append('<script type="application/json" id="report-data">%s</script>' % _json_for_script(data))
