@@ -17,10 +17,12 @@ import ctypes
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import stat
 import tempfile
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ... import mountutil
@@ -199,6 +201,7 @@ def upper_entries(upper: str, xattr_prefix: str = "trusted.overlay.") -> Dict[st
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 
 
 def _write(path: str, text: str) -> None:
@@ -233,11 +236,10 @@ def in_userns(fn: Callable[[], Dict[str, Any]], timeout: float = 30.0) -> Dict[s
             os._exit(code)
     os.close(wfd)
     chunks = []
+    deadline = time.monotonic() + timeout
     try:
-        signal_deadline = timeout
-        import select
         while True:
-            ready, _, _ = select.select([rfd], [], [], signal_deadline)
+            ready, _, _ = select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 os.kill(pid, signal.SIGKILL)
                 raise ScenarioFailure("the user-namespace child ran past %.0f s" % timeout)
@@ -527,7 +529,6 @@ class _MountAttr(ctypes.Structure):
 
 
 def _syscall(number: int, *args: Any) -> int:
-    _libc.syscall.restype = ctypes.c_long
     res = _libc.syscall(ctypes.c_long(number), *args)
     if res < 0:
         code = ctypes.get_errno()
@@ -552,7 +553,6 @@ def mapped_userns(base: int, count: int = 65536) -> Iterator[int]:
         for _ in range(200):  # wait for the unshare
             if os.readlink("/proc/%d/ns/user" % pid) != os.readlink("/proc/self/ns/user"):
                 break
-            import time
             time.sleep(0.005)
         _write("/proc/%d/uid_map" % pid, "0 %d %d" % (base, count))
         _write("/proc/%d/gid_map" % pid, "0 %d %d" % (base, count))
