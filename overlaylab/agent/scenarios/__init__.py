@@ -9,6 +9,9 @@ Groups (one module each):
 - ``failure-class`` the known field failures (docs/reference-behaviour.md#field-failures), each at a small scale; each checks the
                     healthy behaviour, so it FAILs where the kernel/fs breaks it, and its
                     expectation says so where that is the known behaviour
+- ``breakage``      overlay breakages users hit (moby, containers/storage, podman, buildkit issues), each a
+                    small real reproduction with overlay mounts on the backing fs and, where the
+                    issue has one, its passing counterpart; expectations from probed features
 - ``engine``        engine-neutral scenarios, written once against the storage engine adapter
                     (``ctx.engine``) and run on every engine: the port and the living drivers
 
@@ -18,6 +21,6 @@ loop filesystem).
 """
 from __future__ import annotations
 
-from . import lifecycle, diffs, quirks, hazards, failure_classes, engine  # noqa: F401  (registration order)
+from . import lifecycle, diffs, quirks, hazards, failure_classes, breakages, engine  # noqa: F401  (registration order)
 
-__all__ = ["lifecycle", "diffs", "quirks", "hazards", "failure_classes", "engine"]
+__all__ = ["lifecycle", "diffs", "quirks", "hazards", "failure_classes", "breakages", "engine"]
