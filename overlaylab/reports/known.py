@@ -190,13 +190,13 @@ def _url(value: str, where: str, name: str) -> str:
 def _issue(raw: Any, where: str) -> KnownIssue:
     if not isinstance(raw, dict):
         raise KnownIssuesError("%s: not a table" % where)
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise KnownIssuesError("%s: unknown key %s (keys: %s)" % (where, ", ".join(unknown), ", ".join(sorted(_KEYS))))
     issue_id = raw.get("id")
     if not isinstance(issue_id, str) or not _ID.match(issue_id):
         raise KnownIssuesError("%s: id must be lower case letters, digits and '-', got %r" % (where, issue_id))
     where = "%s (%s)" % (where, issue_id)
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise KnownIssuesError("%s: unknown key %s (keys: %s)" % (where, ", ".join(unknown), ", ".join(sorted(_KEYS))))
     for name in ("title", "url", "match"):
         if name not in raw:
             raise KnownIssuesError("%s: no %s" % (where, name))
