@@ -1,4 +1,4 @@
-"""``overlaylab report | compare | history | bundle | repro``: what a run hands its users."""
+"""``overlaylab report | compare | history | bundle | repro | known``: what a run hands its users."""
 from __future__ import annotations
 
 import json
@@ -198,4 +198,92 @@ def repro_cmd(bundle: str, reports_dir: Optional[str], dry_run: bool, profiles_f
     raise click.exceptions.Exit(1)
 
 
-COMMANDS = [report_cmd, compare_cmd, history_cmd, bundle_cmd, repro_cmd]
+def _known_issues(path: Optional[str]):
+    from ..reports.known import KnownIssuesError, default_path, load
+    try:
+        return load(path or default_path())
+    except KnownIssuesError as err:
+        raise BadInput(str(err)) from None
+
+
+_KNOWN_FILE = click.option("--file", "known_file", type=click.Path(dir_okay=False), default=None,
+                           help="The known-issues file (default: $OVERLAYLAB_KNOWN_ISSUES, else "
+                                "reports/known-issues.toml of the project).")
+
+
+@click.group("known")
+def known_group() -> None:
+    """Known issues: failures the lab reproduces, each with its upstream report
+    (reports/known-issues.toml). Every report marks the cells they match as KNOWN and lists
+    the failures no entry accounts for as new, first."""
+
+
+@known_group.command("list")
+@_KNOWN_FILE
+@click.option("--json", "as_json", is_flag=True, help="The entries as JSON.")
+def known_list_cmd(known_file: Optional[str], as_json: bool) -> None:
+    """List the entries of the known-issues file."""
+    from tabulate import tabulate
+    issues = _known_issues(known_file)
+    if as_json:
+        click.echo(json.dumps({"file": issues.source, "issues": [i.to_dict() for i in issues.issues]},
+                              indent=2, sort_keys=True))
+        return
+    rows = [(i.id, i.status, i.range_text, ", ".join(i.outcomes), "\n".join(i.match), "%s\n%s" % (i.title, i.url))
+            for i in issues.issues]
+    click.echo("%s: %d entries" % (issues.source, len(issues.issues)))
+    click.echo(tabulate(rows, headers=["id", "status", "applies to", "outcomes", "cells", "title and report"]))
+
+
+@known_group.command("check")
+@click.argument("run_ref", metavar="RUN", default="latest")
+@_KNOWN_FILE
+@click.option("--reports-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="{stale, not_run, still_failing, matched} as JSON.")
+def known_check_cmd(run_ref: str, known_file: Optional[str], reports_dir: Optional[str], as_json: bool) -> None:
+    """Check the known issues against a run (RUN: a run id, a run directory, or 'latest').
+
+    Lists the entries whose cells ran but none failed so (stale: fixed, or a wrong pattern),
+    the entries whose cells did not run here, and the entries whose `until` (or `fixed-in`)
+    kernel, or a later one, still fails. Exit status 1 when an entry is stale or still failing,
+    0 otherwise, 2 when the file or the run cannot be read.
+    """
+    from ..reports import RunReport
+    from ..reports.known import check
+    issues = _known_issues(known_file)
+    rep = RunReport.from_run(load_run_checked(run_path(run_ref, reports_dir)), known=issues)
+    result = check(rep.cells.values(), issues, rep.cell_release)
+    if as_json:
+        click.echo(json.dumps({
+            "file": issues.source, "run_id": rep.run_id, "attention": result.attention,
+            "stale": [i.id for i in result.stale], "not_run": [i.id for i in result.not_run],
+            "still_failing": [{"issue": i.id, "fix": i.range_text, "cells": [
+                {"cell": c.id, "kernel_release": rep.cell_release(c), "outcome": c.outcome} for c in cells]}
+                for i, cells in result.still_failing],
+            "matched": {k: [c.id for c in v] for k, v in result.matched.items()}}, indent=2, sort_keys=True))
+    else:
+        click.echo(_render_check(rep, issues, result))
+    if result.attention:
+        raise click.exceptions.Exit(1)
+
+
+def _render_check(rep, issues, result) -> str:
+    out = ["%s: %d entries, against run %s (%d cells)" % (issues.source, len(issues.issues), rep.run_id, len(rep.cells))]
+    for issue in issues.issues:
+        cells = result.matched.get(issue.id) or []
+        if cells:
+            out.append("  matched  %s: %d cell%s (%s)" % (issue.id, len(cells), "" if len(cells) == 1 else "s",
+                                                       ", ".join(c.id for c in cells[:4]) + (", ..." if len(cells) > 4 else "")))
+    for issue in result.stale:
+        out.append("  STALE    %s: its cells ran and none failed so (%s): %s %s" % (
+            issue.id, ", ".join(issue.outcomes), issue.title, issue.url))
+    for issue, cells in result.still_failing:
+        out.append("  STILL FAILING after its fix (%s): %s: %s" % (issue.range_text, issue.id, ", ".join(
+            "%s on %s (%s)" % (c.id, rep.cell_release(c) or "?", c.outcome) for c in cells[:6])))
+    if result.not_run:
+        out.append("  not run here: %s" % ", ".join(i.id for i in result.not_run))
+    out.append("%d stale, %d still failing after their fix" % (len(result.stale), len(result.still_failing)))
+    return "\n".join(out)
+
+
+COMMANDS = [report_cmd, compare_cmd, history_cmd, bundle_cmd, repro_cmd, known_group]

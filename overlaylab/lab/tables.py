@@ -1,7 +1,8 @@
 """Terminal tables of a run, per kernel: the classic matrix (scenarios x profiles) with counts
 per outcome, and the engine section (profile x engine scenario rows, one column per engine,
-the port first) with counts per engine; then the cells not as expected, the rows where the
-port and the other engines disagree, and the flaky cells of a repeated run."""
+the port first) with counts per engine; then the new failures and the known issues that
+matched (:mod:`overlaylab.reports.known`), the cells not as expected, the rows where the port
+and the other engines disagree, and the flaky cells of a repeated run."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
@@ -141,12 +142,43 @@ def render_disagreements(rep: "RunReport", width: int = 100) -> str:
     return tabulate(rows, headers=["row", "engine", "outcome", "error or verdict"])
 
 
+def render_new(rep: "RunReport", limit: int = 30) -> str:
+    """The new failures: failing or not as expected, and no known issue accounts for them
+    (not as expected first); "" when there are none."""
+    new = rep.new_failures()
+    rows = [[c.id, short_label(c.outcome, c.met), c.expected,
+             clip(c.error or c.reason_line, 100) + ("  (resembles %s)" % c.known[0].id if c.known else "")]
+            for c in new[:limit]]
+    if not rows:
+        return ""
+    text = tabulate(rows, headers=["cell", "got", "expected", "error"])
+    return text + ("\n(+%d more)" % (len(new) - limit) if len(new) > limit else "")
+
+
+def render_known(rep: "RunReport", width: int = 6) -> str:
+    """Per known issue that matched: how many cells, its status, title and upstream report,
+    and which cells (the first ``width``)."""
+    lines = []
+    for issue, cells in rep.known_groups():
+        ids = ", ".join(c.id for c in cells[:width]) + (", +%d more" % (len(cells) - width) if len(cells) > width else "")
+        lines.append("%s (%d cell%s, %s): %s\n    %s\n    %s" % (
+            issue.id, len(cells), "" if len(cells) == 1 else "s", issue.status, issue.title, issue.url, ids))
+    return "\n".join(lines)
+
+
 def render_report(rep: "RunReport") -> str:
     """What ``run`` prints at its end and ``show`` prints again: the tables of a folded run
     (a :class:`overlaylab.reports.model.RunReport`: one row per cell, FLAKY where ``--repeat``
     attempts disagree), the cells not as expected, where the port and the other engines
     disagree (when engine scenarios ran) and, for a repeated run, the flaky cells."""
     out = [render_run(rep)]
+    new = render_new(rep)
+    out.append("\nNew failures (%d): failing or not as expected, matching no known issue%s" % (
+        len(rep.new_failures()), ":\n" + new if new else ""))
+    known = render_known(rep)
+    if known:
+        out.append("\nKnown issues (%d cells, %s):\n%s" % (
+            sum(len(c) for _, c in rep.known_groups()), rep.known_issues.source, known))
     unmet = render_unmet(rep)
     if unmet:
         out.append("\nNot as expected:\n" + unmet)

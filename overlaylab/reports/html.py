@@ -6,7 +6,9 @@ across, followed by the rows where the port and the other engines disagree) that
 JavaScript; the cells' details (evidence, dmesg, the engine's version and verdict, the backing
 filesystem's recipe and real parameters, probes, duration, expectation and why) are embedded as
 JSON and shown in a side panel when a cell is clicked (or named in the URL as
-``#cell=KERNEL/PROFILE/SCENARIO[/ENGINE]``).
+``#cell=KERNEL/PROFILE/SCENARIO[/ENGINE]``). Above all that, the new failures and the known
+issues that matched, with links to their upstream reports (:mod:`.known`); a KNOWN cell is
+underlined (dotted) in the matrix and its panel links its report.
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ ul.unmet li { margin:2px 0; } a.open { cursor:pointer; color:#0a58ca; text-decor
 a.pill[data-cell] { cursor:pointer; }
 table.why td { font-size:12px; vertical-align:top; } table.why td.n { text-align:right; }
 code { font-family:ui-monospace,monospace; font-size:12px; background:#f0f2f4; padding:0 3px; border-radius:3px; }
+td.cell.known { text-decoration:underline dotted; text-underline-offset:3px; }
 """
 
 JS = r"""
@@ -127,6 +130,15 @@ JS = r"""
     facts.push(['bug bundle', c.bundle]);
     facts.forEach(function (f) { dl.appendChild(el('dt', null, f[0])); dl.appendChild(el('dd', null, f[1])); });
     panel.appendChild(dl);
+    if (c.known.length) {
+      panel.appendChild(el('h3', null, c.is_known ? 'Known issue' : 'Resembles a known issue'));
+      var kl = el('ul', {'id': 'details-known'});
+      c.known.forEach(function (k) {
+        var li = el('li'); var a = el('a', {'href': k.url, 'target': '_blank', 'rel': 'noopener noreferrer'}, k.title);
+        li.appendChild(a); li.appendChild(document.createTextNode(' (' + k.status + ')')); kl.appendChild(li);
+      });
+      panel.appendChild(kl);
+    }
     panel.appendChild(el('h3', null, 'Evidence'));
     var ev = el('div', {'id': 'details-evidence'});
     if (!c.sections.length) ev.appendChild(el('p', {'class': 'muted'}, 'no evidence recorded (the scenario passed cleanly)'));
@@ -201,7 +213,9 @@ def _cell_data(rep: RunReport, cv: CellView, descriptions: Dict[str, str]) -> Di
             "attempts": [{"attempt": int(a.get("attempt") or i + 1), "outcome": a.get("outcome"),
                           "met": bool(a.get("met")), "duration": float(a.get("duration") or 0.0),
                           "error": (a.get("error") or "")[:300]} for i, a in enumerate(cv.attempts)],
-            "bundle": "overlaylab bundle %s %s" % (rep.run_id, cv.id)}
+            "bundle": "overlaylab bundle %s %s" % (rep.run_id, cv.id),
+            "known": [{"id": k.id, "title": k.title, "url": k.url, "status": k.status} for k in cv.known],
+            "is_known": cv.is_known, "is_new": cv.is_new}
 
 
 def _descriptions() -> Dict[str, str]:
@@ -227,8 +241,10 @@ def _cell_td(cv: Optional[CellView]) -> str:
     """One matrix cell: its outcome's colours, the short label, ``!`` when not as expected."""
     if cv is None:
         return '<td class="none" title="not run">%s</td>' % NOT_RUN
-    cls = "cell o-%s%s" % (cv.outcome, "" if cv.met else " unmet")
+    cls = "cell o-%s%s%s" % (cv.outcome, "" if cv.met else " unmet", " known" if cv.is_known else "")
     title = "%s: %s%s" % (cv.id, cv.outcome, "" if cv.met else " (expected %s)" % cv.expected)
+    if cv.is_known:
+        title += " — known issue: %s" % cv.known[0].title
     if len(cv.attempts) > 1:
         title += " — " + cv.rate_text()
     text = SHORT.get(cv.outcome, cv.outcome)
@@ -398,6 +414,35 @@ def _history_section(rep: RunReport) -> str:
     return "".join(out)
 
 
+def _known_sections(rep: RunReport) -> str:
+    """First in the page: the new failures (each a link to its details), then the known issues
+    that matched, each with its upstream report and its cells."""
+    new = rep.new_failures()
+    out = ['<h2 id="new-heading">New failures (%d)</h2><ul class="unmet" id="new-list">' % len(new)]
+    for cv in new:
+        out.append('<li><a class="open" data-cell="%s">%s</a>: %s, expected %s — %s%s</li>' % (
+            _e(cv.id), _e(cv.id), _e(cv.outcome), _e(cv.expected), _e(cv.reason_line[:200]),
+            " (resembles %s)" % _e(cv.known[0].id) if cv.known else ""))
+    if not new:
+        out.append('<li class="muted">none: every failing cell is a known issue</li>')
+    out.append("</ul>")
+    groups = rep.known_groups()
+    out.append('<h2 id="known-heading">Known issues (%d cells)</h2>' % sum(len(c) for _, c in groups))
+    if not groups:
+        out.append('<p class="muted" id="known-none">no cell matched an entry of %s</p>' % _e(rep.known_issues.source))
+        return "".join(out)
+    out.append('<div class="scroll"><table class="why" id="known-table"><thead><tr><th>known issue</th><th>status</th>'
+               '<th>applies to</th><th>n</th><th>cells</th></tr></thead><tbody>')
+    for issue, cells in groups:
+        links = " ".join('<a class="open" data-cell="%s">%s</a>' % (_e(cv.id), _e(cv.id)) for cv in cells)
+        out.append('<tr data-issue="%s"><td><a href="%s" target="_blank" rel="noopener noreferrer">%s</a></td>'
+                   '<td>%s</td><td>%s</td><td class="n">%d</td><td>%s</td></tr>' % (
+                       _e(issue.id), _e(issue.url), _e(issue.title), _e(issue.status), _e(issue.range_text),
+                       len(cells), links))
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
 def render(rep: RunReport) -> str:
     meta = rep.run.meta
     host = meta.get("host") or {}
@@ -431,6 +476,7 @@ def render(rep: RunReport) -> str:
         if counts.get(o):
             parts.append('<span class="o-%s">%s %d</span>' % (o, o, counts[o]))
     parts.append("</div></header><main>")
+    parts.append(_known_sections(rep))
     # legend
     parts.append('<div class="legend" id="legend">')
     parts.append('<span class="row"><b>As expected</b> (pale):</span>')

@@ -8,8 +8,10 @@
   ``record_property`` writes);
 - not as expected: ``<failure type="OUTCOME">`` (``<error>`` when the outcome is ERROR,
   i.e. the lab's infrastructure failed);
-- REFUSED or UNSUPPORTED as expected: ``<skipped>``; FAIL as expected (a known failure):
-  ``<skipped type="xfail">``, as pytest reports expected failures;
+- REFUSED or UNSUPPORTED as expected: ``<skipped>``; FAIL as expected: ``<skipped
+  type="xfail">``, as pytest reports expected failures, whose message names the known issue
+  (id, title, upstream URL, status; also as ``known_issue*`` properties) or says that none
+  matched (``new_failure`` property ``true``; see :mod:`.known`);
 - flaky over ``--repeat``: Maven Surefire's ``<flakyFailure>`` per attempt that missed its
   expectation when another attempt met it (the case passes, flagged), else ``<failure>`` plus
   ``<rerunFailure>`` per further attempt.
@@ -43,6 +45,14 @@ def _xml_safe(text: str) -> str:
     return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20 and ch not in "\ufffe\uffff")
 
 
+def _known_text(cv: CellView, prefix: str = "") -> str:
+    """``known issue ID: TITLE (URL), STATUS`` of a KNOWN cell, else ""."""
+    if not cv.is_known:
+        return ""
+    issue = cv.known[0]
+    return "%sknown issue %s: %s (%s), %s" % (prefix, issue.id, issue.title, issue.url, issue.status)
+
+
 def _case(rep: RunReport, cv: CellView) -> ET.Element:
     case = ET.Element("testcase", {"classname": "overlaylab.%s.%s" % (_classpart(cv.target), _classpart(cv.profile)),
                                    "name": cv.label, "time": "%.3f" % sum(float(a.get("duration") or 0) for a in cv.attempts)})
@@ -54,6 +64,10 @@ def _case(rep: RunReport, cv: CellView) -> ET.Element:
     values += [("group", cv.group), ("outcome", cv.outcome), ("expected", cv.expected),
                ("expected_why", cv.expected_why), ("met", str(cv.met).lower()),
                ("provider", cv.record.get("provider", ""))]
+    if cv.known:
+        values += [("known_issue", cv.known[0].id), ("known_issue_title", cv.known[0].title),
+                   ("known_issue_url", cv.known[0].url), ("known_issue_status", cv.known[0].status)]
+    values.append(("new_failure", str(cv.is_new).lower()))
     if len(cv.attempts) > 1:
         values += [("attempts", str(len(cv.attempts))), ("outcomes", ",".join(cv.outcomes)),
                    ("pass_rate", "%.3f" % cv.pass_rate), ("flaky", str(cv.flaky).lower())]
@@ -77,10 +91,11 @@ def _case(rep: RunReport, cv: CellView) -> ET.Element:
             rerun.text = _xml_safe(_text(cv, a))
     elif cv.outcome in ("REFUSED", "UNSUPPORTED"):
         ET.SubElement(case, "skipped", {"type": cv.outcome, "message": _xml_safe(
-            "%s as expected: %s" % (cv.outcome, cv.expected_why or cv.error))})
+            "%s as expected: %s%s" % (cv.outcome, cv.expected_why or cv.error, _known_text(cv, "; ")))})
     elif cv.outcome in ("FAIL", "ERROR"):
         ET.SubElement(case, "skipped", {"type": "xfail", "message": _xml_safe(
-            "known failure (%s as expected): %s" % (cv.outcome, cv.expected_why or cv.error))})
+            _known_text(cv) or "expected failure, no known issue (new): %s as expected: %s" % (
+                cv.outcome, cv.expected_why or cv.error))})
     out = ET.SubElement(case, "system-out")
     out.text = _xml_safe(_text(cv))
     return case

@@ -1,6 +1,8 @@
 """The markdown report: ready to paste into an issue or release notes (GitHub-flavoured).
 
-Layout: a summary line and the targets; a kernel x profile overview; per scenario group a
+Layout: a summary line and the targets; the new failures (failing or not as expected, and no
+entry of the known issues accounts for them) and the known issues that matched, each with its
+upstream report (:mod:`.known`); a kernel x profile overview; per scenario group a
 matrix (scenarios down, profiles across, one symbol per outcome, ``!`` where the outcome was
 not the expected one) with the legend; the engine scenarios per kernel (profile x scenario
 down, engines across, the port first) and the rows where the port and the other engines
@@ -21,6 +23,7 @@ from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, 
 MAX_SECTION_LINES = 30
 MAX_SECTION_CHARS = 3000
 MAX_CHARS = 60000
+MAX_NEW_ROWS = 60
 _PATH = re.compile(r"(?<![\w<])/[^\s:'\"]*")
 
 
@@ -175,6 +178,9 @@ def _cell_block(rep: RunReport, cv: CellView, heading: str = "###") -> List[str]
     if cv.expected_why:
         out.append("Expected %s because: %s" % (cv.expected, cv.expected_why))
         out.append("")
+    for issue in cv.known:
+        out.append("%s: %s (%s)" % ("Known issue" if cv.is_known else "Resembles known issue", _link(issue), issue.status))
+        out.append("")
     for title, text in evidence_sections(cv.record):
         out.extend(_section(title, text))
     fs = fs_sections(rep.profile_record(cv.target, cv.profile))
@@ -188,6 +194,39 @@ def _cell_block(rep: RunReport, cv: CellView, heading: str = "###") -> List[str]
         out.append("</details>")
         out.append("")
     out.append("Bundle for a bug report: `overlaylab bundle %s %s`" % (rep.run_id, cv.id))
+    out.append("")
+    return out
+
+
+def _link(issue) -> str:
+    return "[%s](%s)" % (_md_escape(issue.title).replace("[", "(").replace("]", ")"), issue.url)
+
+
+def known_sections(rep: RunReport) -> List[str]:
+    """First in the report: the new failures (failing or not as expected, no known issue
+    accounts for them), then each known issue that matched, with its upstream report."""
+    new = rep.new_failures()
+    out = ["## New failures (%d)" % len(new), ""]
+    if new:
+        rows = [(cv.id, "%s %s" % (_symbol_md(cv), cv.outcome), cv.expected,
+                 "`%s`" % _md_escape(cv.reason_line)[:200].replace("`", "'") if cv.reason_line else "",
+                 "resembles %s" % _link(cv.known[0]) if cv.known else "") for cv in new[:MAX_NEW_ROWS]]
+        out.append(tabulate(rows, headers=["cell", "outcome", "expected", "error", "note"], tablefmt="github"))
+        if len(new) > MAX_NEW_ROWS:
+            out.append("")
+            out.append("(+%d more: see the HTML report or summary.json)" % (len(new) - MAX_NEW_ROWS))
+    else:
+        out.append("None: every failing cell is a known issue (below).")
+    out.append("")
+    groups = rep.known_groups()
+    out.append("## Known issues (%d cells)" % sum(len(cells) for _, cells in groups))
+    out.append("")
+    if groups:
+        rows = [(_link(issue), issue.status, issue.range_text, len(cells), _md_escape(_where(rep, cells)))
+                for issue, cells in groups]
+        out.append(tabulate(rows, headers=["known issue", "status", "applies to", "n", "cells"], tablefmt="github"))
+    else:
+        out.append("No cell matched an entry of `%s`." % (rep.known_issues.source or "the known issues"))
     out.append("")
     return out
 
@@ -258,6 +297,7 @@ def _render(rep: RunReport, details: bool, max_blocks: int = 1000) -> str:
         out.append("")
     out.append(targets_table(rep))
     out.append("")
+    out.extend(known_sections(rep))
     out.append("## Kernel × profile")
     out.append("")
     out.append(overview_table(rep))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..lab.results import Run
+from .known import KnownIssue, KnownIssues, load_default
 from ..agent.records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES,  # noqa: F401
                              PORT_ENGINE, SHORT, SYMBOLS, UNMET_MARK, cell_key)
 
@@ -52,6 +53,8 @@ class CellView:
 
     key: CellKey
     attempts: List[Dict[str, Any]]
+    #: the known-issue entries whose globs, kernel range and outcomes match this cell (:mod:`.known`)
+    known: List[KnownIssue] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -181,6 +184,16 @@ class CellView:
         """Failing in a release engineer's sense: FAIL/ERROR, or not what was expected."""
         return self.outcome in BAD_OUTCOMES or not self.met
 
+    @property
+    def is_known(self) -> bool:
+        """KNOWN: not passing, as expected, and an entry of the known issues names it."""
+        return bool(self.known) and self.outcome != "PASS" and self.met and not self.flaky
+
+    @property
+    def is_new(self) -> bool:
+        """A new failure: failing or not as expected, and no known issue accounts for it."""
+        return self.bad and not self.is_known
+
     def symbol(self, mark_unmet: bool = True) -> str:
         sym = SYMBOLS.get(self.outcome, "?")
         return sym + UNMET_MARK if mark_unmet and not self.met else sym
@@ -196,9 +209,12 @@ class RunReport:
 
     run: Run
     cells: Dict[CellKey, CellView] = field(default_factory=dict)
+    known_issues: KnownIssues = field(default_factory=lambda: KnownIssues(""))
 
     @classmethod
-    def from_run(cls, run: Run) -> "RunReport":
+    def from_run(cls, run: Run, known: Optional[KnownIssues] = None) -> "RunReport":
+        """The fold; each cell gets the entries of ``known`` (default: the project's
+        ``reports/known-issues.toml``, :func:`.known.load_default`) that match it."""
         grouped: Dict[CellKey, List[Dict[str, Any]]] = {}
         for rec in run.cells:
             grouped.setdefault(cell_key(rec), []).append(rec)
@@ -206,7 +222,10 @@ class RunReport:
         for key, recs in grouped.items():
             recs.sort(key=lambda r: int(r.get("attempt") or 1))
             cells[key] = CellView(key, recs)
-        return cls(run, cells)
+        rep = cls(run, cells, known if known is not None else load_default())
+        for cv in cells.values():
+            cv.known = rep.known_issues.matching(cv.key, rep.cell_release(cv), cv.outcome)
+        return rep
 
     # the matrix's axes --------------------------------------------------------------------
     @property
@@ -314,6 +333,23 @@ class RunReport:
             if cv.target == target and cv.kernel_release:
                 return cv.kernel_release
         return ""
+
+    def cell_release(self, cv: CellView) -> str:
+        return cv.kernel_release or self.kernel_release(cv.target)
+
+    # known issues ----------------------------------------------------------------------------
+    def new_failures(self) -> List[CellView]:
+        """Failing or unexpected cells no known issue accounts for: not as expected first."""
+        return sorted((c for c in self.cells.values() if c.is_new), key=lambda c: (c.met, c.id))
+
+    def known_groups(self) -> List[Tuple[KnownIssue, List[CellView]]]:
+        """Each known issue that made cells KNOWN, with those cells, in the file's order."""
+        out = []
+        for issue in self.known_issues.issues:
+            cells = [c for c in self.cells.values() if c.is_known and c.known[0] == issue]
+            if cells:
+                out.append((issue, cells))
+        return out
 
     def summary_line(self) -> str:
         counts = self.counts()

@@ -8,7 +8,11 @@ Keys: ``schema``, ``run_id``, ``status``, ``started``/``ended``, ``provider``, `
 (the port's cells: ``{kernel: {profile: {scenario: outcome}}}``), ``engines`` (per engine:
 cells, counts per outcome, how many not as expected), ``engine_matrix`` (the engine
 scenarios: ``{kernel: {profile: {scenario: {engine: outcome}}}}``) and ``disagreements``
-(the engine rows where the port and another engine differ, with every engine's outcome).
+(the engine rows where the port and another engine differ, with every engine's outcome);
+``new_failures`` (failing or not as expected, no known issue accounts for them: one object per
+cell, not as expected first), ``known_issues_file`` and ``known`` (each known issue that matched:
+its entry with ``cells``, the ids it made KNOWN; :mod:`.known`). Each cell object names the
+entries that match it (``known``) and whether it is KNOWN (``is_known``).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ def _cell(cv: CellView) -> Dict[str, Any]:
     out = {"cell": cv.id, "kernel": cv.target, "profile": cv.profile, "scenario": cv.scenario,
            "engine": cv.engine, "group": cv.group, "outcome": cv.outcome, "expected": cv.expected, "expected_why": cv.expected_why,
            "met": cv.met, "duration": round(cv.duration, 3), "error": cv.error[:1000],
-           "kernel_release": cv.kernel_release}
+           "kernel_release": cv.kernel_release, "known": [k.id for k in cv.known], "is_known": cv.is_known}
     if len(cv.attempts) > 1:
         out.update(attempts=len(cv.attempts), outcomes=cv.outcomes, pass_rate=round(cv.pass_rate, 3))
     return out
@@ -84,7 +88,10 @@ def summary(rep: RunReport) -> Dict[str, Any]:
             "counts": rep.counts(), "unmet": [_cell(c) for c in rep.unmet()],
             "flaky": [_cell(c) for c in rep.flaky()], "targets": targets, "profiles": profiles,
             "matrix": matrix, "engines": engines, "engine_matrix": engine_matrix,
-            "disagreements": disagreements, "skipped_lines": rep.run.skipped_lines}
+            "disagreements": disagreements, "skipped_lines": rep.run.skipped_lines,
+            "new_failures": [_cell(c) for c in rep.new_failures()],
+            "known_issues_file": rep.known_issues.source,
+            "known": [dict(issue.to_dict(), cells=[c.id for c in cells]) for issue, cells in rep.known_groups()]}
 
 
 def render(rep: RunReport) -> str:
