@@ -30,6 +30,7 @@ from . import probes as probe_mod
 from .backingfs import BackingFsUnavailable, make_backing_fs
 from .engine_cells import run_engine_cells
 from .engines import DEFAULT_ENGINE, ENGINES
+from .features import features_probe
 from .profiles import load_profiles, parse_profiles
 from .scenario import ENGINE_GROUP, Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .shell import KernelLogCursor
@@ -57,6 +58,7 @@ def probe_profile(profile, mountpoint: str, target) -> Tuple[List[Any], Facts]:
     the facts that scenarios' expectations read. ``target`` is the kernel's facts (the
     ``facts`` of a ``probe-target`` record) or its probes."""
     fs_probes = probe_mod.run_backing_probes(mountpoint)
+    fs_probes.append(features_probe(mountpoint))  # facts.overlay_features: one real mount per feature
     verdict = probe_mod.driver_verdict(mountpoint)
     fs_probes.append(verdict.to_probe())
     target_facts = dict(target) if isinstance(target, Mapping) else dict(_facts(target))
