@@ -584,39 +584,46 @@ def _baseline(fp: FeatureProbe) -> Tuple[Optional[str], Dict[str, Any]]:
 
 def probe_features(backing_dir: str, features: Sequence[str] = FEATURES) -> Dict[str, Any]:
     """Probe ``features`` on the filesystem holding ``backing_dir``: ``{"features": {name:
-    {"supported", "reason", "evidence"}}, "baseline": evidence, "seconds": float}``."""
+    {"supported", "reason", "evidence"}}, "baseline": evidence, "seconds": float}``. Never
+    raises: what cannot be probed is None with the reason."""
     started = time.monotonic()
-    out: Dict[str, Any] = {"features": {}}
-    with KernelLogCursor() as klog, scratch_dir(backing_dir, ".ovl-features-") as root:
-        fp = FeatureProbe(root, klog)
-        unusable, out["baseline"] = _baseline(fp)
+    out: Dict[str, Any] = {"features": {}, "baseline": {}}
+    try:
+        with KernelLogCursor() as klog, scratch_dir(backing_dir, ".ovl-features-") as root:
+            fp = FeatureProbe(root, klog)
+            unusable, out["baseline"] = _baseline(fp)
+            for name in features:
+                out["features"][name] = _probe_one(fp, name, unusable)
+    except Exception as exc:  # noqa: BLE001 - the scratch directory itself failed
+        reason = "could not probe here: %s: %s" % (type(exc).__name__, exc)
         for name in features:
-            evidence = fp.start(name)
-            if unusable:
-                out["features"][name] = _result(None, unusable, evidence)
-                continue
-            try:
-                supported, reason = PROBES[name](fp)
-            except OSError as exc:  # the probe's own set-up or checks failed
-                where = os.path.relpath(exc.filename, root) if exc.filename else "?"
-                supported, reason = None, "probe step on %s failed: %s" % (where, errno_name(exc.errno))
-            except Exception as exc:  # noqa: BLE001 - a probe never raises
-                supported, reason = None, "probe failed: %s: %s" % (type(exc).__name__, exc)
-            out["features"][name] = _result(supported, reason, evidence)
+            out["features"].setdefault(name, _result(None, reason, {}))
     out["seconds"] = round(time.monotonic() - started, 3)
     return out
 
 
-def features_probe(backing_dir: str) -> Probe:
-    """:func:`probe_features` as the ``overlay_features`` probe of a profile: its value is
-    what scenarios and reports read as ``facts.overlay_features``."""
+def _probe_one(fp: FeatureProbe, name: str, unusable: Optional[str]) -> Dict[str, Any]:
+    evidence = fp.start(name)
+    if unusable:
+        return _result(None, unusable, evidence)
     try:
-        value = probe_features(backing_dir)
+        supported, reason = PROBES[name](fp)
+    except OSError as exc:  # the probe's own set-up or checks failed
+        where = os.path.relpath(exc.filename, fp.root) if exc.filename else "?"
+        supported, reason = None, "probe step on %s failed: %s" % (where, errno_name(exc.errno))
     except Exception as exc:  # noqa: BLE001 - a probe never raises
-        return Probe("overlay_features", None, "", "%s: %s" % (type(exc).__name__, exc))
-    lines = ["%s: %s (%s)" % (name, word(f["supported"]), f["reason"]) for name, f in value["features"].items()]
-    lines.append("probed in %.3fs" % value["seconds"])
-    return Probe("overlay_features", value, "\n".join(lines))
+        supported, reason = None, "probe failed: %s: %s" % (type(exc).__name__, exc)
+    return _result(supported, reason, evidence)
+
+
+def features_probe(probed: Mapping[str, Any]) -> Probe:
+    """The ``overlay_features`` probe of a profile record from :func:`probe_features`'s answer:
+    ``{feature: supported}`` and one evidence line per feature (the full answer, with each
+    mount attempt, is the profile's ``facts.overlay_features``)."""
+    features = probed.get("features") or {}
+    lines = ["%s: %s (%s)" % (name, word(f["supported"]), f["reason"]) for name, f in features.items()]
+    lines.append("probed in %.3fs" % probed.get("seconds", 0.0))
+    return Probe("overlay_features", {name: f["supported"] for name, f in features.items()}, "\n".join(lines))
 
 
 def word(supported: Optional[bool]) -> str:
@@ -625,14 +632,15 @@ def word(supported: Optional[bool]) -> str:
 
 
 def matrix_cell(by_profile: Mapping[str, Optional[bool]]) -> str:
-    """One kernel's cell for a feature over its profiles: ``yes``/``no``/``?`` when all agree,
-    else the profiles where it works (``ext4,xfs only``), ``?`` marking undecided ones."""
-    states = set(by_profile.values())
-    if not states:
+    """One kernel's cell for a feature over its profiles: ``yes``/``no`` when every decided
+    profile agrees, else where it works (``ext4,xfs only``); undecided profiles are named
+    after it (``yes (? on overlay)``), and a cell with nothing decided is ``?``."""
+    if not by_profile:
         return "-"
-    if len(states) == 1:
-        return word(next(iter(states)))
     yes = [p for p, s in by_profile.items() if s is True]
+    no = [p for p, s in by_profile.items() if s is False]
     unknown = [p for p, s in by_profile.items() if s is None]
-    text = ("%s only" % ",".join(yes)) if yes else "no"
-    return text + ("; ? on %s" % ",".join(unknown) if unknown else "")
+    if not (yes or no):
+        return "?"
+    text = "yes" if not no else "no" if not yes else "%s only" % ",".join(yes)
+    return text + (" (? on %s)" % ",".join(unknown) if unknown else "")
