@@ -421,6 +421,8 @@ def probe_userxattr(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
     try:
         out = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
+        # e.g. "unshare failed: Operation not permitted": a chrooted process (the agent in a
+        # qemu guest) may not make user namespaces (unshare(2), EPERM)
         attempt["stderr"] = res.stderr.strip()[-400:]
         return None, "the user-namespace helper failed: %s" % (res.stderr.strip().splitlines() or ["rc %d" % res.returncode])[-1]
     if "mount_errno" in out:
@@ -449,15 +451,17 @@ def _userns_fd() -> int:
             os.close(ready_r)
             os.close(go_w)
             rc = _libc.unshare(CLONE_NEWUSER)
-            os.write(ready_w, b"1" if rc == 0 else b"0")
+            os.write(ready_w, b"0" if rc == 0 else str(ctypes.get_errno()).encode())
             os.read(go_r, 1)
         finally:
             os._exit(0)
     os.close(ready_w)
     os.close(go_r)
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise OSError(errno_mod.EPERM, "unshare(CLONE_NEWUSER) failed in the child")
+        said = os.read(ready_r, 16)
+        if said != b"0":
+            code = int(said) if said.isdigit() else errno_mod.EIO
+            raise OSError(code, "unshare(CLONE_NEWUSER): %s" % os.strerror(code))
         for name in ("uid_map", "gid_map"):
             with open("/proc/%d/%s" % (pid, name), "w") as f:
                 f.write("0 %d 65536\n" % IDMAP_BASE)
@@ -489,8 +493,10 @@ def probe_idmapped_lower(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
         fds["tree"] = _syscall(SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), os.fsencode(source),
                                ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC))
 
-    def setattr_idmap() -> None:
+    def userns() -> None:
         fds["userns"] = _userns_fd()
+
+    def setattr_idmap() -> None:
         attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=fds["userns"])
         _syscall(SYS_MOUNT_SETATTR, ctypes.c_int(fds["tree"]), b"", ctypes.c_uint(AT_EMPTY_PATH),
                  ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
@@ -500,6 +506,10 @@ def probe_idmapped_lower(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
                  ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
 
     try:
+        # Without a user namespace there is no idmap to try: undecided, not "no".
+        err = fp.attempt("user namespace 0:%d:65536 (unshare CLONE_NEWUSER)" % IDMAP_BASE, userns)
+        if err:
+            return None, "cannot make a user namespace for the idmap here: %s" % err
         for step, fn in (("open_tree(OPEN_TREE_CLONE)", open_tree),
                          ("mount_setattr(MOUNT_ATTR_IDMAP 0:%d:65536)" % IDMAP_BASE, setattr_idmap),
                          ("move_mount", move_mount)):

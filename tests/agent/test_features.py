@@ -112,7 +112,7 @@ def test_xino_makes_a_second_filesystems_files_report_the_overlay_device(probed,
 def test_idmapped_lower_shows_the_owner_through_the_idmap(probed, fs):
     ev = feature(probed, fs, "idmapped_lower")["evidence"]
     assert [(a["options"], a["errno"]) for a in ev["attempts"]] == [
-        ("open_tree(OPEN_TREE_CLONE)", None), ("mount_setattr(MOUNT_ATTR_IDMAP 0:%d:65536)" % IDMAP_BASE, None),
+        ("user namespace 0:%d:65536 (unshare CLONE_NEWUSER)" % IDMAP_BASE, None), ("open_tree(OPEN_TREE_CLONE)", None), ("mount_setattr(MOUNT_ATTR_IDMAP 0:%d:65536)" % IDMAP_BASE, None),
         ("move_mount", None), ("(defaults)", None)]
     assert "merged/f uid %d (the idmapped lower's %d)" % (IDMAP_BASE, IDMAP_BASE) in ev["checks"]
 
