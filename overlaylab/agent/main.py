@@ -30,6 +30,7 @@ from . import probes as probe_mod
 from .backingfs import BackingFsUnavailable, make_backing_fs
 from .engine_cells import run_engine_cells
 from .engines import DEFAULT_ENGINE, ENGINES
+from .features import features_probe, probe_features
 from .profiles import load_profiles, parse_profiles
 from .scenario import ENGINE_GROUP, Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .shell import KernelLogCursor
@@ -57,6 +58,8 @@ def probe_profile(profile, mountpoint: str, target) -> Tuple[List[Any], Facts]:
     the facts that scenarios' expectations read. ``target`` is the kernel's facts (the
     ``facts`` of a ``probe-target`` record) or its probes."""
     fs_probes = probe_mod.run_backing_probes(mountpoint)
+    features = probe_features(mountpoint)  # one real mount per overlayfs feature
+    fs_probes.append(features_probe(features))
     verdict = probe_mod.driver_verdict(mountpoint)
     fs_probes.append(verdict.to_probe())
     target_facts = dict(target) if isinstance(target, Mapping) else dict(_facts(target))
@@ -70,6 +73,7 @@ def probe_profile(profile, mountpoint: str, target) -> Tuple[List[Any], Facts]:
     facts["fs_inodes"] = os.statvfs(mountpoint).f_files
     facts["selinux"] = os.path.isdir("/sys/fs/selinux")
     facts["overlay_xattr_read"] = _overlay_xattr_read(mountpoint)
+    facts["overlay_features"] = features  # the probe's {feature: supported}, with every attempt
     return fs_probes, facts
 
 

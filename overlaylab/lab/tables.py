@@ -1,14 +1,16 @@
 """Terminal tables of a run, per kernel: the classic matrix (scenarios x profiles) with counts
 per outcome, and the engine section (profile x engine scenario rows, one column per engine,
-the port first) with counts per engine; then the new failures and the known issues that
-matched (:mod:`overlaylab.reports.known`), the cells not as expected, the rows where the port
-and the other engines disagree, and the flaky cells of a repeated run."""
+the port first) with counts per engine; the overlayfs features (kernel x feature); then the
+new failures and the known issues that matched (:mod:`overlaylab.reports.known`), the cells not
+as expected, the rows where the port and the other engines disagree, and the flaky cells of a
+repeated run."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tabulate import tabulate
 
+from ..agent.features import FEATURES, matrix_cell
 from ..agent.records import OUTCOMES, PORT_ENGINE, UNMET_MARK, short_label
 
 if TYPE_CHECKING:  # the reports import the lab's results: no import cycle at run time
@@ -93,6 +95,40 @@ def render_run(rep: "RunReport", tablefmt: str = "simple") -> str:
     return "\n".join(out)
 
 
+def feature_states(rep: "RunReport", target: str) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """``{feature: {profile: {"supported", "reason", ...}}}`` of one kernel, from its profile
+    records' ``facts.overlay_features`` (profiles whose fs was not made have none)."""
+    states: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for profile in rep.profiles():
+        facts = rep.profile_record(target, profile).get("facts") or {}
+        for name, state in ((facts.get("overlay_features") or {}).get("features") or {}).items():
+            states.setdefault(name, {})[profile] = state
+    return states
+
+
+def feature_matrix(rep: "RunReport") -> Tuple[List[str], List[Tuple[str, Dict[str, str]]]]:
+    """The features table of a run: the feature columns, and per kernel that probed any, each
+    feature's cell over its backing filesystems (``yes``, ``no``, ``ext4,xfs only``)."""
+    rows = []
+    columns: List[str] = list(FEATURES)
+    for target in rep.targets():
+        states = feature_states(rep, target)
+        if states:
+            columns += [f for f in states if f not in columns]
+            rows.append((target, {f: matrix_cell({p: s.get("supported") for p, s in states.get(f, {}).items()})
+                                  for f in columns}))
+    return columns, rows
+
+
+def render_features(rep: "RunReport", tablefmt: str = "simple") -> str:
+    """The features table for the terminal ("" when no profile probed them)."""
+    columns, rows = feature_matrix(rep)
+    if not rows:
+        return ""
+    return tabulate([[t] + [cells.get(f, "-") for f in columns] for t, cells in rows],
+                    headers=["kernel"] + columns, tablefmt=tablefmt)
+
+
 def clip(text: str, width: int = 160) -> str:
     """One line of at most about ``width`` characters that keeps what explains an error: the
     first line, and if that is too long its head and its *tail* (where tools put the reason:
@@ -172,6 +208,9 @@ def render_report(rep: "RunReport") -> str:
     attempts disagree), the cells not as expected, where the port and the other engines
     disagree (when engine scenarios ran) and, for a repeated run, the flaky cells."""
     out = [render_run(rep)]
+    features = render_features(rep)
+    if features:
+        out.append("\nOverlay features (a real mount per kernel x backing fs):\n" + features)
     new = render_new(rep)
     out.append("\nNew failures (%d): failing or not as expected, matching no known issue%s" % (
         len(rep.new_failures()), ":\n" + new if new else ""))

@@ -1,6 +1,7 @@
 """The HTML report: one static, self-contained page (inline CSS and JS, no network).
 
-The matrix is rendered as coloured tables (one per scenario group; scenarios down, kernel x
+The overlayfs features come first (kernel x feature, a tooltip per cell with each backing fs's
+answer). The matrix is rendered as coloured tables (one per scenario group; scenarios down, kernel x
 profile across; the engine scenarios in one more, profile x scenario down, kernel x engine
 across, followed by the rows where the port and the other engines disagree) that read without
 JavaScript; the cells' details (evidence, dmesg, the engine's version and verdict, the backing
@@ -17,7 +18,9 @@ import json
 import re
 from typing import Any, Dict, List, Optional
 
+from ..agent.features import word
 from ..agent.records import SHORT
+from ..lab.tables import feature_matrix, feature_states
 from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
                     evidence_sections, fs_sections, probe_rows)
 
@@ -443,6 +446,31 @@ def _known_sections(rep: RunReport) -> str:
     return "".join(out)
 
 
+def _features_table(rep: RunReport) -> str:
+    """Kernel x overlayfs feature ("" when no profile probed them); each cell's tooltip says,
+    per backing fs, the probe's answer and why."""
+    columns, rows = feature_matrix(rep)
+    if not rows:
+        return ""
+    out = ['<h2 id="features">Overlay features</h2><p class="muted">each probed with a real mount on the '
+           'kernel and backing fs</p><div class="scroll"><table class="overview" id="features-table"><tr>'
+           '<th>kernel</th>']
+    out.extend("<th>%s</th>" % _e(f) for f in columns)
+    out.append("</tr>")
+    for target, cells in rows:
+        states = feature_states(rep, target)
+        out.append("<tr><td>%s</td>" % _e(target))
+        for f in columns:
+            text = cells.get(f, NOT_RUN)
+            tip = "\n".join("%s: %s — %s" % (p, word(s.get("supported")), s.get("reason", ""))
+                             for p, s in states.get(f, {}).items())
+            cls = {"yes": "PASS", "no": "UNSUPPORTED"}.get(text, "REFUSED")
+            out.append('<td title="%s"><span class="pill o-%s">%s</span></td>' % (_e(tip), cls, _e(text)))
+        out.append("</tr>")
+    out.append("</table></div>")
+    return "".join(out)
+
+
 def render(rep: RunReport) -> str:
     meta = rep.run.meta
     host = meta.get("host") or {}
@@ -517,6 +545,7 @@ def render(rep: RunReport) -> str:
             parts.append("<td>%s</td>" % text)
         parts.append("</tr>")
     parts.append("</table></div>")
+    parts.append(_features_table(rep))
     for group, scenarios in rep.groups():
         parts.append('<h2 id="group-%s">%s</h2>' % (_e(group), _e(group)))
         parts.append(_grid(rep, group, scenarios))

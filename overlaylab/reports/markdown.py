@@ -2,7 +2,8 @@
 
 Layout: a summary line and the targets; the new failures (failing or not as expected, and no
 entry of the known issues accounts for them) and the known issues that matched, each with its
-upstream report (:mod:`.known`); a kernel x profile overview; per scenario group a
+upstream report (:mod:`.known`); a kernel x profile overview; the overlayfs features (kernel x
+feature, each probed with a real mount per backing fs); per scenario group a
 matrix (scenarios down, profiles across, one symbol per outcome, ``!`` where the outcome was
 not the expected one) with the legend; the engine scenarios per kernel (profile x scenario
 down, engines across, the port first) and the rows where the port and the other engines
@@ -17,6 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from tabulate import tabulate
 
+from ..lab.tables import feature_matrix
 from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
                     evidence_sections, fs_sections, normalize)
 
@@ -112,6 +114,16 @@ def overview_table(rep: RunReport) -> str:
             row.append(text)
         rows.append(row)
     return tabulate(rows, headers=["kernel"] + rep.profiles(), tablefmt="github")
+
+
+def features_table(rep: RunReport) -> str:
+    """Kernel x overlayfs feature, each probed with a real mount per backing fs ("" when no
+    profile probed them): ``yes``, ``no`` or where it works (``ext4,xfs only``)."""
+    columns, rows = feature_matrix(rep)
+    if not rows:
+        return ""
+    return tabulate([[_target_label(rep, t)] + [cells.get(f, NOT_RUN) for f in columns] for t, cells in rows],
+                    headers=["kernel"] + columns, tablefmt="github")
 
 
 def group_table(rep: RunReport, scenarios: Sequence[str]) -> str:
@@ -304,6 +316,10 @@ def _render(rep: RunReport, details: bool, max_blocks: int = 1000) -> str:
     out.append("")
     out.append(legend())
     out.append("")
+    features = features_table(rep)
+    if features:
+        out += ["## Overlay features", "", "Each probed with a real mount on the kernel and backing fs.", "",
+                features, ""]
     for group, scenarios in rep.groups():
         out.append("## %s" % group)
         out.append("")

@@ -9,16 +9,18 @@ Keys: ``schema``, ``run_id``, ``status``, ``started``/``ended``, ``provider``, `
 cells, counts per outcome, how many not as expected), ``engine_matrix`` (the engine
 scenarios: ``{kernel: {profile: {scenario: {engine: outcome}}}}``) and ``disagreements``
 (the engine rows where the port and another engine differ, with every engine's outcome);
-``new_failures`` (failing or not as expected, no known issue accounts for them: one object per
-cell, not as expected first), ``known_issues_file`` and ``known`` (each known issue that matched:
-its entry with ``cells``, the ids it made KNOWN; :mod:`.known`). Each cell object names the
-entries that match it (``known``) and whether it is KNOWN (``is_known``).
+``overlay_features`` (the features table: per kernel and feature its cell and each backing fs's
+answer); ``new_failures`` (failing or not as expected, no known issue accounts for them: one
+object per cell, not as expected first), ``known_issues_file`` and ``known`` (each known issue
+that matched: its entry with ``cells``, the ids it made KNOWN; :mod:`.known`). Each cell object
+names the entries that match it (``known``) and whether it is KNOWN (``is_known``).
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Dict, List
 
+from ..lab.tables import feature_matrix, feature_states
 from .model import PORT_ENGINE, CellView, RunReport, recipe_lines
 
 SUMMARY_SCHEMA = 1
@@ -31,6 +33,20 @@ def _cell(cv: CellView) -> Dict[str, Any]:
            "kernel_release": cv.kernel_release, "known": [k.id for k in cv.known], "is_known": cv.is_known}
     if len(cv.attempts) > 1:
         out.update(attempts=len(cv.attempts), outcomes=cv.outcomes, pass_rate=round(cv.pass_rate, 3))
+    return out
+
+
+def overlay_features(rep: RunReport) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """``{kernel: {feature: {"cell": "yes"|"no"|"ext4,xfs only"|..., "profiles": {profile:
+    {"supported", "reason"}}}}}``: the features table with each backing fs's answer."""
+    columns, rows = feature_matrix(rep)
+    out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for target, cells in rows:
+        states = feature_states(rep, target)
+        out[target] = {f: {"cell": cells.get(f), "profiles": {p: {"supported": s.get("supported"),
+                                                                    "reason": s.get("reason")}
+                                                                for p, s in states.get(f, {}).items()}}
+                       for f in columns}
     return out
 
 
@@ -88,7 +104,8 @@ def summary(rep: RunReport) -> Dict[str, Any]:
             "counts": rep.counts(), "unmet": [_cell(c) for c in rep.unmet()],
             "flaky": [_cell(c) for c in rep.flaky()], "targets": targets, "profiles": profiles,
             "matrix": matrix, "engines": engines, "engine_matrix": engine_matrix,
-            "disagreements": disagreements, "skipped_lines": rep.run.skipped_lines,
+            "disagreements": disagreements, "overlay_features": overlay_features(rep),
+            "skipped_lines": rep.run.skipped_lines,
             "new_failures": [_cell(c) for c in rep.new_failures()],
             "known_issues_file": rep.known_issues.source,
             "known": [dict(issue.to_dict(), cells=[c.id for c in cells]) for issue, cells in rep.known_groups()]}
