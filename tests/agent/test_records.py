@@ -22,8 +22,10 @@ def test_the_vocabulary_is_defined_once():
     assert results.OUTCOMES is records.OUTCOMES == ("PASS", "FAIL", "REFUSED", "UNSUPPORTED", "ERROR")
     assert model.ALL_OUTCOMES is records.ALL_OUTCOMES
     assert html.SHORT is records.SHORT is model.SHORT
-    assert tables.cell_text({"outcome": "REFUSED", "met": True}) == records.SHORT["REFUSED"]
-    assert tables.cell_text({"outcome": "ERROR", "met": False}) == records.SHORT["ERROR"] + "!"
+    refused = model.CellView(("host", "btrfs", "driver-init", "port"), [{"outcome": "REFUSED", "met": True}])
+    error = model.CellView(("host", "ext4", "driver-init", "port"), [{"outcome": "ERROR", "met": False}])
+    assert tables.cell_text(refused) == records.SHORT["REFUSED"]
+    assert tables.cell_text(error) == records.SHORT["ERROR"] + "!"
     assert set(records.SHORT) == set(records.ALL_OUTCOMES) == set(records.MEANING) == set(records.SYMBOLS)
 
 
