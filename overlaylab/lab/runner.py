@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tu
 
 from ..providers.session import Session
 from ..providers.transport import stream_lines
-from ..agent.health import kernel_warnings
+from ..agent.health import classify_line, kernel_warnings
 from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
 from ..agent.scenario import ENGINE_GROUP
 from . import progress as progress_mod
@@ -223,9 +223,12 @@ class Runner:
             args += ["--engine", engine]
         return args
 
-    def _agent_timeout(self, session: Session, kernel: str, profiles: int, runs: Sequence[Run]) -> float:
-        """How long one agent may take for ``profiles`` profiles of ``runs`` cells each: the
-        set-up grace, each cell's own limit (capped) and each engine's start-up grace."""
+    def _agent_timeout(self, session: Session, kernel: str, profiles: int,
+                       runs: Optional[Sequence[Run]] = None) -> float:
+        """How long one agent may take for ``profiles`` profiles of ``runs`` cells each (default:
+        all of the kernel's): the set-up grace, each cell's own limit (capped) and each engine's
+        start-up grace."""
+        runs = self.matrix.runs_for(kernel) if runs is None else runs
         scenarios = self.matrix.scenarios_for(kernel)
         engines = len({e for _, e in runs if e != PORT_ENGINE})
         engine_grace = ENGINE_GRACE * (TCG_SLOWDOWN if getattr(session, "accel", None) == "tcg" else 1.0)
@@ -336,10 +339,11 @@ class Runner:
     def _target_down(self, session: Session) -> Optional[str]:
         """Why the target is gone after its agent stopped early — a panic on the console, a VM
         that exited, no answer over ssh — or None when it still answers."""
-        if any("Kernel panic" in line for line in self._console_tail(session)):
-            return "the guest kernel panicked"
         vm = getattr(session, "vm", None)
-        if vm is not None and not vm.alive():
+        exited = vm is not None and vm.wait_exit(5.0)  # a panicked guest's qemu exits (-no-reboot)
+        if any("Kernel panic - not syncing" in line for line in self._console_tail(session, 500)):
+            return "the guest kernel panicked"
+        if exited:
             return "the VM exited"
         try:
             res = session.run("true", 20)
@@ -361,7 +365,10 @@ class Runner:
         in_cell = bool(in_flight and in_flight[0] == current.name and in_flight[1:] in todo)
         crashed = [in_flight[1:]] if in_cell else todo  # type: ignore[index]
         extra = {k: info[k] for k in ("target", "kernel_release", "provider", "attempt") if k in info}
-        console = self._console_tail(session, 60)
+        # from just before the first panic/Oops/BUG headline (its trace is long), else the tail
+        console = self._console_tail(session, 200)
+        heads = [i for i, line in enumerate(console) if classify_line(line)]
+        console = console[max(0, heads[0] - 5):] if heads else console[-60:]
         evidence = {"agent_problem": info.get("agent_problem") or down, "console_tail": console,
                     "stderr_tail": info.get("stderr_tail") or []}
         health = {"kernel_warnings": kernel_warnings(console)}
