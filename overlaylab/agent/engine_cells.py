@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from .engines import get_engine
 from .engines.base import EngineError, EngineSession, EngineUnavailable
@@ -31,9 +31,11 @@ def engine_facts(facts: Mapping[str, Any], session: EngineSession) -> Facts:
 
 
 def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_dir: str, facts: Mapping[str, Any],
-                     scratch_root: Optional[str], kernel_log: Any = None) -> Iterator[CellRecord]:
+                     scratch_root: Optional[str], kernel_log: Any = None,
+                     on_start: Optional[Callable[[Scenario], None]] = None) -> Iterator[CellRecord]:
     """Run ``scenarios`` (group ``engine``) on engine ``engine_name`` over the mounted
-    ``backing_dir``; yields each cell as soon as it is known (``record.engine`` set)."""
+    ``backing_dir``; yields each cell as soon as it is known (``record.engine`` set).
+    ``on_start(scenario)`` is called just before each scenario runs."""
     engine = get_engine(engine_name)
     profile = str(facts.get("profile") or "")
 
@@ -59,6 +61,8 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
             opened = round(time.monotonic() - started, 3)
             efacts = engine_facts(facts, session)
             for sc in scenarios:  # where the engine refused the fs, each cell is its verdict
+                if on_start is not None:
+                    on_start(sc)
                 rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
                                    engine=session).to_record(profile, sc.id, sc.group)
                 rec.engine = engine_name

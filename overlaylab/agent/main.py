@@ -4,8 +4,9 @@
     one ``target`` record: kernel release, overlay config, /proc/filesystems, module parameters.
 ``python -m overlaylab.agent run --profile NAME [--device DEV] [--scenario ID ...] [--engine NAME ...]``
     makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
-    asks the driver's Init for its verdict, then runs each scenario and prints one ``cell``
-    record per scenario as soon as it finishes; ends with a ``done`` record. The port's own
+    asks the driver's Init for its verdict, then runs each scenario: a ``start`` record just
+    before it (so a runner whose target died knows which cell was in flight), one ``cell``
+    record as soon as it finishes; ends with a ``done`` record. The port's own
     scenarios run on the port; the ``engine`` group runs once per engine (default: the port).
 
 Every record is flushed as it is written, so a runner that has to kill a hung agent still has
@@ -185,10 +186,12 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                 os.makedirs(scratch, exist_ok=True)
                 for sid in classic:
                     sc = catalogue[sid]
+                    _emit_start(profile.name, sid, PORT_ENGINE)
                     cell = run_scenario(sc, bfs.mountpoint, facts, scratch, kernel_log=klog)
                     emit(cell.to_record(profile.name, sid, sc.group))
                 for engine in engines if neutral else ():
-                    for record in run_engine_cells(engine, neutral, bfs.mountpoint, facts, scratch, klog):
+                    for record in run_engine_cells(engine, neutral, bfs.mountpoint, facts, scratch, klog,
+                                                   lambda sc, e=engine: _emit_start(profile.name, sc.id, e)):
                         emit(record)
         except BackingFsUnavailable as err:
             _emit_unavailable(profile.name, [(catalogue[s], None) for s in classic] +
@@ -203,6 +206,10 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                     os.unlink(os.path.join(workdir, cleanup_mod.MARKER))
             cleanup_mod.release(lease)  # else the lease stays: cleanup finds what is left
     emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
+
+
+def _emit_start(profile: str, scenario: str, engine: str) -> None:
+    emit({"record": "start", "profile": profile, "scenario": scenario, "engine": engine})
 
 
 def _emit_unavailable(profile: str, cells: List[Tuple[Any, Optional[str]]], err: BackingFsUnavailable,

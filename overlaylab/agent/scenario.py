@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from ..graphdriver.graphtest import Checks
 from .engines.base import EngineError, EngineRefused, EngineSession, EngineUnavailable
+from .health import cell_health, read_taint
 from .logcapture import capture_log
 from .records import PORT_ENGINE, CellRecord, Outcome
 
@@ -215,6 +216,8 @@ class CellOutcome:
     error: str = ""
     log: List[str] = field(default_factory=list)
     evidence: Dict[str, Any] = field(default_factory=dict)
+    #: the kernel-health mark (:func:`overlaylab.agent.health.cell_health`), None when healthy
+    health: Optional[Dict[str, Any]] = None
 
     @property
     def met(self) -> bool:
@@ -223,7 +226,8 @@ class CellOutcome:
     def to_record(self, profile: str, scenario: str, group: str) -> CellRecord:
         return CellRecord(profile, scenario, self.outcome.value, group=group, expected=self.expected.outcome.value,
                           expected_why=self.expected.why, met=self.met, duration=round(self.duration, 3),
-                          error=self.error, log=self.log, evidence=self.evidence)
+                          error=self.error, log=self.log, evidence=self.evidence,
+                          extra={"health": self.health} if self.health else {})
 
 
 @contextlib.contextmanager
@@ -286,6 +290,7 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
     ctx = ScenarioContext(backing_dir, facts, scratch, engine)
     first_command = len(engine.commands) if engine is not None else 0
     error = ""
+    taint_before = read_taint()
     try:
         with capture_log("overlaylab") as capture:  # until the context is closed
             old_umask = os.umask(0o022)  # the daemon's umask
@@ -319,6 +324,7 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         ctx.evidence["driver_log"] = capture.lines[-50:]
     if engine is not None:
         ctx.evidence["engine"] = engine_evidence(engine, first_command)
+    lines: List[str] = []
     if kernel_log is not None:
         try:
             lines = kernel_log.read_new()
@@ -326,7 +332,9 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
                 ctx.evidence["dmesg"] = lines[-50:]
         except Exception:  # pragma: no cover - dmesg is evidence, never a reason to fail
             pass
-    return CellOutcome(outcome, expected, duration, error, ctx.log, ctx.evidence)
+    # Like kirk: a warning or taint change during the cell marks it, whatever its outcome.
+    health = cell_health(lines, taint_before, read_taint())
+    return CellOutcome(outcome, expected, duration, error, ctx.log, ctx.evidence, health)
 
 
 def engine_evidence(session: EngineSession, first_command: int = 0) -> Dict[str, Any]:

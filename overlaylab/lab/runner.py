@@ -3,7 +3,9 @@
 The runner never touches the kernel itself: it only talks to the agent through the target's
 :class:`~overlaylab.providers.session.Session` (with a timeout on every call), so the same code
 drives the host, a qemu guest or a Vagrant box. Whatever goes wrong with a target (no kernel, a VM that does not boot, an
-agent that hangs) becomes ERROR cells with the evidence, and the other targets carry on.
+agent that hangs) becomes ERROR cells with the evidence, and the other targets carry on. A guest
+that panics or hangs during a cell (a session that can ``restart()``) costs that one cell: it is
+ERROR with the console tail, the guest is booted again and the run goes on with the next cell.
 """
 from __future__ import annotations
 
@@ -15,16 +17,19 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from ..providers.session import Session
 from ..providers.transport import stream_lines
+from ..agent.health import classify_line, kernel_warnings
 from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
+from ..agent.scenario import ENGINE_GROUP
 from . import progress as progress_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
 from .results import RunStore
 
+Run = Tuple[str, str]  # (scenario, engine): one cell of a profile
 AGENT_GRACE = 60.0  # seconds on top of the scenarios' own limits for mkfs, probes and set-up
 #: seconds more per profile for each engine other than the port: starting it (a private dockerd
 #: takes seconds on the host) and stopping it; times TCG_SLOWDOWN in a guest without KVM
@@ -37,6 +42,18 @@ def signal_name(num: int) -> str:
         return signal_mod.Signals(num).name
     except ValueError:
         return "signal %d" % num
+
+
+def agent_batches(runs: Sequence[Run], neutral: Collection[str]) -> List[List[Run]]:
+    """``runs`` as agent calls: one where an agent given their scenarios and engines runs
+    exactly these cells (it runs the port's own scenarios on the port, the ``neutral`` ones on
+    every engine it is given), else one per engine."""
+    sids = list(dict.fromkeys(sid for sid, _ in runs))
+    engines = list(dict.fromkeys(e for _, e in runs))
+    product = {(sid, e) for sid in sids for e in engines if sid in neutral or e == PORT_ENGINE}
+    if product == set(runs):
+        return [list(runs)] if runs else []
+    return [[r for r in runs if r[1] == e] for e in engines]
 
 
 class RunStopped(Exception):
@@ -192,7 +209,7 @@ class Runner:
         self.progress("target-up", info)
 
     def _agent_args(self, session: Session, profiles: Sequence[FsProfile], scenarios: Sequence[str],
-                    kernel: str) -> List[str]:
+                    kernel: str, engines: Optional[Sequence[str]] = None) -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
         facts = self._target_facts.get(kernel)
         if facts is not None:
@@ -206,29 +223,35 @@ class Runner:
             args += ["--profiles-b64", base64.b64encode(self.profiles_text.encode()).decode()]
         for sid in scenarios:
             args += ["--scenario", sid]
-        for engine in self.matrix.engines:  # all of them: the agent's default is the port alone
+        for engine in self.matrix.engines if engines is None else engines:  # the agent's default is the port alone
             args += ["--engine", engine]
         return args
 
-    def _agent_timeout(self, session: Session, kernel: str, profiles: int) -> float:
-        """How long one agent may take for ``profiles`` profiles: the set-up grace, each cell's
-        own limit (capped) and each engine's start-up grace."""
-        runs = self.matrix.runs_for(kernel)
+    def _agent_timeout(self, session: Session, kernel: str, profiles: int,
+                       runs: Optional[Sequence[Run]] = None) -> float:
+        """How long one agent may take for ``profiles`` profiles of ``runs`` cells each (default:
+        all of the kernel's): the set-up grace, each cell's own limit (capped) and each engine's
+        start-up grace."""
+        runs = self.matrix.runs_for(kernel) if runs is None else runs
         scenarios = self.matrix.scenarios_for(kernel)
         engines = len({e for _, e in runs if e != PORT_ENGINE})
         engine_grace = ENGINE_GRACE * (TCG_SLOWDOWN if getattr(session, "accel", None) == "tcg" else 1.0)
         per_profile = AGENT_GRACE + sum(min(scenarios[sid].timeout, 120.0) for sid, _ in runs) + engines * engine_grace
         return per_profile * profiles
 
-    def _run_profiles(self, kernel: str, session: Session, profiles: Sequence[FsProfile], attempt: int = 1) -> None:
+    def _run_profiles(self, kernel: str, session: Session, profiles: Sequence[FsProfile], attempt: int = 1,
+                      runs: Optional[Sequence[Run]] = None) -> None:
         """One agent process for all profiles of a target (interpreter start-up in a TCG guest
-        over 9p costs seconds), its records stored and shown line by line as they arrive."""
-        scenarios = self.matrix.scenarios_for(kernel)
-        runs = self.matrix.runs_for(kernel)
-        timeout = self._agent_timeout(session, kernel, len(profiles))
+        over 9p costs seconds), its records stored and shown line by line as they arrive.
+        ``runs``: the cells to run per profile (default: all of the kernel's), as one agent
+        can run them (see :func:`agent_batches`)."""
+        runs = list(self.matrix.runs_for(kernel) if runs is None else runs)
+        scenarios = list(dict.fromkeys(sid for sid, _ in runs))
+        engines = None if runs == self.matrix.runs_for(kernel) else list(dict.fromkeys(e for _, e in runs))
+        timeout = self._agent_timeout(session, kernel, len(profiles), runs)
         done: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
         junk: List[str] = []
-        state = {"problem": None, "started": time.monotonic()}
+        state: Dict[str, Any] = {"problem": None, "started": time.monotonic(), "in_flight": None}
         extra = {"target": kernel, "kernel_release": session.kernel_release,
                  "provider": self._provider_name(kernel, session)}
         if self.repeat > 1:
@@ -242,7 +265,9 @@ class Runner:
             for rec in records:
                 kind = rec.pop("record")
                 rec.update(extra)
-                if kind == "profile":
+                if kind == "start":  # the cell the agent is about to run
+                    state["in_flight"] = (rec.get("profile"), rec.get("scenario"), rec.get("engine") or PORT_ENGINE)
+                elif kind == "profile":
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
                 elif kind == "cell":
@@ -263,7 +288,8 @@ class Runner:
         stderr = ""
         died = False
         try:
-            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, list(scenarios), kernel)),
+            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, scenarios, kernel,
+                                                                               engines)),
                                timeout, on_line)
             stderr = res.stderr
             elapsed = time.monotonic() - state["started"]
@@ -283,6 +309,13 @@ class Runner:
         if self._should_stop():
             return
         problem = state["problem"]
+        if len(finished_profiles) < len(profiles) and callable(getattr(session, "restart", None)):
+            down = self._target_down(session)
+            if down:
+                unfinished = [p for p in profiles if p.name not in finished_profiles]
+                self._after_crash(kernel, session, unfinished, runs, done, state["in_flight"], down,
+                                  dict(extra, agent_problem=problem, stderr_tail=_tail(stderr)), attempt)
+                return
         cleaned: List[Any] = []
         rerun: List[FsProfile] = []
         if died:
@@ -309,6 +342,71 @@ class Runner:
         if rerun:
             self._run_profiles(kernel, session, rerun, attempt)
 
+    def _target_down(self, session: Session) -> Optional[str]:
+        """Why the target is gone after its agent stopped early — a panic on the console, a VM
+        that exited, no answer over ssh — or None when it still answers."""
+        vm = getattr(session, "vm", None)
+        exited = vm is not None and vm.wait_exit(5.0)  # a panicked guest's qemu exits (-no-reboot)
+        if any("Kernel panic - not syncing" in line for line in self._console_tail(session, 500)):
+            return "the guest kernel panicked"
+        if exited:
+            return "the VM exited"
+        try:
+            res = session.run("true", 20)
+        except Exception as err:  # noqa: BLE001 - that is the answer
+            return "the guest does not answer: %s" % err
+        return None if res.rc == 0 else "the guest does not answer (exit status %d)" % res.rc
+
+    def _after_crash(self, kernel: str, session: Session, unfinished: Sequence[FsProfile], runs: Sequence[Run],
+                     done: Dict[Tuple[str, str, str], Any], in_flight: Optional[Tuple[str, str, str]], down: str,
+                     info: Dict[str, Any], attempt: int) -> None:
+        """The target died under its agent: the cell in flight is ERROR (with the console tail;
+        every unfinished cell of the profile when it died while setting the profile up), the
+        guest is booted again, and a new agent runs the rest of that profile, then the other
+        profiles. A guest that does not come back makes the rest ERROR."""
+        current, rest = unfinished[0], list(unfinished[1:])
+        todo = [(sid, e) for sid, e in runs if (current.name, sid, e) not in done]
+        # A cell the agent started and did not finish; else it died setting the profile up or
+        # between cells (an engine starting): the rest of the profile, so that a rerun progresses.
+        in_cell = bool(in_flight and in_flight[0] == current.name and in_flight[1:] in todo)
+        crashed = [in_flight[1:]] if in_cell else todo  # type: ignore[index]
+        extra = {k: info[k] for k in ("target", "kernel_release", "provider", "attempt") if k in info}
+        # from just before the first panic/Oops/BUG headline (its trace is long), else the tail
+        console = self._console_tail(session, 200)
+        heads = [i for i, line in enumerate(console) if classify_line(line)]
+        console = console[max(0, heads[0] - 5):] if heads else console[-60:]
+        evidence = {"agent_problem": info.get("agent_problem") or down, "console_tail": console,
+                    "stderr_tail": info.get("stderr_tail") or []}
+        health = {"kernel_warnings": kernel_warnings(console)}
+
+        def error_cells(profile: str, cells: Sequence[Run], error: str, ev: Dict[str, Any]) -> None:
+            for sid, engine in cells:
+                cell = self._error_cell(kernel, profile, sid, engine, error, ev)
+                cell.update(extra)
+                if health["kernel_warnings"]:
+                    cell["health"] = health
+                self._append(cell)
+                self.progress("cell", cell)
+
+        error_cells(current.name, crashed, "%s during this cell" % down if in_cell
+                    else "%s while the profile was set up or between its cells" % down, evidence)
+        try:
+            session.restart()  # type: ignore[attr-defined]
+        except Exception as err:  # noqa: BLE001 - the rest cannot run: say why, per cell
+            failed = dict(evidence, restart_error=str(err))
+            error_cells(current.name, [r for r in todo if r not in crashed],
+                        "%s; the guest did not come back: %s" % (down, str(err).splitlines()[0]), failed)
+            for profile in rest:
+                error_cells(profile.name, runs, "%s; the guest did not come back" % down, failed)
+            return
+        neutral = [sid for sid, sc in self.matrix.scenarios_for(kernel).items() if sc.group == ENGINE_GROUP]
+        for batch in agent_batches([r for r in todo if r not in crashed], neutral):
+            if self._should_stop():
+                return
+            self._run_profiles(kernel, session, [current], attempt, batch)
+        if rest and not self._should_stop():
+            self._run_profiles(kernel, session, rest, attempt, runs)
+
     def _cleanup_after_agent(self, session: Session) -> List[Any]:
         """``agent cleanup --run RUN`` on the target: what the dead agent left, removed."""
         try:
@@ -328,13 +426,13 @@ class Runner:
             on_line(line)
         return res
 
-    def _console_tail(self, session: Session) -> List[str]:
+    def _console_tail(self, session: Session, lines: int = 40) -> List[str]:
         path = session.console_log
         if not path:
             return []
         try:
             with open(path, "r", errors="replace") as f:
-                return f.read().splitlines()[-40:]
+                return f.read().splitlines()[-lines:]
         except OSError:
             return []
 

@@ -89,6 +89,11 @@ def render_run(rep: "RunReport", tablefmt: str = "simple") -> str:
             out.append(tabulate(count_rows(on_engines, engines, lambda c: c.engine), headers=["outcome"] + engines,
                                 tablefmt=tablefmt))
             out.append("")
+        warned = rep.warned(target)
+        if warned:
+            out.append("%s: %d cells with kernel warnings: %s" % (target, len(warned), ", ".join(c.id for c in warned[:10])
+                                                                 + (" …" if len(warned) > 10 else "")))
+            out.append("")
     total = rep.counts()
     out.append("%d cells: %s; %d not as expected (marked %s)" % (
         len(rep.cells), ", ".join("%s %d" % (k, v) for k, v in total.items() if v), len(_unmet(rep)), UNMET_MARK))

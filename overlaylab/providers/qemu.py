@@ -15,8 +15,9 @@ accelerator (a real KVM probe boot, else TCG), and boots with:
 
 It yields a :class:`QemuSession`: ``.host`` (testinfra), ``.disks`` (profile -> /dev/vdX, read
 from ``/sys/block/vd*/serial`` in the guest), ``.kernel_release``, ``.accel``,
-``.console_log``, ``.boot_seconds``. On exit the qemu process group is killed and the run
-directory (images, keys, console log) removed, unless ``keep=True``.
+``.console_log``, ``.boot_seconds``, and ``restart()`` (boot the same guest again after it
+panicked or hung). On exit the qemu process group is killed and the run directory (images,
+keys, console log) removed, unless ``keep=True``.
 
 In the guest: ``python3`` is the host's interpreter (its directory leads ``PATH``),
 ``PYTHONPATH`` points at the project, and ``MODPROBE_OPTIONS`` points modprobe at the guest
@@ -213,6 +214,9 @@ class QemuSession(SessionMethods):
     # the agent runs with the host's interpreter (shared over 9p) and the project on PYTHONPATH
     agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
     provider: str = "qemu"
+    boot_timeout: float = 180.0
+    #: seconds each :meth:`restart` took to boot the guest again
+    restarts: List[float] = field(default_factory=list)
     _closed: bool = field(default=False, repr=False)
 
     def run(self, command: str, timeout: float = 300.0):
@@ -227,6 +231,28 @@ class QemuSession(SessionMethods):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(["ssh", "-F", self.ssh_config, "-O", "exit", "127.0.0.1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+
+    def restart(self) -> float:
+        """Boot the guest again after it panicked or hung: qemu is killed and started with the
+        same argv (kernel, disks, ssh port); the dead boot's console log is kept next to the
+        new one as ``<log>.boot<N>``. Returns the seconds to ready; raises
+        :class:`~overlaylab.vm.qemu.VMBootError` with the console tail if it does not come up."""
+        old = self.vm
+        if old is not None:
+            old.kill()
+        self.close()  # the ssh ControlMaster of the dead guest
+        base, ext = os.path.splitext(self.console_log)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(self.console_log, "%s.boot%d%s" % (base, len(self.restarts) + 1, ext))
+        vm = QemuVM(self.argv, self.console_log, hard_timeout=old.hard_timeout if old else 4 * 3600.0,
+                    ssh_port=self.ssh_port, stderr_log=old.stderr_log if old else None)
+        self.vm = vm.start()  # the provider's up() kills whichever VM the session holds last
+        with phase("reboot", "%s, to ssh" % self.accel) as state:
+            seconds = vm.wait_ready(self.boot_timeout)
+            state["detail"] = "%s, %.1f s" % (self.accel, seconds)
+        self._closed = False
+        self.restarts.append(round(seconds, 3))
+        return seconds
 
     def poweroff(self, timeout: float = 10.0) -> bool:
         """Ask the guest init to sync and power off; True if qemu exited in time."""
@@ -371,7 +397,8 @@ class QemuProvider:
                         console_log=console_log, boot_seconds=boot_seconds, kernel=kernel,
                         initramfs=initramfs, ssh_port=port, ssh_config=ssh_config, workdir=workdir,
                         argv=argv, accel_reason=accel_reason, vm=vm, agent_python=self.python,
-                        agent_env={"PYTHONPATH": self.project_root}, boot_retries=list(retries))
+                        agent_env={"PYTHONPATH": self.project_root}, boot_retries=list(retries),
+                        boot_timeout=self.boot_timeout)
                     with phase("disks", ", ".join(n for n, _ in disks) or "none"):
                         session.disks = self._map_disks(session, [n for n, _ in disks])
                     try:
@@ -380,6 +407,8 @@ class QemuProvider:
                         if keep:
                             session.poweroff()
                         session.close()
+                        if session.vm is not vm and session.vm is not None:
+                            session.vm.kill()  # a restart's VM
                 return
         except VMBootError as e:
             # the run directory goes away: keep the whole console log as evidence

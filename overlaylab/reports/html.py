@@ -531,6 +531,9 @@ def render(rep: RunReport) -> str:
             label += '<br><span class="muted">%s · %s</span>' % (_e(rep.kernel_release(t)), _e(trec.get("provider", "")))
         if trec.get("error"):
             label += '<br><b>did not come up:</b> %s' % _e(trec["error"][:200])
+        warned = rep.warned(t)
+        if warned:
+            label += '<br><b class="kernel-warnings">%d cells with kernel warnings</b>' % len(warned)
         parts.append("<tr><td>%s</td>" % label)
         for p in rep.profiles():
             cells = [c for c in rep.cells.values() if c.target == t and c.profile == p]

@@ -84,12 +84,13 @@ def targets_table(rep: RunReport) -> str:
                len(cells)]
         row += [counts[o] for o in ALL_OUTCOMES if o != FLAKY or rep.repeat > 1]
         row.append(sum(1 for c in cells if not c.met))
+        row.append(len(rep.warned(t)))
         if rec.get("error"):
             row.append("did not come up: " + _md_escape(rec["error"])[:200])
         rows.append(row)
     headers = ["kernel", "release", "provider", "cells"]
     headers += ["%s %s" % (SYMBOLS[o], o) for o in ALL_OUTCOMES if o != FLAKY or rep.repeat > 1]
-    headers.append("not as expected")
+    headers += ["not as expected", "kernel warnings"]
     if any(len(r) > len(headers) for r in rows):
         headers.append("note")
         rows = [r + [""] * (len(headers) - len(r)) for r in rows]

@@ -115,6 +115,15 @@ class CellView:
         return self.attempts[-1]
 
     @property
+    def health(self) -> Dict[str, Any]:
+        """The kernel-health mark (overlaylab/agent/health.py: warnings the kernel logged, taint
+        that changed while the cell ran) of the first attempt that has one, or ``{}``."""
+        for a in self.attempts:
+            if a.get("health"):
+                return a["health"]
+        return {}
+
+    @property
     def group(self) -> str:
         return self.record.get("group") or "other"
 
@@ -306,6 +315,11 @@ class RunReport:
             out[cv.outcome] = out.get(cv.outcome, 0) + 1
         return out
 
+    def warned(self, target: Optional[str] = None) -> List[CellView]:
+        """Cells with kernel warnings (of ``target``): the kernel logged a WARN/BUG/Oops, lockdep
+        splat, hung task ... or changed its taint while they ran, whatever their outcome."""
+        return [c for c in self.cells.values() if c.health and (target is None or c.target == target)]
+
     def unmet(self) -> List[CellView]:
         """Cells not as expected (flaky ones are listed by :meth:`flaky`)."""
         return [c for c in self.cells.values() if not c.met and not c.flaky]
@@ -404,6 +418,8 @@ def evidence_sections(rec: Dict[str, Any]) -> List[Tuple[str, str]]:
     out: List[Tuple[str, str]] = []
     if rec.get("error"):
         out.append(("error", rec["error"]))
+    if rec.get("health"):
+        out.append(("kernel health", as_text(rec["health"])))
     ev = rec.get("evidence") or {}
     keys = [k for k in _FIRST if k in ev] + sorted(k for k in ev if k not in _FIRST)
     for key in keys:

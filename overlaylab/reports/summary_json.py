@@ -3,7 +3,9 @@
 Keys: ``schema``, ``run_id``, ``status``, ``started``/``ended``, ``provider``, ``host``,
 ``repeat``, ``ok`` (every cell met its expectation, flaky cells aside), ``cells`` (count),
 ``counts`` (per outcome, FLAKY included), ``unmet`` and ``flaky`` (one object per cell),
-``targets`` (per kernel: release, provider, accel, boot time, counts, error), ``profiles``
+``kernel_warnings`` (one object per cell the kernel logged a warning or changed its taint
+during, with its ``health``), ``targets`` (per kernel: release, provider, accel, boot time,
+counts, cells with kernel warnings, error), ``profiles``
 (per kernel x profile: what was made, mkfs argv, mount options, unavailable), ``matrix``
 (the port's cells: ``{kernel: {profile: {scenario: outcome}}}``), ``engines`` (per engine:
 cells, counts per outcome, how many not as expected), ``engine_matrix`` (the engine
@@ -62,6 +64,7 @@ def summary(rep: RunReport) -> Dict[str, Any]:
                         "up_seconds": rec.get("up_seconds"), "python": rec.get("python"),
                         "error": rec.get("error"), "cells": len(cells), "counts": rep.counts(cells),
                         "unmet": sum(1 for c in cells if not c.met and not c.flaky),
+                        "kernel_warnings": len(rep.warned(t)),
                         "kernel_config_overlay": facts.get("kernel_config_overlay"),
                         "overlay_params": facts.get("overlay_params")})
     profiles: List[Dict[str, Any]] = []
@@ -102,7 +105,8 @@ def summary(rep: RunReport) -> Dict[str, Any]:
             "argv": meta.get("argv"), "host": meta.get("host"), "repeat": rep.repeat,
             "ok": not rep.gate_failures(), "summary": rep.summary_line(), "cells": len(rep.cells),
             "counts": rep.counts(), "unmet": [_cell(c) for c in rep.unmet()],
-            "flaky": [_cell(c) for c in rep.flaky()], "targets": targets, "profiles": profiles,
+            "flaky": [_cell(c) for c in rep.flaky()],
+            "kernel_warnings": [dict(_cell(c), health=c.health) for c in rep.warned()], "targets": targets, "profiles": profiles,
             "matrix": matrix, "engines": engines, "engine_matrix": engine_matrix,
             "disagreements": disagreements, "overlay_features": overlay_features(rep),
             "skipped_lines": rep.run.skipped_lines,
