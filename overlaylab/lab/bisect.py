@@ -271,7 +271,7 @@ def bisect(kernels: Sequence[BisectKernel], step: Callable[[BisectKernel], Step]
                 lo = mid
             else:
                 hi = mid
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         return stop("interrupted", "interrupted after %d steps" % len(result.steps))
     result.first_bad, result.last_good = kernels[hi], kernels[lo]
     bad_step = result.step_of(result.first_bad)
@@ -510,12 +510,13 @@ def run_bisect(req: BisectRequest, echo: Callable[..., None]) -> int:
     """``overlaylab bisect``: plan (usage errors as :class:`SelectionError` before anything
     boots), search, print and log; returns the exit code."""
     from ..kernels.catalogue import ENV_KERNELS
+    from .results import now_iso
     spec, kernels, left_out, tables = _plan(req)
     log = BisectLog(req.reports_dir, {
         "cell": str(spec), "profile": spec.profile, "scenario": spec.scenario, "engine": spec.engine,
         "good": req.good, "bad": req.bad, "repeat": req.repeat, "assume_ends": req.assume_ends,
         "kernels_dir": os.path.abspath(req.kernels_dir) if req.kernels_dir else None,
-        "kernels": [asdict(k) for k in kernels], "left_out": left_out, "started": time.time()})
+        "kernels": [asdict(k) for k in kernels], "left_out": left_out, "started": now_iso()})
     echo("bisecting %s over %d kernels: %s" % (spec, len(kernels), " < ".join(k.label() for k in kernels)))
     for item in left_out:
         echo("left out: %s: %s" % (item["kernel"], item["why"]), err=True)
@@ -545,7 +546,7 @@ def run_bisect(req: BisectRequest, echo: Callable[..., None]) -> int:
                 os.environ[ENV_KERNELS] = old_env
     log.write(status=result.status, message=result.message, good_outcome=result.good_outcome,
               first_bad=_side(result, result.first_bad), last_good=_side(result, result.last_good),
-              seconds=round(time.monotonic() - started, 1), ended=time.time())
+              seconds=round(time.monotonic() - started, 1), ended=now_iso())
     for line in render_result(result):
         echo(line, err=result.status != "found")
     echo("bisect log: %s (%d boots, %.0fs)" % (log.path, len(result.steps), time.monotonic() - started))

@@ -6,7 +6,6 @@ The real bisection, with boots, is tests/vm/test_bisect_vm.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import subprocess

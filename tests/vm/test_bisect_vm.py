@@ -79,3 +79,34 @@ def test_bisect_names_debian_sid_first_bad_for_xfs_v4_after_booting_6_12(debian_
         if not leftovers:
             shutil.rmtree(vm_tmp, ignore_errors=True)
     assert leftovers == []
+
+
+def test_bisect_over_a_kernels_dir_boots_builds_by_their_directory_names(debian_kernels, tmp_path):
+    """The same kernels as a developer's directory of builds (a bzImage plus
+    ``lib/modules/<release>`` each, as ``make modules_install`` leaves them), with the ends
+    assumed: only the middle build boots, found by its directory name through the catalogue
+    the bisection made of the directory."""
+    builds = tmp_path / "builds"
+    for name, build in (("debian-6.1", "v6.1"), ("debian-6.12", "v6.12"), ("debian-sid", "v7.2")):
+        image = debian_kernels[name]
+        (builds / build / "lib" / "modules").mkdir(parents=True)
+        os.symlink(image.vmlinuz, str(builds / build / "bzImage"))
+        os.symlink(image.modules_dir, str(builds / build / "lib" / "modules" / image.release))
+    reports = tmp_path / "reports"
+    vm_tmp = tempfile.mkdtemp(prefix="olbis.")
+    try:
+        res = _cli(["bisect", "xfs-v4-noftype/create-empty", "--good", "v6.1", "--bad", "v7.2", "--assume-ends",
+                    "--kernels-dir", str(builds), "--reports-dir", str(reports)], {"TMPDIR": vm_tmp}, timeout=900)
+        assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+        assert "step 1: v6.12 (%s): PASS -> good" % debian_kernels["debian-6.12"].release in res.stdout
+        assert "first bad: v7.2 (%s): assumed (--assume-ends), not run" % debian_kernels["debian-sid"].release \
+            in res.stdout
+        assert "last good: v6.12" in res.stdout and "step 2" not in res.stdout, res.stdout
+        log_dir = reports / "bisect" / os.listdir(str(reports / "bisect"))[0]
+        assert '[kernels."v6.12"]' in (log_dir / "kernels.toml").read_text()
+    finally:
+        assert qemu_pids(vm_tmp) == set()
+        leftovers = mounts_under(vm_tmp)
+        if not leftovers:
+            shutil.rmtree(vm_tmp, ignore_errors=True)
+    assert leftovers == []
