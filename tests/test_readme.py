@@ -86,6 +86,9 @@ CHEAP = {
                        "overlaylab run --provider local -p 'xfs or ext4' -k 'whiteouts-through-diff'",
                        "overlaylab list kernels", "overlaylab list profiles", "overlaylab list scenarios",
                        "overlaylab show latest"],
+    # neighbours in the order (nothing between them): nothing boots, the result is named
+    "overlaylab bisect xfs-v4-noftype/create-empty --good debian-6.1 --bad debian-sid": [
+        "overlaylab bisect xfs-v4-noftype/create-empty --good debian-6.12 --bad debian-sid --assume-ends"],
 }
 
 

@@ -137,4 +137,39 @@ def show_cmd(run_ref: str, reports_dir: Optional[str], as_json: bool) -> None:
         click.echo("\n" + note)
 
 
-COMMANDS = [run_cmd, list_cmd, show_cmd]
+@click.command("bisect")
+@click.argument("cell", metavar="PROFILE/SCENARIO[/ENGINE]")
+@click.option("--good", required=True, metavar="K1", help="A kernel on which the cell behaves as it used to.")
+@click.option("--bad", required=True, metavar="K2", help="A newer kernel on which it does not.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the cell N times per kernel; repeats that disagree stop the bisection.")
+@click.option("--kernels-dir", type=click.Path(), default=None, metavar="DIR",
+              help="Bisect over the kernel builds in DIR (one per subdirectory: .deb files, or a "
+                   "bzImage/vmlinuz plus lib/modules/<release>) instead of vms/kernels.toml.")
+@click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
+              help="Where runs/ and bisect/ go (default ./reports, env OVERLAYLAB_REPORTS).")
+@click.option("--assume-ends", is_flag=True,
+              help="Do not boot K1 and K2: take K1 to give --good-outcome (default PASS) and K2 not.")
+@click.option("--good-outcome", default=None, metavar="OUTCOME",
+              help="The outcome that counts as good (default: whatever K1 gives).")
+def bisect_cmd(cell: str, good: str, bad: str, repeat: int, kernels_dir: Optional[str], reports_dir: Optional[str],
+               assume_ends: bool, good_outcome: Optional[str]) -> None:
+    """Find the first kernel between K1 and K2 on which CELL behaves differently from K1,
+    booting (under qemu) only the kernels a binary search needs; each step is a normal run,
+    the log goes to REPORTS/bisect/<id>/bisect.json.
+
+    Exit status 0 when the first bad kernel is named; 1 when K1 is not good, K2 is not bad,
+    or a step's repeats disagree (flaky: it never guesses); 2 usage error (nothing booted);
+    3 when the lab could not run the cell on a kernel; 130 interrupted.
+    """
+    from ..lab.bisect import BisectRequest, run_bisect
+    try:
+        code = run_bisect(BisectRequest(cell, good, bad, repeat, kernels_dir, reports_dir, assume_ends, good_outcome),
+                          echo=click.echo)
+    except SelectionError as err:
+        raise click.UsageError(str(err)) from None
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+COMMANDS = [run_cmd, list_cmd, show_cmd, bisect_cmd]

@@ -45,8 +45,15 @@ class KernelEntry:
     extra: Dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
 
+#: another catalogue file in place of ``vms/kernels.toml`` (``overlaylab bisect --kernels-dir``
+#: points it at the catalogue it makes of a directory of kernel builds)
+ENV_KERNELS = "OVERLAYLAB_KERNELS"
+
+
 def default_catalogue_path() -> Path:
-    """``vms/kernels.toml`` of the project checkout this package lives in."""
+    """``$OVERLAYLAB_KERNELS``, else ``vms/kernels.toml`` of the project checkout this package lives in."""
+    if os.environ.get(ENV_KERNELS):
+        return Path(os.environ[ENV_KERNELS])
     from ..paths import PROJECT_ROOT
     return PROJECT_ROOT / "vms" / "kernels.toml"
 

@@ -50,6 +50,8 @@ class RunRequest:
     baseline_ref: Optional[str] = None
     repeat: int = 1
     argv: List[str] = field(default_factory=list)
+    #: the run's id (default: a new one); lets a caller such as ``bisect`` name the run it asked for
+    run_id: Optional[str] = None
 
 
 def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
@@ -138,7 +140,7 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
     repeat = req.repeat
     check_reports_space(req.reports_dir, matrix.cell_count * repeat)
     clean_dead_runs(echo)
-    store = RunStore(req.reports_dir)
+    store = RunStore(req.reports_dir, req.run_id)
     os.environ[RUN_ENV] = store.run_id  # marked on every agent dir and VM this run makes
     store.start(matrix=matrix.to_dict(), provider=provider, argv=list(req.argv), jobs=req.jobs, repeat=repeat,
                 cells_expected=matrix.cell_count * repeat)
