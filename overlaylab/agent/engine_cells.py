@@ -9,11 +9,15 @@ with its own verdict line, one that failed to start is FAIL with its message.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
+import tarfile
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .engines import get_engine
 from .engines.base import EngineError, EngineSession, EngineUnavailable
@@ -23,11 +27,80 @@ from .scenario import Expectation, Facts, Scenario, run_scenario
 
 def engine_facts(facts: Mapping[str, Any], session: EngineSession) -> Facts:
     """``facts`` plus what the open session says: the engine, its version and its verdict
-    (with ``mount_program``: the driver mounts through a user-space program, per its evidence)."""
+    (with ``mount_program``: the driver mounts through a user-space program, per its evidence,
+    and ``footprint``: the inodes one container costs it, see :func:`probe_footprint`)."""
     verdict = session.verdict
     return Facts(dict(facts, engine=session.engine.name, engine_version=session.engine.version(),
                       engine_verdict={"accepted": verdict.accepted, "message": verdict.message,
-                                      "mount_program": verdict.evidence.get("mount_program") is True}))
+                                      "mount_program": verdict.evidence.get("mount_program") is True,
+                                      "footprint": verdict.evidence.get("footprint")}))
+
+
+def probe_footprint(session: EngineSession, backing_dir: str, scratch: str) -> Dict[str, Any]:
+    """How many inodes of the backing fs the started engine left free, and what one minimal
+    container costs it (a one-file image pulled, a container made on it and mounted): Docker's
+    layer database, init layer and container config take about 70 where the port takes 9, so
+    an inode-starved filesystem that holds the port's cells may not hold one Docker container.
+    Measured, not assumed; ``error`` where the minimal container did not fit at all."""
+    free = os.statvfs(backing_dir).f_ffree
+    out: Dict[str, Any] = {"free_inodes": free}
+    layer = os.path.join(scratch, "footprint.tar")
+    with tarfile.open(layer, "w") as tar:
+        info = tarfile.TarInfo("footprint")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"1\n"))
+    refs: List[str] = []
+    try:
+        refs.append(session.pull([layer]))
+        refs.append(session.create(refs[0]))
+        with session.rootfs(refs[1]):
+            out["per_container"] = free - os.statvfs(backing_dir).f_ffree
+    except EngineError as err:
+        out["error"] = str(err)
+    finally:
+        for ref in reversed(refs):
+            with contextlib.suppress(EngineError):
+                session.remove(ref)
+        os.unlink(layer)
+    return out
+
+
+class CellSession:
+    """The session as one cell sees it: what the cell pulled or created and did not remove is
+    removed when the cell ends (also when it failed half-way), so a failed cell leaves the next
+    one neither its layers nor the inodes and space they hold."""
+
+    def __init__(self, session: EngineSession):
+        self._session = session
+        self._refs: List[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def pull(self, layer_tars: Sequence[str]) -> str:
+        ref = self._session.pull(layer_tars)
+        self._refs.append(ref)
+        return ref
+
+    def create(self, image: str) -> str:
+        ref = self._session.create(image)
+        self._refs.append(ref)
+        return ref
+
+    def remove(self, ref: str) -> None:
+        self._session.remove(ref)
+        if ref in self._refs:
+            self._refs.remove(ref)
+
+    def close(self) -> List[str]:
+        """Remove what the cell left, newest first (containers before their images)."""
+        removed = []
+        for ref in reversed(self._refs):
+            with contextlib.suppress(EngineError):
+                self._session.remove(ref)
+                removed.append(ref)
+        self._refs = []
+        return removed
 
 
 def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_dir: str, facts: Mapping[str, Any],
@@ -59,12 +132,20 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
     try:
         with engine.open(backing_dir, workdir) as session:
             opened = round(time.monotonic() - started, 3)
+            if session.verdict.accepted:
+                session.verdict.evidence["footprint"] = probe_footprint(session, backing_dir, workdir)
             efacts = engine_facts(facts, session)
             for sc in scenarios:  # where the engine refused the fs, each cell is its verdict
                 if on_start is not None:
                     on_start(sc)
-                rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
-                                   engine=session).to_record(profile, sc.id, sc.group)
+                cell_session = CellSession(session)
+                try:
+                    rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
+                                       engine=cell_session).to_record(profile, sc.id, sc.group)
+                finally:
+                    left = cell_session.close() if session.verdict.accepted else []
+                if left:
+                    rec.log.append("removed what the scenario left: %s" % ", ".join(r[:12] for r in left))
                 rec.engine = engine_name
                 rec.evidence["engine"]["open_seconds"] = opened
                 done.add(sc.id)

@@ -8,23 +8,25 @@ an engine whose program is missing gives UNSUPPORTED cells with the reason.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import types
 
 import pytest
 
 from overlaylab.agent import probes as probe_mod
-from overlaylab.agent.engine_cells import engine_facts, run_engine_cells
+from overlaylab.agent.engine_cells import CellSession, engine_facts, probe_footprint, run_engine_cells
 from overlaylab.agent.engines import ENGINES, engine_names, get_engine
 from overlaylab.agent.engines.base import Engine, EngineError, EngineRefused, EngineSession, EngineUnavailable, Verdict
 from overlaylab.agent.main import probe_profile
 from overlaylab.agent.scenario import ENGINE_GROUP, Facts, Outcome, all_scenarios, classify, run_scenario
-from tests.needs import need
+from tests.needs import need, need_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENGINE_IDS = {"engine-verdict", "image-whiteouts", "delete-in-container", "rename-image-dir", "hardlinks-pulled",
@@ -123,7 +125,8 @@ def test_a_mount_program_in_the_verdict_not_the_engines_name_gives_fuse_overlayf
 def test_engine_facts_carry_the_verdicts_mount_program():
     session = EngineSession(get_engine("port"), "/nonexistent", "/nonexistent")
     session.verdict = Verdict(True, "accepted", {"mount_program": True})
-    assert engine_facts({"profile": "ext4"}, session)["engine_verdict"] == FUSE_MOUNTED | {"message": "accepted"}
+    assert engine_facts({"profile": "ext4"}, session)["engine_verdict"] == dict(FUSE_MOUNTED, message="accepted",
+                                                                                 footprint=None)
     session.verdict = Verdict(True, "accepted", {})
     assert engine_facts({}, session)["engine_verdict"]["mount_program"] is False
 
@@ -275,3 +278,49 @@ def test_an_engine_that_cannot_start_gives_cells_with_its_reason(register_engine
     else:
         assert not cells[0].met and cells[0].evidence["engine"]["error"] == {"rc": 1}
     assert os.listdir(short_dir) == []
+
+
+# Inode footprints and per-cell clean-up -----------------------------------------------------------
+
+def test_the_footprint_probe_measures_what_one_container_costs_each_engine(fs_factory, short_dir):
+    need_tool("dockerd", "docker.io")
+    bfs = fs_factory("ext4")
+    costs = {}
+    for name in ("port", "docker-overlay2"):
+        with get_engine(name).open(bfs.mountpoint, tempfile.mkdtemp(dir=short_dir)) as session:
+            footprint = probe_footprint(session, bfs.mountpoint, tempfile.mkdtemp(dir=short_dir))
+            assert footprint["free_inodes"] > 1000 and "error" not in footprint, footprint
+            costs[name] = footprint["per_container"]
+    # Docker's layer database, init layer and container config against the port's few dirs
+    assert 0 < costs["port"] < 20 < costs["docker-overlay2"], costs
+
+
+def test_an_inode_starved_fs_expects_fail_where_the_engines_footprint_does_not_fit():
+    starved = {"accepted": True, "message": "", "footprint": {"free_inodes": 82, "per_container": 71}}
+    roomy = {"accepted": True, "message": "", "footprint": {"free_inodes": 103, "per_container": 18}}
+    full = {"accepted": True, "message": "", "footprint": {"free_inodes": 3, "error": "no space left on device"}}
+    def expect(sid, **over):
+        return all_scenarios()[sid].expect(_facts(**over))
+
+    assert expect("container-changes", engine="docker-overlay2", engine_verdict=starved).outcome == Outcome.FAIL
+    assert "71 inodes per container" in expect("container-changes", engine="docker-overlay2",
+                                               engine_verdict=starved).why
+    assert expect("engine-verdict", engine="docker-overlay2", engine_verdict=starved).outcome == Outcome.PASS
+    assert expect("container-changes", engine="containers-storage", engine_verdict=roomy).outcome == Outcome.PASS
+    assert expect("engine-verdict", engine="docker-overlay2", engine_verdict=full).outcome == Outcome.FAIL
+
+
+def test_what_a_failed_cell_pulled_is_removed_before_the_next_cell(fs_factory, short_dir):
+    bfs = fs_factory("tmpfs")
+    layer = os.path.join(short_dir, "l.tar")
+    with tarfile.open(layer, "w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with get_engine("port").open(bfs.mountpoint, tempfile.mkdtemp(dir=short_dir)) as session:
+        cell = CellSession(session)
+        image = cell.pull([layer])
+        cell.create(image)
+        before = os.statvfs(bfs.mountpoint).f_ffree
+        assert len(cell.close()) == 2  # the container, then its image
+        assert os.statvfs(bfs.mountpoint).f_ffree > before and cell.close() == []

@@ -103,17 +103,36 @@ def fuse_failure(scenario_id: str) -> ExtraExpect:
     return extra
 
 
-def expect_engine(image_whiteouts: bool = False, extra: Optional[ExtraExpect] = None):
+def too_few_inodes(facts: Facts, containers: int) -> Optional[Expectation]:
+    """FAIL where the started engine left room for fewer than ``containers`` minimal containers
+    (its probed footprint, :func:`overlaylab.agent.engine_cells.probe_footprint`)."""
+    footprint = (facts.get("engine_verdict") or {}).get("footprint") or {}
+    per, free = footprint.get("per_container"), footprint.get("free_inodes")
+    if footprint.get("error") and "no space left" in footprint["error"]:
+        return Expectation(Outcome.FAIL, "%s cannot fit one container in %s's %s free inodes (probed: %s)"
+                           % (engine_of(facts), facts.fs_name, free, footprint["error"][-120:]))
+    if per and free is not None and free // per < containers:
+        return Expectation(Outcome.FAIL, "%s's own metadata costs %d inodes per container; the %d it left free on "
+                           "%s hold fewer than the %d containers this needs (ENOSPC)"
+                           % (engine_of(facts), per, free, facts.fs_name, containers))
+    return None
+
+
+def expect_engine(image_whiteouts: bool = False, extra: Optional[ExtraExpect] = None, containers: int = 2):
     """An ``expect=`` function: REFUSED where the engine refused the fs (its words); FAIL where
     a container is mounted (``needs_mount``) by the kernel on an fs it refuses as upperdir, or
     whiteouts must be hidden without d_type (moby#22937: a container's deletions,
-    ``needs_dtype``, and for stacked engines an image's, ``image_whiteouts``); then ``extra``;
-    else PASS."""
+    ``needs_dtype``, and for stacked engines an image's, ``image_whiteouts``); FAIL where the
+    engine's probed footprint leaves room for fewer than ``containers`` containers; then
+    ``extra``; else PASS."""
     def expect(sc, facts: Facts) -> Expectation:
         accepted, message = verdict_of(facts)
         name = engine_of(facts)
         if not accepted:
             return Expectation(Outcome.REFUSED, "%s refuses %s: %s" % (name, facts.fs_name, message))
+        starved = too_few_inodes(facts, containers)
+        if starved is not None:
+            return starved
         kernel = kernel_overlay(facts)
         if sc.needs_mount and kernel and facts.get("upperdir") is False:
             return Expectation(Outcome.FAIL, "the kernel refuses %s as overlay upperdir" % facts.fs_name)
@@ -178,7 +197,7 @@ def settle(measure: Callable[[], int], at_least: int, seconds: float = 5.0) -> i
 
 @scenario("engine-verdict", "The engine's driver accepts the backing fs and a container then reads and writes through its rootfs, or it refuses the fs in its own words",
           "moby v1.10.3 daemon/graphdriver/overlay/overlay.go Init (btrfs refused, moby#9834); moby daemon/graphdriver/overlay2/overlay.go Init (d_type required, moby#35514); containers/storage drivers/overlay/overlay.go Init",
-          ENGINE_GROUP, expect=expect_engine(), timeout=60)
+          ENGINE_GROUP, expect=expect_engine(containers=1), timeout=60)
 def engine_verdict(ctx: ScenarioContext) -> None:
     session = ctx.engine
     ctx.note("verdict: %s" % (session.verdict.message or "accepted"), verdict=session.verdict.to_dict())
