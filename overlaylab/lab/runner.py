@@ -188,9 +188,8 @@ class Runner:
             "accel": session.accel, "boot_seconds": round(session.boot_seconds or 0.0, 3),
             "up_seconds": round(time.monotonic() - started, 3), "disks": dict(session.disks or {}),
             "boot_retries": list(session.boot_retries or [])}).to_json()
-        image = getattr(session, "kernel", None)  # a booted image (qemu): its Debian package, version, suite, config
-        if image is not None and hasattr(image, "to_json"):
-            info["kernel_image"] = image.to_json()
+        if session.kernel_image is not None:  # a booted image (qemu): its Debian package, version, suite, config
+            info["kernel_image"] = session.kernel_image.to_json()
         try:
             with progress_mod.phase("probes", "kernel facts"):
                 res = session.run(session.agent_command(["probe-target"]), 120)
@@ -235,7 +234,7 @@ class Runner:
         runs = self.matrix.runs_for(kernel) if runs is None else runs
         scenarios = self.matrix.scenarios_for(kernel)
         engines = len({e for _, e in runs if e != PORT_ENGINE})
-        engine_grace = ENGINE_GRACE * (TCG_SLOWDOWN if getattr(session, "accel", None) == "tcg" else 1.0)
+        engine_grace = ENGINE_GRACE * (TCG_SLOWDOWN if session.accel == "tcg" else 1.0)
         per_profile = AGENT_GRACE + sum(min(scenarios[sid].timeout, 120.0) for sid, _ in runs) + engines * engine_grace
         return per_profile * profiles
 
@@ -309,7 +308,7 @@ class Runner:
         if self._should_stop():
             return
         problem = state["problem"]
-        if len(finished_profiles) < len(profiles) and callable(getattr(session, "restart", None)):
+        if len(finished_profiles) < len(profiles) and session.restartable:
             down = self._target_down(session)
             if down:
                 unfinished = [p for p in profiles if p.name not in finished_profiles]
@@ -345,8 +344,7 @@ class Runner:
     def _target_down(self, session: Session) -> Optional[str]:
         """Why the target is gone after its agent stopped early — a panic on the console, a VM
         that exited, no answer over ssh — or None when it still answers."""
-        vm = getattr(session, "vm", None)
-        exited = vm is not None and vm.wait_exit(5.0)  # a panicked guest's qemu exits (-no-reboot)
+        exited = session.exited(5.0)  # a panicked guest's qemu exits (-no-reboot)
         if any("Kernel panic - not syncing" in line for line in self._console_tail(session, 500)):
             return "the guest kernel panicked"
         if exited:

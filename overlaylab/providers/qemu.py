@@ -232,6 +232,16 @@ class QemuSession(SessionMethods):
             subprocess.run(["ssh", "-F", self.ssh_config, "-O", "exit", "127.0.0.1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
 
+    restartable = True
+
+    @property
+    def kernel_image(self) -> KernelImage:
+        return self.kernel
+
+    def exited(self, timeout: float) -> bool:
+        """Whether qemu exited (a panicked guest's does: ``-no-reboot``), waiting up to ``timeout``."""
+        return self.vm is not None and self.vm.wait_exit(timeout)
+
     def restart(self) -> float:
         """Boot the guest again after it panicked or hung: qemu is killed and started with the
         same argv (kernel, disks, ssh port); the dead boot's console log is kept next to the

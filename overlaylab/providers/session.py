@@ -50,6 +50,17 @@ class Session(Protocol):
         """Release what the session holds; the provider's ``up()`` calls it on the way out
         (calling it again does nothing)."""
 
+    #: the booted kernel image (``to_json()``: its Debian package, version, config), or None
+    kernel_image: Any
+    #: whether :meth:`restart` can boot the target again after its kernel died (a VM)
+    restartable: bool
+
+    def restart(self) -> float:
+        """Boot the target again (seconds to ready); only where ``restartable``."""
+
+    def exited(self, timeout: float) -> bool:
+        """Whether the target's machine is gone (a VM whose process exited), waiting up to ``timeout``."""
+
 
 class SessionMethods:
     """The methods of :class:`Session` most targets share (the dataclass sessions declare the
@@ -60,6 +71,15 @@ class SessionMethods:
 
     def close(self) -> None:
         pass
+
+    kernel_image: Any = None
+    restartable = False
+
+    def restart(self) -> float:
+        raise NotImplementedError("this target cannot be booted again")
+
+    def exited(self, timeout: float) -> bool:
+        return False
 
 
 class SessionBase(SessionMethods):

@@ -35,7 +35,7 @@ class _Result:
 class _Session(SessionBase):
     kernel_release = IMAGE.release
     disks = {}
-    kernel = IMAGE
+    kernel_image = IMAGE
 
     def run(self, command, timeout):
         return _Result(json.dumps(TARGET if "probe-target" in command else CELL) + "\n")

@@ -14,7 +14,7 @@ from overlaylab.providers import PROVIDERS, get_provider_class, make_provider, p
 from overlaylab.providers.session import Session, SessionBase, agent_command
 
 PROTOCOL_ATTRS = [n for n in Session.__annotations__]
-PROTOCOL_METHODS = ["run", "agent_command", "close"]
+PROTOCOL_METHODS = ["run", "agent_command", "close", "restart", "exited"]
 
 
 def _session_classes():
@@ -26,7 +26,8 @@ def _session_classes():
 
 @pytest.mark.parametrize("cls", _session_classes(), ids=lambda c: c.__name__)
 def test_every_session_has_the_protocol(cls):
-    declared = {f.name for f in dataclasses.fields(cls)}
+    # a field of the dataclass, or a class-level default every session shares (SessionMethods)
+    declared = {f.name for f in dataclasses.fields(cls)} | {n for n in PROTOCOL_ATTRS if hasattr(cls, n)}
     assert set(PROTOCOL_ATTRS) <= declared, set(PROTOCOL_ATTRS) - declared
     for name in PROTOCOL_METHODS:
         assert callable(getattr(cls, name)), name
