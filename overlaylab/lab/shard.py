@@ -135,25 +135,35 @@ def fingerprint(matrix_dict: Dict, repeat: int = 1) -> str:
 
 
 def split(matrix_dict: Dict, n: int) -> List[List[Unit]]:
-    """The matrix's units dealt into ``n`` shards: costliest unit first (ties: matrix order),
-    each to the shard it finishes earliest on, a VM kernel's boot counted once per shard that
-    runs it (ties: the lowest shard). Each shard lists its units in matrix order."""
-    all_units = units(matrix_dict)
-    order = sorted(range(len(all_units)), key=lambda i: (-all_units[i].cost, i))
-    loads = [0] * n
-    booted: List[set] = [set() for _ in range(n)]
-    chosen: List[List[int]] = [[] for _ in range(n)]
-    for i in order:
-        unit = all_units[i]
+    """The matrix's units dealt into ``n`` shards, each listing its units in matrix order.
 
-        def finish(s: int) -> int:
-            boot = BOOT if is_vm(unit.kernel) and unit.kernel not in booted[s] else 0
-            return loads[s] + boot + unit.cost
-        best = min(range(n), key=lambda s: (finish(s), s))
-        loads[best] = finish(best)
-        booted[best].add(unit.kernel)
-        chosen[best].append(i)
-    return [[all_units[i] for i in sorted(idx)] for idx in chosen]
+    First longest-processing-time-first over *items*: a VM kernel's units together (one boot),
+    each host unit alone; costliest first (ties: matrix order), each to the least loaded shard
+    (ties: the lowest). Then single units move from the costliest shard to the cheapest while
+    that lowers the costliest (a VM unit moved pays a boot where its kernel is new): the split
+    of a kernel across shards happens only where it pays."""
+    all_units = units(matrix_dict)
+    items: Dict[str, List[int]] = {}
+    for i, unit in enumerate(all_units):
+        items.setdefault(unit.kernel if is_vm(unit.kernel) else "%s#%d" % (unit.kernel, i), []).append(i)
+
+    def cost(idx: Sequence[int]) -> int:
+        return shard_cost([all_units[i] for i in idx])
+    shards: List[List[int]] = [[] for _ in range(n)]
+    for item in sorted(items.values(), key=lambda idx: (-cost(idx), idx[0])):
+        best = min(range(n), key=lambda s: (cost(shards[s]), s))
+        shards[best] += item
+    for _ in range(4 * len(all_units)):
+        loads = [cost(sh) for sh in shards]
+        hi = min(range(n), key=lambda s: (-loads[s], s))
+        lo = min(range(n), key=lambda s: (loads[s], s))
+        moves = [(max(cost([j for j in shards[hi] if j != i]), cost(shards[lo] + [i])), i) for i in shards[hi]]
+        if not moves or min(moves)[0] >= loads[hi]:
+            break
+        i = min(moves)[1]
+        shards[hi].remove(i)
+        shards[lo].append(i)
+    return [[all_units[i] for i in sorted(sh)] for sh in shards]
 
 
 def shard_cost(shard: Sequence[Unit]) -> int:
