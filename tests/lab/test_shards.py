@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -42,12 +43,16 @@ def _only_run(reports):
 
 
 @pytest.fixture
-def lab_tmp(tmp_path):
-    d = tmp_path / "agent-tmp"
-    d.mkdir()
-    yield d
-    from overlaylab.agent.backingfs import unmount_tree
-    unmount_tree(str(d))
+def lab_tmp():
+    """TMPDIR for the agent: short, since dockerd's sockets under it must fit a unix socket path."""
+    from pathlib import Path
+    d = tempfile.mkdtemp(prefix="ol-", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        from overlaylab.agent.backingfs import unmount_tree
+        unmount_tree(d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 40])
