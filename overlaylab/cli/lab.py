@@ -45,9 +45,17 @@ from .util import HintedChoice, load_run_checked, run_path
               help="Compare with BASE (a run id/directory or a baseline file) and exit 1 on regressions.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run every cell N times; cells whose outcomes differ are FLAKY, with pass rates.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Run only the K-th of N shards of the matrix: the same split on any machine, balanced by "
+                   "expected cost, a target's cells on one profile kept together (`overlaylab merge` joins them).")
+@click.option("--resume", "resume", default=None, metavar="RUN",
+              help="Finish RUN (a run id, directory or 'latest'; also a merged run) in its own directory: its "
+                   "matrix, the cells it lacks; no selection options with it.")
+@click.option("--rerun-errors", is_flag=True, help="With --resume: run RUN's ERROR cells again, replacing them.")
 def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
             engine_exprs: Sequence[str], jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool,
-            baseline_ref: Optional[str], repeat: int) -> None:
+            baseline_ref: Optional[str], repeat: int, shard: Optional[str], resume: Optional[str],
+            rerun_errors: bool) -> None:
     """Run the matrix: kernels x filesystem profiles x scenarios (the engine scenarios once per
     storage engine); print the tables and write report.md, report.html, junit.xml and
     summary.json into the run directory.
@@ -57,12 +65,23 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
     known outcomes in BASE are fine); 2 for a usage error (nothing is run or recorded); 3 when
     the only problems are the lab's own (ERROR cells, cells with no result); 130 interrupted.
     """
+    if rerun_errors and not resume:
+        raise click.UsageError("--rerun-errors goes with --resume RUN")
+    if resume:
+        ctx = click.get_current_context()
+        flags = {"provider": "--provider", "kernels": "-K", "boxes": "-B", "profile_exprs": "-p",
+                 "scenario_exprs": "-k", "engine_exprs": "--engine", "repeat": "--repeat", "shard": "--shard"}
+        given = [flag for name, flag in flags.items()
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError("--resume takes the matrix from the run: drop %s" % ", ".join(given))
     try:
         code = run_lab(RunRequest(provider=provider, kernels=list(kernels), boxes=list(boxes),
                                   profile_exprs=list(profile_exprs), scenario_exprs=list(scenario_exprs),
                                   engine_exprs=list(engine_exprs),
                                   jobs=jobs, reports_dir=reports_dir, profiles_file=profiles_file, keep=keep,
-                                  baseline_ref=baseline_ref, repeat=repeat, argv=sys.argv[1:]),
+                                  baseline_ref=baseline_ref, repeat=repeat, argv=sys.argv[1:], shard=shard,
+                                  resume=resume, rerun_errors=rerun_errors),
                        echo=click.echo)
     except SelectionError as err:
         raise click.UsageError(str(err)) from None
@@ -172,4 +191,33 @@ def bisect_cmd(cell: str, good: str, bad: str, repeat: int, kernels_dir: Optiona
         raise click.exceptions.Exit(code)
 
 
-COMMANDS = [run_cmd, list_cmd, show_cmd, bisect_cmd]
+@click.command("merge")
+@click.argument("run_refs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the merged runs/<run-id>/ goes, and where RUN ids are looked up (default ./reports).")
+@click.option("--allow-partial", is_flag=True,
+              help="Merge even when cells of the matrix are in no RUN; the merged run is 'partial' "
+                   "(`overlaylab run --resume` runs what it lacks).")
+def merge_cmd(run_refs: Sequence[str], reports_dir: Optional[str], allow_partial: bool) -> None:
+    """Merge runs of one matrix (the shards of `run --shard K/N`, or runs made on several
+    machines) into one new run, with every report written as for a single run.
+
+    Refused (exit 2, one line) when the runs differ in overlaylab version or matrix, when a cell
+    is in two runs, or when a cell of the matrix is in none (unless --allow-partial). Otherwise
+    the exit status is the merged run's, as `overlaylab run` gives it.
+    """
+    from ..lab.merge import MergeError, merge_runs
+    from ..lab.run import exit_status, publish
+    try:
+        path = merge_runs([run_path(ref, reports_dir) for ref in run_refs], reports_dir, allow_partial,
+                          argv=sys.argv[1:])
+    except MergeError as err:
+        raise click.UsageError(str(err)) from None
+    rep = publish(path, click.echo)
+    click.echo("\nrun %s (%s, merged from %d runs): %s" % (rep.run_id, rep.run.meta["status"], len(run_refs), path))
+    code = exit_status(rep, int(rep.run.meta["cells_expected"]) // int(rep.run.meta.get("repeat") or 1))
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+COMMANDS = [run_cmd, list_cmd, show_cmd, merge_cmd, bisect_cmd]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..agent.engines import engine_names
 from ..agent.profiles import FsProfile
 from ..agent.records import PORT_ENGINE
 from ..agent.scenario import ENGINE_GROUP, Scenario, all_scenarios
 from ..hints import close_matches, did_you_mean
+from .shard import CellKey, matrix_cells, runs_for
 
 
 class SelectionError(ValueError):
@@ -280,6 +281,8 @@ class Matrix:
     vm_scenarios: Optional[Dict[str, Scenario]] = None
     #: the engines the ``engine`` scenarios run on (empty when none of them is selected)
     engines: List[str] = field(default_factory=lambda: [PORT_ENGINE])
+    #: the cells to run when not all of them (a shard, or what a resumed run still lacks)
+    only: Optional[FrozenSet[CellKey]] = None
 
     def scenarios_for(self, kernel: str) -> Dict[str, Scenario]:
         if self.vm_scenarios is None or kernel in ("host", "local"):
@@ -288,19 +291,27 @@ class Matrix:
 
     def runs_for(self, kernel: str) -> List[Tuple[str, str]]:
         """``(scenario, engine)`` of each cell per profile on ``kernel``, in catalogue order."""
-        return [(sid, engine) for sid, sc in self.scenarios_for(kernel).items()
-                for engine in (self.engines if sc.group == ENGINE_GROUP else [PORT_ENGINE])]
+        return runs_for(self.to_dict(), kernel)
+
+    def all_cells(self) -> List[CellKey]:
+        """Every cell of the full matrix (``only`` aside), in matrix order."""
+        return matrix_cells(self.to_dict())
+
+    def cells(self) -> List[CellKey]:
+        """The cells this run is to run: all of them, or those of ``only``."""
+        return [c for c in self.all_cells() if self.only is None or c in self.only]
 
     def cells_for(self, kernel: str) -> int:
-        return len(self.profiles) * len(self.runs_for(kernel))
+        return sum(1 for c in self.cells() if c[0] == kernel)
 
     @property
     def cell_count(self) -> int:
-        return sum(self.cells_for(k) for k in self.kernels)
+        return len(self.cells())
 
-    def disks(self) -> List[Tuple[str, int]]:
-        """One disk per profile that needs a block device (tmpfs needs none)."""
-        return [(p.name, p.size_mib) for p in self.profiles.values() if p.kind != "tmpfs"]
+    def disks(self, names: Optional[Iterable[str]] = None) -> List[Tuple[str, int]]:
+        """One disk per profile (of ``names``, default all) that needs a block device (tmpfs needs none)."""
+        wanted = set(self.profiles if names is None else names)
+        return [(p.name, p.size_mib) for p in self.profiles.values() if p.kind != "tmpfs" and p.name in wanted]
 
     def to_dict(self) -> Dict[str, Any]:
         out = {"kernels": self.kernels, "profiles": list(self.profiles), "scenarios": list(self.scenarios),
@@ -351,3 +362,19 @@ def plan_matrix(provider: str, kernels: Sequence[str], boxes: Sequence[str], pro
         vm_scenarios = {sid: sc for sid, sc in scenarios.items()
                         if "scale" not in sc.tags and sc.group != ENGINE_GROUP}
     return provider, Matrix(kernel_list, dict(profiles), scenarios, dict(all_profiles), vm_scenarios, engines)
+
+
+def matrix_from_dict(stored: Mapping[str, Any], all_profiles: Mapping[str, FsProfile]) -> Matrix:
+    """The :class:`Matrix` a run recorded (``run.json``'s ``matrix``), or :class:`SelectionError`
+    naming a profile or scenario this catalogue no longer has."""
+    catalogue = all_scenarios()
+    for what, names, known in (("profile", stored.get("profiles") or [], all_profiles),
+                               ("scenario", list(stored.get("scenarios") or []) + list(stored.get("vm_scenarios") or []),
+                                catalogue)):
+        gone = [n for n in names if n not in known]
+        if gone:
+            raise SelectionError("the run's %s %s is not in this catalogue" % (what, ", ".join(gone)))
+    vm = stored.get("vm_scenarios")
+    return Matrix(list(stored["kernels"]), {n: all_profiles[n] for n in stored["profiles"]},
+                  {s: catalogue[s] for s in stored["scenarios"]}, dict(all_profiles),
+                  None if vm is None else {s: catalogue[s] for s in vm}, list(stored.get("engines") or []))

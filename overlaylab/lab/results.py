@@ -134,9 +134,11 @@ class RunStore:
     keeps the records it could not write in ``unwritten``.
     """
 
-    def __init__(self, reports_dir: Optional[str] = None, run_id: Optional[str] = None):
-        self.run_id = run_id or new_run_id()
-        self.path = os.path.join(reports_dir or default_reports_dir(), "runs", self.run_id)
+    def __init__(self, reports_dir: Optional[str] = None, run_id: Optional[str] = None, path: Optional[str] = None):
+        """A new run under ``reports_dir``, or (``path``) the existing run directory a
+        ``--resume`` appends to."""
+        self.run_id = run_id or (os.path.basename(os.path.abspath(path)) if path else new_run_id())
+        self.path = path or os.path.join(reports_dir or default_reports_dir(), "runs", self.run_id)
         os.makedirs(self.path, exist_ok=True)
         self.meta: Dict[str, Any] = {}
         self._lock = threading.Lock()  # parallel targets append from several threads
@@ -183,6 +185,16 @@ class RunStore:
                      # who writes this run: a reader that finds it gone marks the run interrupted
                      "runner": owner()}
         self.meta.update(meta)
+        self._write_meta()
+
+    def reopen(self, meta: Dict[str, Any], **resume: Any) -> None:
+        """Take up a run again (``--resume``): its ``meta`` running under this process, with
+        ``resume`` (what this resumption does) added to its ``resumed`` list."""
+        from ..agent.procutil import owner
+        self.meta = dict(meta, status="running", runner=owner(), host=host_info())
+        self.meta.pop("ended", None)
+        self.meta.pop("interrupted_reason", None)
+        self.meta["resumed"] = list(meta.get("resumed") or []) + [dict(resume, started=now_iso())]
         self._write_meta()
 
     def append(self, record: Any) -> None:
@@ -381,6 +393,37 @@ def resolve_run_dir(ref: str, reports_dir: Optional[str] = None) -> str:
     if os.path.isdir(candidate):
         return candidate
     raise FileNotFoundError("no run %r (looked for a directory with %s, and under %s)" % (ref, RESULTS_FILE, runs))
+
+
+def record_attempt(rec: Dict[str, Any]) -> int:
+    """A cell record's attempt (1 for a run without ``--repeat``)."""
+    return int(rec.get("attempt") or 1)
+
+
+def drop_cells(path: str, keys: Iterable[Tuple[CellKey, int]], aside: str) -> int:
+    """Take the cell records of ``(key, attempt)`` out of the run's ``results.jsonl`` (a
+    rewrite, then an atomic rename: a crash leaves the old file or the new) and append them to
+    ``aside`` (a file in the run directory, the evidence they held); returns how many."""
+    drop = set(keys)
+    results = os.path.join(path, RESULTS_FILE)
+    kept: List[str] = []
+    moved: List[str] = []
+    for _lineno, record, _why, line in scan_records(results):
+        hit = record is not None and record.get("record") == "cell" and (cell_key(record), record_attempt(record)) in drop
+        (moved if hit else kept).append(line + "\n")
+    if not moved:
+        return 0
+    with open(os.path.join(path, aside), "a", encoding="utf-8") as f:
+        f.writelines(moved)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = results + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, results)
+    return len(moved)
 
 
 def load_run(path: str) -> Run:

@@ -7,20 +7,25 @@ baseline comparison, and the exit code of :mod:`overlaylab.exitcodes`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from .. import exitcodes
 from ..agent.cleanup import RUN_ENV
 from ..agent.profiles import default_profiles_path, load_profiles
 from ..hints import root_problem
-from .matrix import SelectionError, plan_matrix
-from .results import RunStore, default_reports_dir, incomplete_note, load_run
+from .matrix import SelectionError, matrix_from_dict, plan_matrix
+from .results import (RunFileError, RunStore, default_reports_dir, drop_cells, incomplete_note, load_run,
+                      record_attempt, resolve_run_dir)
+from .shard import ShardError, fingerprint, parse_shard, shard_cells
 from .runner import Runner
 from .tables import render_report
 
+#: where ``--resume --rerun-errors`` keeps the ERROR records it replaced, in the run directory
+REPLACED_FILE = "replaced.jsonl"
 #: what a run needs free in its reports directory: run.json, results and reports per cell
 SPACE_BASE_BYTES = 1 << 20
 SPACE_PER_CELL_BYTES = 16 << 10
@@ -52,6 +57,9 @@ class RunRequest:
     argv: List[str] = field(default_factory=list)
     #: the run's id (default: a new one); lets a caller such as ``bisect`` name the run it asked for
     run_id: Optional[str] = None
+    shard: Optional[str] = None  # "K/N"
+    resume: Optional[str] = None  # a run id, directory or 'latest'
+    rerun_errors: bool = False
 
 
 def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
@@ -112,55 +120,127 @@ def _report_disk_full(store: RunStore, echo: Echo) -> int:
     return exitcodes.INFRASTRUCTURE
 
 
-def run_lab(req: RunRequest, echo: Echo) -> int:
-    """Run the matrix ``req`` selects and return the exit code; :class:`SelectionError` (a
-    usage error: nothing ran or was recorded) and :class:`NoRoomError` before anything starts."""
-    from ..providers import make_provider
-    from ..reports import RunReport, write_all
-    from ..reports.compare import BaselineError, compare, load_baseline, render_text
-    from ..reports.history import index_run
-    from ..reports.model import reports_dir_of
-    from .progress import ProgressDisplay
-    baseline = None
-    if req.baseline_ref:
-        try:
-            baseline = load_baseline(req.baseline_ref, req.reports_dir)
-        except (BaselineError, OSError) as err:
-            raise SelectionError("--baseline: %s" % err) from None
-    profiles_path = req.profiles_file or str(default_profiles_path())
+def _load_profiles(path: str):
     try:
-        all_profiles = load_profiles(profiles_path)
+        return load_profiles(path)
     except (ValueError, OSError) as err:  # ProfileError, TOMLDecodeError, unreadable
-        raise SelectionError("--profiles-file %s: %s" % (profiles_path, err)) from None
+        raise SelectionError("--profiles-file %s: %s" % (path, err)) from None
+
+
+def run_lab(req: RunRequest, echo: Echo) -> int:
+    """Run the matrix ``req`` selects (or, with ``req.resume``, what a run still lacks) and
+    return the exit code; :class:`SelectionError` (a usage error: nothing ran or was recorded)
+    and :class:`NoRoomError` before anything starts."""
+    if req.resume:
+        return resume_lab(req, echo)
+    baseline = _baseline(req)
+    profiles_path = os.path.abspath(req.profiles_file or str(default_profiles_path()))
+    all_profiles = _load_profiles(profiles_path)
     provider, matrix = plan_matrix(req.provider, req.kernels, req.boxes, req.profile_exprs,
                                    req.scenario_exprs, all_profiles, req.engine_exprs)
+    full = matrix.to_dict()
+    meta: Dict[str, Any] = {"matrix": full, "fingerprint": fingerprint(full, req.repeat),
+                            "profiles_file": profiles_path}
+    if req.shard:
+        try:
+            k, n = parse_shard(req.shard)
+        except ShardError as err:
+            raise SelectionError(str(err)) from None
+        matrix.only = frozenset(shard_cells(full, k, n))
+        meta["shard"] = {"k": k, "n": n, "cells": len(matrix.only) * req.repeat}
     problem = root_problem("overlaylab run")
     if problem:
         raise SelectionError(problem)
-    repeat = req.repeat
-    check_reports_space(req.reports_dir, matrix.cell_count * repeat)
+    check_reports_space(req.reports_dir, matrix.cell_count * req.repeat)
     clean_dead_runs(echo)
     store = RunStore(req.reports_dir, req.run_id)
+    store.start(provider=provider, argv=list(req.argv), jobs=req.jobs, repeat=req.repeat,
+                cells_expected=matrix.cell_count * req.repeat, **meta)
+    return _execute(req, store, provider, matrix, profiles_path, set(), baseline, echo)
+
+
+def _baseline(req: RunRequest) -> Any:
+    from ..reports.compare import BaselineError, load_baseline
+    if not req.baseline_ref:
+        return None
+    try:
+        return load_baseline(req.baseline_ref, req.reports_dir)
+    except (BaselineError, OSError) as err:
+        raise SelectionError("--baseline: %s" % err) from None
+
+
+def resume_lab(req: RunRequest, echo: Echo) -> int:
+    """``overlaylab run --resume RUN``: into RUN's own directory, the cells of its matrix (of its
+    shard, for a shard) that it lacks, and with ``rerun_errors`` its ERROR cells again (the old
+    records move to ``replaced.jsonl``). Refused (:class:`SelectionError`) while RUN's runner is
+    alive, or when this catalogue no longer gives RUN's matrix fingerprint."""
+    from ..agent.records import cell_key
+    try:
+        path = resolve_run_dir(req.resume, req.reports_dir)
+        run = load_run(path)  # a run whose runner is gone is marked interrupted here
+    except (FileNotFoundError, RunFileError) as err:
+        raise SelectionError("--resume: %s" % err) from None
+    meta = run.meta
+    if meta.get("status") == "running":
+        runner = meta.get("runner") or {}
+        raise SelectionError("--resume %s: the run is still running (runner pid %s on %s); let it finish or "
+                             "stop it first" % (run.run_id, runner.get("pid"), (meta.get("host") or {}).get("hostname")))
+    if not isinstance(meta.get("matrix"), dict) or not meta["matrix"].get("kernels"):
+        raise SelectionError("--resume %s: its run.json records no matrix" % run.run_id)
+    profiles_path = req.profiles_file or meta.get("profiles_file")
+    if not profiles_path or not os.path.exists(profiles_path):
+        profiles_path = str(default_profiles_path())
+    matrix = matrix_from_dict(meta["matrix"], _load_profiles(profiles_path))
+    repeat = int(meta.get("repeat") or 1)
+    full = matrix.to_dict()
+    if meta.get("fingerprint") not in (None, fingerprint(full, repeat)):
+        raise SelectionError("--resume %s: its matrix fingerprint no longer matches (another overlaylab "
+                             "version or scenario catalogue made it)" % run.run_id)
+    shard = meta.get("shard")
+    if isinstance(shard, dict):
+        matrix.only = frozenset(shard_cells(full, int(shard["k"]), int(shard["n"])))
+    wanted = {(c, a) for c in matrix.cells() for a in range(1, repeat + 1)}
+    have = {(cell_key(c), record_attempt(c)): c for c in run.cells}
+    errors = [k for k, c in have.items() if req.rerun_errors and c.get("outcome") == "ERROR" and k in wanted]
+    problem = root_problem("overlaylab run")
+    if problem:
+        raise SelectionError(problem)
+    replaced = drop_cells(path, errors, REPLACED_FILE)
+    done = set(have) - set(errors)
+    clean_dead_runs(echo)
+    store = RunStore(path=path)
+    store.reopen(meta, cells_before=len(done), to_run=len(wanted - done), rerun_errors=replaced,
+                 argv=list(req.argv))
+    req = dataclasses.replace(req, repeat=repeat)
+    return _execute(req, store, meta.get("provider") or "auto", matrix, profiles_path, done, _baseline(req), echo)
+
+
+def _execute(req: RunRequest, store: RunStore, provider: str, matrix: Any, profiles_path: str, done: Set[Any],
+             baseline: Any, echo: Echo) -> int:
+    """Run what ``store``'s run still lacks of ``matrix`` (all but ``done``), then report."""
+    from ..providers import make_provider
+    from .progress import ProgressDisplay
     os.environ[RUN_ENV] = store.run_id  # marked on every agent dir and VM this run makes
-    store.start(matrix=matrix.to_dict(), provider=provider, argv=list(req.argv), jobs=req.jobs, repeat=repeat,
-                cells_expected=matrix.cell_count * repeat)
+    repeat = req.repeat
     with open(profiles_path, "r", encoding="utf-8") as f:
         profiles_text = f.read()
+    from ..agent.procutil import become_subreaper
+    # Every agent gets the profiles' text, so --profiles-file holds on every provider.
+    runner = Runner(make_provider(provider), store, matrix, jobs=req.jobs, keep=req.keep,
+                    profiles_text=profiles_text, repeat=repeat, done=done)
+    kernels = runner.kernels()
     # A live bar per target on a terminal, plain lines otherwise; all of it in run.log.
-    on_event = ProgressDisplay(matrix.cell_count * repeat, store.path, {
-        k: matrix.cells_for(k) * repeat for k in matrix.kernels})
-    if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in matrix.kernels):
+    on_event = ProgressDisplay(sum(runner.cells_for(k) for k in kernels), store.path,
+                               {k: runner.cells_for(k) for k in kernels})
+    runner.progress = on_event
+    if provider in ("auto", "qemu") and any(k not in ("host", "local") for k in kernels):
         from ..kernels.prefetch import prefetch
         try:  # cached kernels are instant; a missing one turns into ERROR cells
-            prefetch(matrix.kernels, echo=on_event.echo, progress=on_event, run_dir=store.path)
+            prefetch(kernels, echo=on_event.echo, progress=on_event, run_dir=store.path)
         except BaseException:
             on_event.stop()  # give the terminal back (cursor, live rows) before going
             raise
-    from ..agent.procutil import become_subreaper
     become_subreaper()
-    # Every agent gets the profiles' text, so --profiles-file holds on every provider.
-    runner = Runner(make_provider(provider), store, matrix, jobs=req.jobs, progress=on_event, keep=req.keep,
-                    profiles_text=profiles_text, repeat=repeat)
     status = "finished"
     # SIGTERM is turned into KeyboardInterrupt so every context manager tears its target down.
     old_term = signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -175,24 +255,35 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
         store.finish(status)
     if store.disk_full:
         return _report_disk_full(store, echo)
-    run = load_run(store.path)
-    rep = RunReport.from_run(run)  # the one fold: these tables, every report, the run index
-    echo(render_report(rep))
-    try:
-        written = write_all(store.path, rep=rep)
-        echo("\nreports: " + ", ".join(os.path.basename(p) for p in written))
-    except Exception as err:  # a report bug must not hide the run's result
-        echo("\nwarning: writing the reports failed: %s: %s" % (type(err).__name__, err), err=True)
-    try:
-        index_run(reports_dir_of(store.path), store.path, rep=rep)
-    except Exception as err:
-        echo("warning: updating the run index failed: %s" % err, err=True)
+    rep = publish(store.path, echo)
     comparison = None
     if baseline is not None:
+        from ..reports.compare import compare, render_text
         comparison = compare(baseline, rep)
         echo("\nCompared with %s:\n%s" % (baseline.name, render_text(comparison)))
     echo("\nrun %s (%s): %s" % (store.run_id, status, store.path))
     if status != "finished":
-        echo(incomplete_note(run) or status, err=True)
+        echo(incomplete_note(rep.run) or status, err=True)
         return exitcodes.INTERRUPTED
     return exit_status(rep, matrix.cell_count, comparison)
+
+
+def publish(path: str, echo: Echo) -> Any:
+    """A finished run directory's tables on the terminal, every report written into it, and
+    its entry in the run index (what ``run``, ``run --resume`` and ``merge`` end with); returns
+    the :class:`~overlaylab.reports.RunReport`."""
+    from ..reports import RunReport, write_all
+    from ..reports.history import index_run
+    from ..reports.model import reports_dir_of
+    rep = RunReport.from_run(load_run(path))  # the one fold: these tables, every report, the run index
+    echo(render_report(rep))
+    try:
+        written = write_all(path, rep=rep)
+        echo("\nreports: " + ", ".join(os.path.basename(p) for p in written))
+    except Exception as err:  # a report bug must not hide the run's result
+        echo("\nwarning: writing the reports failed: %s: %s" % (type(err).__name__, err), err=True)
+    try:
+        index_run(reports_dir_of(path), path, rep=rep)
+    except Exception as err:
+        echo("warning: updating the run index failed: %s" % err, err=True)
+    return rep

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..providers.session import Session
 from ..providers.transport import stream_lines
@@ -27,6 +27,7 @@ from ..agent.scenario import ENGINE_GROUP
 from . import progress as progress_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
+from .shard import CellKey
 from .results import RunStore
 
 Run = Tuple[str, str]  # (scenario, engine): one cell of a profile
@@ -74,7 +75,7 @@ def _tail(text: str, lines: int = 40) -> List[str]:
 class Runner:
     def __init__(self, provider: Any, store: RunStore, matrix: Matrix, jobs: int = 1,
                  progress: ProgressFn = _noop, keep: bool = False, profiles_text: Optional[str] = None,
-                 repeat: int = 1):
+                 repeat: int = 1, done: Iterable[Tuple[CellKey, int]] = ()):
         self.provider = provider
         self.store = store
         self.matrix = matrix
@@ -87,17 +88,39 @@ class Runner:
         #: profile or agent starts, and work under way is wound down, torn down on the way out
         self.stopping = threading.Event()
         self._target_facts: Dict[str, Dict[str, Any]] = {}  # kernel -> its probe-target facts
+        #: ``(cell key, attempt)`` already in the run (``--resume``): not run again
+        self.done: Set[Tuple[CellKey, int]] = set(done)
 
     # public --------------------------------------------------------------------------------
+    def todo(self, kernel: str, attempt: int) -> List[Tuple[FsProfile, List[Tuple[str, str]]]]:
+        """``(profile, [(scenario, engine)...])`` still to run on ``kernel`` in ``attempt``:
+        the matrix's cells (of its ``only``) less those ``done``."""
+        out = []
+        for profile in self.matrix.profiles.values():
+            runs = [(sid, engine) for sid, engine in self.matrix.runs_for(kernel)
+                    if (self.matrix.only is None or (kernel, profile.name, sid, engine) in self.matrix.only)
+                    and ((kernel, profile.name, sid, engine), attempt) not in self.done]
+            if runs:
+                out.append((profile, runs))
+        return out
+
+    def kernels(self) -> List[str]:
+        """The kernels with anything to run (no boot for a kernel with nothing left)."""
+        return [k for k in self.matrix.kernels if any(self.todo(k, a) for a in range(1, self.repeat + 1))]
+
+    def cells_for(self, kernel: str) -> int:
+        return sum(len(runs) for a in range(1, self.repeat + 1) for _, runs in self.todo(kernel, a))
+
     def run(self) -> None:
-        if self.jobs == 1 or len(self.matrix.kernels) == 1:
-            for kernel in self.matrix.kernels:
+        kernels = self.kernels()
+        if self.jobs == 1 or len(kernels) == 1:
+            for kernel in kernels:
                 if self._should_stop():
                     break
                 self.run_target(kernel)
             return
         pool = ThreadPoolExecutor(max_workers=self.jobs)
-        futures = [pool.submit(self.run_target, k) for k in self.matrix.kernels]
+        futures = [pool.submit(self.run_target, k) for k in kernels]
         try:
             for future in futures:
                 future.result()
@@ -155,14 +178,20 @@ class Runner:
         self.progress("target-start", {"kernel": kernel})
         started = time.monotonic()
         try:
-            with self.provider.up(kernel, disks=self.matrix.disks(), keep=self.keep) as session:
+            needed = {p.name for a in range(1, self.repeat + 1) for p, _ in self.todo(kernel, a)}
+            with self.provider.up(kernel, disks=self.matrix.disks(needed), keep=self.keep) as session:
                 if self._should_stop():
                     return
                 self._record_target(kernel, session, started)
                 for attempt in range(1, self.repeat + 1):
-                    if self._should_stop():
-                        break
-                    self._run_profiles(kernel, session, list(self.matrix.profiles.values()), attempt)
+                    # one agent per set of profiles that lack the same cells (all of them, unless resumed)
+                    batches: Dict[Tuple[Tuple[str, str], ...], List[FsProfile]] = {}
+                    for profile, runs in self.todo(kernel, attempt):
+                        batches.setdefault(tuple(runs), []).append(profile)
+                    for runs, profiles in batches.items():
+                        if self._should_stop():
+                            break
+                        self._run_profiles(kernel, session, profiles, list(runs), attempt)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # the target never came up, or went away: ERROR cells, carry on
@@ -207,8 +236,8 @@ class Runner:
         self._append(info)
         self.progress("target-up", info)
 
-    def _agent_args(self, session: Session, profiles: Sequence[FsProfile], scenarios: Sequence[str],
-                    kernel: str, engines: Optional[Sequence[str]] = None) -> List[str]:
+    def _agent_args(self, session: Session, profiles: Sequence[FsProfile], runs: Sequence[Tuple[str, str]],
+                    kernel: str) -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
         facts = self._target_facts.get(kernel)
         if facts is not None:
@@ -220,34 +249,31 @@ class Runner:
                 args += ["--device", "%s=%s" % (profile.name, disks[profile.name])]
         if self.profiles_text is not None:
             args += ["--profiles-b64", base64.b64encode(self.profiles_text.encode()).decode()]
-        for sid in scenarios:
+        for sid in dict.fromkeys(sid for sid, _ in runs):
             args += ["--scenario", sid]
-        for engine in self.matrix.engines if engines is None else engines:  # the agent's default is the port alone
-            args += ["--engine", engine]
+        wanted = {engine for _, engine in runs}
+        for engine in self.matrix.engines:  # the port among them when any classic cell is wanted
+            if engine in wanted:
+                args += ["--engine", engine]
         return args
 
-    def _agent_timeout(self, session: Session, kernel: str, profiles: int,
-                       runs: Optional[Sequence[Run]] = None) -> float:
-        """How long one agent may take for ``profiles`` profiles of ``runs`` cells each (default:
-        all of the kernel's): the set-up grace, each cell's own limit (capped) and each engine's
-        start-up grace."""
-        runs = self.matrix.runs_for(kernel) if runs is None else runs
+    def _agent_timeout(self, session: Session, kernel: str, profiles: int, runs: Sequence[Tuple[str, str]]) -> float:
+        """How long one agent may take for ``profiles`` profiles of ``runs`` each: the set-up
+        grace, each cell's own limit (capped) and each engine's start-up grace."""
         scenarios = self.matrix.scenarios_for(kernel)
         engines = len({e for _, e in runs if e != PORT_ENGINE})
         engine_grace = ENGINE_GRACE * (TCG_SLOWDOWN if session.accel == "tcg" else 1.0)
         per_profile = AGENT_GRACE + sum(min(scenarios[sid].timeout, 120.0) for sid, _ in runs) + engines * engine_grace
         return per_profile * profiles
 
-    def _run_profiles(self, kernel: str, session: Session, profiles: Sequence[FsProfile], attempt: int = 1,
-                      runs: Optional[Sequence[Run]] = None) -> None:
-        """One agent process for all profiles of a target (interpreter start-up in a TCG guest
-        over 9p costs seconds), its records stored and shown line by line as they arrive.
-        ``runs``: the cells to run per profile (default: all of the kernel's), as one agent
-        can run them (see :func:`agent_batches`)."""
-        runs = list(self.matrix.runs_for(kernel) if runs is None else runs)
-        scenarios = list(dict.fromkeys(sid for sid, _ in runs))
-        engines = None if runs == self.matrix.runs_for(kernel) else list(dict.fromkeys(e for _, e in runs))
+    def _run_profiles(self, kernel: str, session: Session, profiles: Sequence[FsProfile],
+                      runs: Sequence[Tuple[str, str]], attempt: int = 1) -> None:
+        """One agent process for ``runs`` on each of ``profiles`` of a target (interpreter
+        start-up in a TCG guest over 9p costs seconds), its records stored and shown line by
+        line as they arrive. A cell the agent runs beyond ``runs`` (an engine scenario on an
+        engine a resumed profile still lacks only for another scenario) is not stored."""
         timeout = self._agent_timeout(session, kernel, len(profiles), runs)
+        wanted = set(runs)
         done: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
         junk: List[str] = []
         state: Dict[str, Any] = {"problem": None, "started": time.monotonic(), "in_flight": None}
@@ -269,7 +295,7 @@ class Runner:
                 elif kind == "profile":
                     self._append(dict(rec, record="profile"))
                     self.progress("profile-start", {"kernel": kernel, "profile": rec.get("profile")})
-                elif kind == "cell":
+                elif kind == "cell" and (rec["scenario"], rec.get("engine") or PORT_ENGINE) in wanted:
                     # when it arrived (ms): a report's start time is this less its duration
                     rec["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
                     done[(rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)] = rec
@@ -287,8 +313,7 @@ class Runner:
         stderr = ""
         died = False
         try:
-            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, scenarios, kernel,
-                                                                               engines)),
+            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, runs, kernel)),
                                timeout, on_line)
             stderr = res.stderr
             elapsed = time.monotonic() - state["started"]
@@ -339,7 +364,7 @@ class Runner:
                 self._append(cell)
                 self.progress("cell", cell)
         if rerun:
-            self._run_profiles(kernel, session, rerun, attempt)
+            self._run_profiles(kernel, session, rerun, runs, attempt)
 
     def _target_down(self, session: Session) -> Optional[str]:
         """Why the target is gone after its agent stopped early — a panic on the console, a VM
@@ -389,7 +414,7 @@ class Runner:
         error_cells(current.name, crashed, "%s during this cell" % down if in_cell
                     else "%s while the profile was set up or between its cells" % down, evidence)
         try:
-            session.restart()  # type: ignore[attr-defined]
+            session.restart()
         except Exception as err:  # noqa: BLE001 - the rest cannot run: say why, per cell
             failed = dict(evidence, restart_error=str(err))
             error_cells(current.name, [r for r in todo if r not in crashed],
@@ -401,9 +426,9 @@ class Runner:
         for batch in agent_batches([r for r in todo if r not in crashed], neutral):
             if self._should_stop():
                 return
-            self._run_profiles(kernel, session, [current], attempt, batch)
+            self._run_profiles(kernel, session, [current], batch, attempt)
         if rest and not self._should_stop():
-            self._run_profiles(kernel, session, rest, attempt, runs)
+            self._run_profiles(kernel, session, rest, runs, attempt)
 
     def _cleanup_after_agent(self, session: Session) -> List[Any]:
         """``agent cleanup --run RUN`` on the target: what the dead agent left, removed."""
@@ -449,9 +474,12 @@ class Runner:
             if value:
                 evidence[attr] = value
         self._append(TargetRecord(kernel, self._provider_name(kernel), error=str(err), evidence=evidence).to_json())
-        for profile in self.matrix.profiles:
-            for sid, engine in self.matrix.runs_for(kernel):
-                cell = self._error_cell(kernel, profile, sid, engine, "target %s did not come up: %s" % (kernel, err),
-                                        evidence)
-                self._append(cell)
-                self.progress("cell", cell)
+        for attempt in range(1, self.repeat + 1):
+            for profile, runs in self.todo(kernel, attempt):
+                for sid, engine in runs:
+                    cell = self._error_cell(kernel, profile.name, sid, engine,
+                                            "target %s did not come up: %s" % (kernel, err), evidence)
+                    if self.repeat > 1:
+                        cell["attempt"] = attempt
+                    self._append(cell)
+                    self.progress("cell", cell)

@@ -374,7 +374,7 @@ def test_every_agent_gets_the_profiles_text():
 
     class Session(SessionBase):
         disks = {}
-    args = runner._agent_args(Session(), list(profiles.values()), ["driver-init"], "k")
+    args = runner._agent_args(Session(), list(profiles.values()), [("driver-init", "port")], "k")
     b64 = args[args.index("--profiles-b64") + 1]
     assert base64.b64decode(b64).decode() == MYTMP
 

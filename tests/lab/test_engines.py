@@ -150,11 +150,11 @@ def test_the_agent_gets_extra_time_per_engine(tmp_path, engine_scenario, accel, 
     matrix = Matrix(["k1"], profiles, {THROWAWAY: engine_scenario},
                     engines=["port", "containers-storage", "docker-overlay2"])
     runner = Runner(_Provider(_Session()), RunStore(str(tmp_path), run_id="t"), matrix)
-    timeout = runner._agent_timeout(_Session(accel), "k1", 1)
+    timeout = runner._agent_timeout(_Session(accel), "k1", 1, matrix.runs_for("k1"))
     assert timeout == AGENT_GRACE + 3 * engine_scenario.timeout + 2 * ENGINE_GRACE * factor
-    port_only = Runner(_Provider(_Session()), RunStore(str(tmp_path), run_id="u"),
-                       Matrix(["k1"], profiles, {THROWAWAY: engine_scenario}, engines=["port"]))
-    assert port_only._agent_timeout(_Session(accel), "k1", 2) == 2 * (AGENT_GRACE + engine_scenario.timeout)
+    port_matrix = Matrix(["k1"], profiles, {THROWAWAY: engine_scenario}, engines=["port"])
+    port_only = Runner(_Provider(_Session()), RunStore(str(tmp_path), run_id="u"), port_matrix)
+    assert port_only._agent_timeout(_Session(accel), "k1", 2, port_matrix.runs_for("k1")) == 2 * (AGENT_GRACE + engine_scenario.timeout)
 
 
 # --- the command line -----------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def test_the_agent_gets_the_kernel_facts_instead_of_probing_again(probe_ok):
     runner = Runner(SessionBase(), store, Matrix(["k"], profiles, {}), profiles_text="")
     session = _target_session(stdout, rc=0 if probe_ok else 1)
     runner._record_target("k", session, time.monotonic())
-    args = runner._agent_args(session, list(profiles.values()), ["driver-init"], "k")
+    args = runner._agent_args(session, list(profiles.values()), [("driver-init", "port")], "k")
     assert [c for c in session.commands if "probe-target" in c] and kept[0]["facts"] == facts
     if not probe_ok:  # a failed probe is not trusted: the agent probes for itself
         assert "--target-facts-b64" not in args
