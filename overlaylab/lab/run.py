@@ -50,6 +50,9 @@ class RunRequest:
     baseline_ref: Optional[str] = None
     repeat: int = 1
     argv: List[str] = field(default_factory=list)
+    hosts: List[str] = field(default_factory=list)  # --hosts specs
+    inventory: Optional[str] = None
+    allow_mkfs: bool = False
 
 
 def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
@@ -110,6 +113,33 @@ def _report_disk_full(store: RunStore, echo: Echo) -> int:
     return exitcodes.INFRASTRUCTURE
 
 
+def remote_provider(req: RunRequest, all_profiles: Any) -> Any:
+    """The ssh provider of ``--hosts``/``--inventory`` (None without them), or
+    :class:`SelectionError`: a bad spec or inventory, a profile the inventory's disks name that
+    does not exist, ``--allow-mkfs`` with no disk named, or ``-K``/``-B``/``--provider`` too."""
+    if not req.hosts and not req.inventory:
+        if req.allow_mkfs:
+            raise SelectionError("--allow-mkfs goes with --inventory (its hosts' overlaylab_disks)")
+        return None
+    from ..providers.hosts import DISKS_VAR, HostSpecError, resolve_hosts, split_specs
+    from ..providers.ssh import SshProvider
+    if req.kernels or req.boxes or req.provider != "auto":
+        raise SelectionError("--hosts/--inventory choose the targets: drop -K, -B and --provider")
+    try:
+        hosts = resolve_hosts(split_specs(req.hosts), req.inventory)
+    except HostSpecError as err:
+        raise SelectionError(str(err)) from None
+    for h in hosts:
+        unknown = sorted(set(h.disks) - set(all_profiles))
+        if unknown:
+            raise SelectionError("inventory host %s: %s names no profile %s (have: %s)" % (
+                h.name, DISKS_VAR, ", ".join(unknown), ", ".join(all_profiles)))
+    if req.allow_mkfs and not any(h.disks for h in hosts):
+        raise SelectionError("--allow-mkfs: no host names a disk (inventory variable %s, e.g. {xfs: /dev/sdb})"
+                             % DISKS_VAR)
+    return SshProvider(hosts, allow_mkfs=req.allow_mkfs)
+
+
 def run_lab(req: RunRequest, echo: Echo) -> int:
     """Run the matrix ``req`` selects and return the exit code; :class:`SelectionError` (a
     usage error: nothing ran or was recorded) and :class:`NoRoomError` before anything starts."""
@@ -130,8 +160,10 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
         all_profiles = load_profiles(profiles_path)
     except (ValueError, OSError) as err:  # ProfileError, TOMLDecodeError, unreadable
         raise SelectionError("--profiles-file %s: %s" % (profiles_path, err)) from None
-    provider, matrix = plan_matrix(req.provider, req.kernels, req.boxes, req.profile_exprs,
-                                   req.scenario_exprs, all_profiles, req.engine_exprs)
+    remote = remote_provider(req, all_profiles)
+    kernels = list(remote.hosts) if remote is not None else req.kernels
+    provider, matrix = plan_matrix("ssh" if remote is not None else req.provider, kernels, req.boxes,
+                                   req.profile_exprs, req.scenario_exprs, all_profiles, req.engine_exprs)
     problem = root_problem("overlaylab run")
     if problem:
         raise SelectionError(problem)
@@ -157,7 +189,7 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
     from ..agent.procutil import become_subreaper
     become_subreaper()
     # Every agent gets the profiles' text, so --profiles-file holds on every provider.
-    runner = Runner(make_provider(provider), store, matrix, jobs=req.jobs, progress=on_event, keep=req.keep,
+    runner = Runner(remote or make_provider(provider), store, matrix, jobs=req.jobs, progress=on_event, keep=req.keep,
                     profiles_text=profiles_text, repeat=repeat)
     status = "finished"
     # SIGTERM is turned into KeyboardInterrupt so every context manager tears its target down.
