@@ -228,7 +228,9 @@ def test_cleanup_hosts_removes_what_a_killed_run_left(vms, tmp_path):
     vm = vms["vm61"]
     p = _start_run(vm, tmp_path)
     try:
-        # the host loses the run abruptly: its holder and agent die without a word, then the runner
+        # the run dies abruptly: the runner stops (frozen first, so that it cannot clean up after
+        # the agent it sees die), its holder and agent on the host are killed, then the runner
+        os.killpg(p.pid, signal.SIGSTOP)
         _remote(vm, "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | "
                     "grep -q '^PYTHONPATH=/var/tmp/overlaylab-' && kill -9 ${p#/proc/}; done; true")
         os.killpg(p.pid, signal.SIGKILL)
