@@ -134,6 +134,8 @@ class SshProvider:
         remote = self.hosts[name]
         started = time.monotonic()
         control_dir = tempfile.mkdtemp(prefix="overlaylab-ssh-")
+        # marked like every run directory: a killed runner's is removed by `overlaylab cleanup`
+        lease = cleanup_mod.mark(control_dir, "ssh", host=name)
         backend = remote.host.backend
         if getattr(backend, "NAME", "") == "ssh" and "controlpath" not in (backend.ssh_extra_args or "").lower():
             # one master per session, ours; testinfra %-formats the option (so %%C is ssh's %C)
@@ -173,6 +175,7 @@ class SshProvider:
                         run_with_timeout(remote.host, "rm -rf %s" % session.remote_dir, 60)
             finally:
                 self._close_master(remote.host, control_dir)
+                cleanup_mod.release(lease)
 
     # internals -------------------------------------------------------------------------------
     def _ship(self, session: SshSession, control_dir: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -237,12 +238,20 @@ def test_cleanup_hosts_removes_what_a_killed_run_left(vms, tmp_path):
         p.wait(timeout=30)
         time.sleep(2)
         left = _lab_traces(vm)
-        assert "/var/tmp/overlaylab-" in left and "/dev/loop" in left, left
+        # the per-run directory and its lease at least; a mount and loop device too when the kill
+        # hit a profile in the middle (tests/agent/test_hold.py pins those with a real mount)
+        assert "/var/tmp/overlaylab-" in left and "/run/overlaylab-leases" in left, left
         r = _cli(["cleanup", "--hosts", vm["spec"]], timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "removed 127.0.0.1:%d: mount /var/tmp/overlaylab-" % vm["port"] in r.stdout
-        assert "remote-run directory /var/tmp/overlaylab-" in r.stdout
+        assert "removed 127.0.0.1:%d: remote-run directory /var/tmp/overlaylab-" % vm["port"] in r.stdout
+        if "/dev/loop" in left:
+            assert "removed 127.0.0.1:%d: loop device /dev/loop" % vm["port"] in r.stdout
         assert _lab_traces(vm) == ""
+        # and here, the killed runner's ssh socket directory, found by its marker
+        run_id = re.search(r"/var/tmp/overlaylab-(\d{8}-\d{6}-[0-9a-f]+)-", left).group(1)
+        r = _cli(["cleanup", "--run", run_id], timeout=120)
+        assert r.returncode == 0 and re.search(r"removed ssh directory /tmp/overlaylab-ssh-\S+ \(run %s" % run_id,
+                                               r.stdout), r.stdout + r.stderr
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
