@@ -42,8 +42,8 @@ MKFS_TIMEOUT = 300.0
 class BackingFsUnavailable(Exception):
     """The environment could not provide the profile's filesystem (an UNSUPPORTED cell).
 
-    ``step`` says where it failed: ``"image"``, ``"losetup"``, ``"mkfs"``, ``"mount"`` or
-    ``"prepare"``; ``stderr`` is the tool's error output or the errno text; ``dmesg`` the
+    ``step`` says where it failed: ``"image"``, ``"losetup"``, ``"device"`` (a host's disk the
+    lab refused to format), ``"mkfs"``, ``"mount"`` or ``"prepare"``; ``stderr`` is the tool's error output or the errno text; ``dmesg`` the
     kernel log lines logged during a failed mount; ``recipe``/``info`` what had been done and
     learnt up to the failure.
     """
@@ -65,8 +65,9 @@ class BackingFsUnavailable(Exception):
 
     @property
     def infrastructure(self) -> bool:
-        """True when the failure is the lab's (no image space, no loop device), not the kernel's."""
-        return self.step in ("image", "losetup")
+        """True when the failure is the lab's (no image space, no loop device, a real disk it
+        must not format), not the kernel's."""
+        return self.step in ("image", "losetup", "device")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"profile": self.profile, "step": self.step, "stderr": self.stderr, "dmesg": self.dmesg,

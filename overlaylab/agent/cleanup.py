@@ -192,7 +192,8 @@ def _domains(prefix: str) -> List[str]:
     return [d.strip() for d in res.stdout.splitlines() if d.strip().startswith(prefix)]
 
 
-def _inspect(lease: Dict[str, Any]) -> Leftover:
+def inspect(lease: Dict[str, Any]) -> Leftover:
+    """What is still there of ``lease``'s marked directory (nothing but the lease if it is gone)."""
     left = Leftover(lease)
     path = lease.get("path") or ""
     if not path or not _marker_matches(lease):
@@ -230,7 +231,7 @@ def find_leftovers(run: Optional[str] = None) -> List[Leftover]:
             continue
         if owner_alive(lease.get("owner") or {}):
             continue
-        out.append(_inspect(lease))
+        out.append(inspect(lease))
     return out
 
 

@@ -2,12 +2,18 @@
 
 ``python -m overlaylab.agent probe-target``
     one ``target`` record: kernel release, overlay config, /proc/filesystems, module parameters.
-``python -m overlaylab.agent run --profile NAME [--device DEV] [--scenario ID ...] [--engine NAME ...]``
+``python -m overlaylab.agent run --profile NAME [--device DEV [--check-devices]] [--scenario ID ...] [--engine NAME ...]``
     makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
     asks the driver's Init for its verdict, then runs each scenario: a ``start`` record just
     before it (so a runner whose target died knows which cell was in flight), one ``cell``
     record as soon as it finishes; ends with a ``done`` record. The port's own
     scenarios run on the port; the ``engine`` group runs once per engine (default: the port).
+
+``python -m overlaylab.agent hold DIR --run RUN``
+    on a remote host: marks DIR (the shipped agent's per-run directory) as owned by itself,
+    prints a ``held`` record, and when its stdin closes (the runner is done, or its ssh
+    connection died) stops the agents working in DIR and removes everything below it
+    (:mod:`overlaylab.agent.hold`).
 
 Every record is flushed as it is written, so a runner that has to kill a hung agent still has
 the cells that finished.
@@ -27,8 +33,10 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import cleanup as cleanup_mod
+from . import hold as hold_mod
 from . import probes as probe_mod
 from .backingfs import BackingFsUnavailable, make_backing_fs
+from .devices import device_problem
 from .engine_cells import run_engine_cells
 from .engines import DEFAULT_ENGINE, ENGINES
 from .features import features_probe, probe_features
@@ -155,16 +163,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     target = _target_facts(args) or probe_mod.run_target_probes()
     for name in args.profile:
         run_profile(profiles[name], devices.get(name), wanted, catalogue, target, args.workdir,
-                    list(dict.fromkeys(engines)))
+                    list(dict.fromkeys(engines)), check_devices=args.check_devices)
     return 0
 
 
 def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, target_probes,
-                workdir: Optional[str], engines: Sequence[str] = (DEFAULT_ENGINE,)) -> None:
+                workdir: Optional[str], engines: Sequence[str] = (DEFAULT_ENGINE,),
+                check_devices: bool = False) -> None:
     """Make one profile's backing fs, probe it, run the scenarios; records go to stdout.
 
     The port's own scenarios run when the port is among ``engines``; the ``engine`` group runs
-    on each of ``engines``."""
+    on each of ``engines``. With ``check_devices`` (a remote host's own disks), a device that
+    is in use or holds someone else's filesystem is refused: the profile's cells are ERROR
+    with the reason (:func:`overlaylab.agent.devices.device_problem`)."""
     classic = [s for s in wanted if catalogue[s].group != ENGINE_GROUP] if PORT_ENGINE in engines else []
     neutral = [catalogue[s] for s in wanted if catalogue[s].group == ENGINE_GROUP]
     own_workdir = workdir is None
@@ -177,6 +188,9 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     klog = KernelLogCursor()
     try:
         try:
+            problem = device_problem(device) if device and check_devices else None
+            if problem:
+                raise BackingFsUnavailable(profile.name, "device", problem)
             with make_backing_fs(profile, workdir, device=device) as bfs:
                 fs_probes, facts = probe_profile(profile, bfs.mountpoint, target_probes)
                 emit(ProfileRecord(profile.name, fs=bfs.to_dict(), probes=_probe_dicts(fs_probes),
@@ -228,7 +242,7 @@ def _emit_unavailable(profile: str, cells: List[Tuple[Any, Optional[str]]], err:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove what dead agents of this target left (their owner is gone), one JSON line each."""
-    for entry in cleanup_mod.cleanup(args.run):
+    for entry in cleanup_mod.cleanup(args.run, dry_run=args.dry_run):
         emit(dict(entry, record="cleanup"))
     return 0
 
@@ -243,6 +257,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--device", action="append", default=[],
                    help="PROFILE=DEV: a block device to format instead of a loop image (inside VMs); "
                         "a bare DEV applies to a single profile")
+    r.add_argument("--check-devices", action="store_true",
+                   help="the --device disks are the host's own: refuse one that is in use or holds a "
+                        "filesystem the lab did not make (that profile's cells are ERROR)")
     r.add_argument("--scenario", action="append", default=[], help="scenario id (repeatable; default all)")
     r.add_argument("--engine", action="append", default=[],
                    help="storage engine for the engine scenarios (repeatable; default %s; one of %s)"
@@ -256,7 +273,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("cleanup", help="remove what dead agents left (mounts, loop devices, work dirs)")
     c.add_argument("--run", default=None, help="only leftovers of this run")
+    c.add_argument("--dry-run", action="store_true", help="list them only")
     c.set_defaults(func=cmd_cleanup)
+    h = sub.add_parser("hold", help="hold a remote host's per-run directory until stdin closes, then "
+                                    "stop the agents working in it and remove everything below it")
+    h.add_argument("directory", help="the per-run directory (holds the shipped agent)")
+    h.add_argument("--run", default="", help="the lab run it belongs to")
+    h.set_defaults(func=lambda a: hold_mod.hold(a.directory, a.run, emit))
     args = parser.parse_args(argv)
     if getattr(args, "run_id", None):
         os.environ[cleanup_mod.RUN_ENV] = args.run_id

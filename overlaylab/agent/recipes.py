@@ -8,6 +8,7 @@ as evidence. Nothing in this module touches the system.
 """
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -82,11 +83,22 @@ class MountSpec:
                 "options": self.options, "flags": self.flags, "data": self.data, "command": self.command()}
 
 
+#: the label every filesystem the lab makes carries (xfs allows 12 characters), so that a real
+#: disk named for ``--allow-mkfs`` can be told apart from one holding someone's data
+LAB_LABEL = "overlaylab"
+#: the mkfs programs whose ``-L`` sets that label
+_LABELLED_MKFS = ("mkfs.ext2", "mkfs.ext3", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs")
+
+
 def mkfs_argv(profile: FsProfile, device: str) -> List[str]:
-    """The mkfs command for ``profile`` on ``device`` (block profiles only)."""
+    """The mkfs command for ``profile`` on ``device`` (block profiles only), labelled
+    :data:`LAB_LABEL` when the program is one of the lab's and the profile sets no label."""
     if profile.kind != "block":
         raise ValueError("profile %r (%s) has no mkfs step" % (profile.name, profile.kind))
-    return list(profile.mkfs) + list(profile.mkfs_options) + [device]
+    options = list(profile.mkfs_options)
+    if profile.mkfs and os.path.basename(profile.mkfs[0]) in _LABELLED_MKFS and "-L" not in options:
+        options += ["-L", LAB_LABEL]
+    return list(profile.mkfs) + options + [device]
 
 
 def truncate_argv(image: str, size_mib: int) -> List[str]:

@@ -24,6 +24,17 @@ from .util import HintedChoice, load_run_checked, run_path
               help="Kernel catalogue entry (repeatable; `overlaylab list kernels`). Default: the host "
                    "kernel plus every catalogue kernel (the Debian kernels, under qemu); with "
                    "--provider local, the host kernel alone.")
+@click.option("--hosts", "hosts", multiple=True, metavar="SPEC[,SPEC...]",
+              help="Remote machines as targets, testinfra host specs: ssh://[USER@]HOST[:PORT]"
+                   "[?ssh_config=FILE&ssh_identity_file=FILE], ansible://PATTERN[?ansible_inventory=FILE] "
+                   "(repeatable). Each is named by its inventory name or HOST[:PORT].")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="An Ansible inventory: every host in it (or those of --hosts ansible://PATTERN). "
+                   "Needs the 'ansible' extra (ansible-core).")
+@click.option("--allow-mkfs", is_flag=True,
+              help="Format the disks the inventory names per profile (host variable overlaylab_disks: "
+                   "{xfs: /dev/sdb}) instead of loop files; a disk that is mounted, in use or holds a "
+                   "filesystem the lab did not make is refused (that profile's cells are ERROR).")
 @click.option("-B", "--box", "boxes", multiple=True,
               help="Vagrant box from vms/boxes.toml (repeatable; implies --provider vagrant).")
 @click.option("-p", "--profile", "profile_exprs", multiple=True,
@@ -52,7 +63,8 @@ from .util import HintedChoice, load_run_checked, run_path
               help="Finish RUN (a run id, directory or 'latest'; also a merged run) in its own directory: its "
                    "matrix, the cells it lacks; no selection options with it.")
 @click.option("--rerun-errors", is_flag=True, help="With --resume: run RUN's ERROR cells again, replacing them.")
-def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
+def run_cmd(provider: str, kernels: Sequence[str], hosts: Sequence[str], inventory: Optional[str], allow_mkfs: bool,
+            boxes: Sequence[str], profile_exprs: Sequence[str], scenario_exprs: Sequence[str],
             engine_exprs: Sequence[str], jobs: int, reports_dir: Optional[str], profiles_file: Optional[str], keep: bool,
             baseline_ref: Optional[str], repeat: int, shard: Optional[str], resume: Optional[str],
             rerun_errors: bool) -> None:
@@ -81,7 +93,8 @@ def run_cmd(provider: str, kernels: Sequence[str], boxes: Sequence[str], profile
                                   engine_exprs=list(engine_exprs),
                                   jobs=jobs, reports_dir=reports_dir, profiles_file=profiles_file, keep=keep,
                                   baseline_ref=baseline_ref, repeat=repeat, argv=sys.argv[1:], shard=shard,
-                                  resume=resume, rerun_errors=rerun_errors),
+                                  resume=resume, rerun_errors=rerun_errors,
+                                  hosts=list(hosts), inventory=inventory, allow_mkfs=allow_mkfs),
                        echo=click.echo)
     except SelectionError as err:
         raise click.UsageError(str(err)) from None

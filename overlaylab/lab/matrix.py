@@ -253,8 +253,9 @@ def catalogue_kernels() -> List[str]:
 
 def check_kernels(provider: str, kernels: Sequence[str]) -> None:
     """:class:`SelectionError` for ``-K``: a name the catalogue does not have, or a VM kernel
-    for the local provider. (Vagrant takes any box name, so its names are left to Vagrant.)"""
-    if provider == "vagrant":
+    for the local provider. (Vagrant takes any box name, so its names are left to Vagrant; the
+    ssh provider's targets are the hosts of --hosts/--inventory.)"""
+    if provider in ("vagrant", "ssh"):
         return
     known = catalogue_kernels()
     for kernel in kernels:

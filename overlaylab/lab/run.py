@@ -60,6 +60,9 @@ class RunRequest:
     shard: Optional[str] = None  # "K/N"
     resume: Optional[str] = None  # a run id, directory or 'latest'
     rerun_errors: bool = False
+    hosts: List[str] = field(default_factory=list)  # --hosts specs
+    inventory: Optional[str] = None
+    allow_mkfs: bool = False
 
 
 def exit_status(rep: Any, expected_cells: int, comparison: Any = None) -> int:
@@ -120,6 +123,33 @@ def _report_disk_full(store: RunStore, echo: Echo) -> int:
     return exitcodes.INFRASTRUCTURE
 
 
+def remote_provider(req: RunRequest, all_profiles: Any) -> Any:
+    """The ssh provider of ``--hosts``/``--inventory`` (None without them), or
+    :class:`SelectionError`: a bad spec or inventory, a profile the inventory's disks name that
+    does not exist, ``--allow-mkfs`` with no disk named, or ``-K``/``-B``/``--provider`` too."""
+    if not req.hosts and not req.inventory:
+        if req.allow_mkfs:
+            raise SelectionError("--allow-mkfs goes with --inventory (its hosts' overlaylab_disks)")
+        return None
+    from ..providers.hosts import DISKS_VAR, HostSpecError, resolve_hosts, split_specs
+    from ..providers.ssh import SshProvider
+    if req.kernels or req.boxes or req.provider != "auto":
+        raise SelectionError("--hosts/--inventory choose the targets: drop -K, -B and --provider")
+    try:
+        hosts = resolve_hosts(split_specs(req.hosts), req.inventory)
+    except HostSpecError as err:
+        raise SelectionError(str(err)) from None
+    for h in hosts:
+        unknown = sorted(set(h.disks) - set(all_profiles))
+        if unknown:
+            raise SelectionError("inventory host %s: %s names no profile %s (have: %s)" % (
+                h.name, DISKS_VAR, ", ".join(unknown), ", ".join(all_profiles)))
+    if req.allow_mkfs and not any(h.disks for h in hosts):
+        raise SelectionError("--allow-mkfs: no host names a disk (inventory variable %s, e.g. {xfs: /dev/sdb})"
+                             % DISKS_VAR)
+    return SshProvider(hosts, allow_mkfs=req.allow_mkfs)
+
+
 def _load_profiles(path: str):
     try:
         return load_profiles(path)
@@ -136,8 +166,10 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
     baseline = _baseline(req)
     profiles_path = os.path.abspath(req.profiles_file or str(default_profiles_path()))
     all_profiles = _load_profiles(profiles_path)
-    provider, matrix = plan_matrix(req.provider, req.kernels, req.boxes, req.profile_exprs,
-                                   req.scenario_exprs, all_profiles, req.engine_exprs)
+    remote = remote_provider(req, all_profiles)
+    kernels = list(remote.hosts) if remote is not None else req.kernels
+    provider, matrix = plan_matrix("ssh" if remote is not None else req.provider, kernels, req.boxes,
+                                   req.profile_exprs, req.scenario_exprs, all_profiles, req.engine_exprs)
     full = matrix.to_dict()
     meta: Dict[str, Any] = {"matrix": full, "fingerprint": fingerprint(full, req.repeat),
                             "profiles_file": profiles_path}
@@ -156,7 +188,7 @@ def run_lab(req: RunRequest, echo: Echo) -> int:
     store = RunStore(req.reports_dir, req.run_id)
     store.start(provider=provider, argv=list(req.argv), jobs=req.jobs, repeat=req.repeat,
                 cells_expected=matrix.cell_count * req.repeat, **meta)
-    return _execute(req, store, provider, matrix, profiles_path, set(), baseline, echo)
+    return _execute(req, store, provider, matrix, profiles_path, set(), baseline, echo, remote)
 
 
 def _baseline(req: RunRequest) -> Any:
@@ -185,6 +217,9 @@ def resume_lab(req: RunRequest, echo: Echo) -> int:
         runner = meta.get("runner") or {}
         raise SelectionError("--resume %s: the run is still running (runner pid %s on %s); let it finish or "
                              "stop it first" % (run.run_id, runner.get("pid"), (meta.get("host") or {}).get("hostname")))
+    if meta.get("provider") == "ssh":
+        raise SelectionError("--resume %s: a run over --hosts/--inventory cannot be resumed (its hosts are not "
+                             "recorded as a spec to reach again); run it again" % run.run_id)
     if not isinstance(meta.get("matrix"), dict) or not meta["matrix"].get("kernels"):
         raise SelectionError("--resume %s: its run.json records no matrix" % run.run_id)
     profiles_path = req.profiles_file or meta.get("profiles_file")
@@ -216,7 +251,7 @@ def resume_lab(req: RunRequest, echo: Echo) -> int:
 
 
 def _execute(req: RunRequest, store: RunStore, provider: str, matrix: Any, profiles_path: str, done: Set[Any],
-             baseline: Any, echo: Echo) -> int:
+             baseline: Any, echo: Echo, remote: Any = None) -> int:
     """Run what ``store``'s run still lacks of ``matrix`` (all but ``done``), then report."""
     from ..providers import make_provider
     from .progress import ProgressDisplay
@@ -226,7 +261,7 @@ def _execute(req: RunRequest, store: RunStore, provider: str, matrix: Any, profi
         profiles_text = f.read()
     from ..agent.procutil import become_subreaper
     # Every agent gets the profiles' text, so --profiles-file holds on every provider.
-    runner = Runner(make_provider(provider), store, matrix, jobs=req.jobs, keep=req.keep,
+    runner = Runner(remote or make_provider(provider), store, matrix, jobs=req.jobs, keep=req.keep,
                     profiles_text=profiles_text, repeat=repeat, done=done)
     kernels = runner.kernels()
     # A live bar per target on a terminal, plain lines otherwise; all of it in run.log.

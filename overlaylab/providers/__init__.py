@@ -1,4 +1,5 @@
-"""Providers bring a target up (the host kernel, a qemu VM, a Vagrant box) as a testinfra host.
+"""Providers bring a target up (the host kernel, a qemu VM, a Vagrant box, a remote machine) as a
+testinfra host.
 
 Every provider has a ``name`` and ``up(kernel, disks, keep=False)``, a context manager yielding
 a :class:`~overlaylab.providers.session.Session` (``.run(command, timeout)``,
@@ -16,6 +17,7 @@ PROVIDERS = {
     "auto": "overlaylab.providers.auto:AutoProvider",
     "local": "overlaylab.providers.local:LocalProvider",
     "qemu": "overlaylab.providers.qemu:QemuProvider",
+    "ssh": "overlaylab.providers.ssh:SshProvider",  # made with the hosts of --hosts/--inventory
     "vagrant": "overlaylab.providers.vagrant:VagrantProvider",
 }
 

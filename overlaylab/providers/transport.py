@@ -28,8 +28,10 @@ def _wrap(command: str, timeout: float) -> str:
     return "timeout -k 5 %d sh -c %s" % (n, shlex.quote(command))
 
 
-def _local_argv(host, wrapped: str) -> Optional[str]:
-    """The host-side shell command that runs ``wrapped`` on the target, for backends we can drive."""
+def local_command(host, wrapped: str) -> Optional[str]:
+    """The host-side shell command that runs ``wrapped`` on the target (for the ``ssh`` and
+    ``local`` backends; None for others): what a caller runs itself to feed stdin or keep a
+    process going."""
     backend = host.backend
     name = getattr(backend, "NAME", "")
     if name == "ssh" and getattr(backend, "_build_ssh_command", None) is not None:
@@ -50,7 +52,7 @@ def run_with_timeout(host, command: str, timeout: float, grace: float = 15.0):
     wrapped = _wrap(command, timeout)
     limit = math.ceil(timeout) + 5 + grace
     backend = host.backend
-    local = _local_argv(host, wrapped) if getattr(backend, "NAME", "") == "ssh" else None
+    local = local_command(host, wrapped) if getattr(backend, "NAME", "") == "ssh" else None
     if local is not None:
         p = popen_group(local, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE)
@@ -94,7 +96,7 @@ def stream_lines(host, command: str, timeout: float, on_line: Callable[[str], No
     as it arrives. Returns everything that was read; raises :class:`CommandTimeout` when the
     host-side limit passes (after handing over the lines that did arrive)."""
     wrapped = _wrap(command, timeout)
-    local = _local_argv(host, wrapped)
+    local = local_command(host, wrapped)
     if local is None:
         res = run_with_timeout(host, command, timeout, grace)
         for line in res.stdout.splitlines():

@@ -40,7 +40,8 @@ def test_env_var_overrides_default_path(tmp_path, monkeypatch):
 
 
 def test_no_dtype_profiles_are_made_the_documented_way(profs):
-    assert mkfs_argv(profs["ext4-nofiletype"], "/dev/vdb") == ["mkfs.ext4", "-F", "-O", "^filetype", "/dev/vdb"]
+    assert mkfs_argv(profs["ext4-nofiletype"], "/dev/vdb") == ["mkfs.ext4", "-F", "-O", "^filetype", "-L", "overlaylab",
+                                                                 "/dev/vdb"]
     argv = mkfs_argv(profs["xfs-v4-noftype"], "/dev/vdb")
     assert argv[:2] == ["mkfs.xfs", "-f"] and argv[-1] == "/dev/vdb"
     assert "crc=0" in argv and "ftype=0" in argv
@@ -162,7 +163,7 @@ def test_overlay_mount_data_lists_top_lower_first():
 
 def test_reproduce_commands(profs):
     lines = reproduce_commands(profs["ext4-nofiletype"], "/dev/vdb", "/mnt/d")
-    assert lines[0] == "mkfs.ext4 -F -O '^filetype' /dev/vdb"  # ^ is quoted for old shells
+    assert lines[0] == "mkfs.ext4 -F -O '^filetype' -L overlaylab /dev/vdb"  # ^ is quoted for old shells
     assert lines[-1] == "mount -t ext4 /dev/vdb /mnt/d"
     ov = reproduce_commands(profs["overlay"], "/dev/vdb", "/mnt/d")
     assert any(l.startswith("mount -t tmpfs") for l in ov)

@@ -60,12 +60,13 @@ def test_the_local_session_runs_the_agent_of_this_checkout():
 
 
 def test_the_registry_names_every_provider():
-    assert sorted(PROVIDERS) == ["auto", "local", "qemu", "vagrant"]
+    assert sorted(PROVIDERS) == ["auto", "local", "qemu", "ssh", "vagrant"]
     for name in PROVIDERS:
         assert get_provider_class(name).name == name
     auto = make_provider("auto")
     assert provider_name(auto, "host") == "local" and provider_name(auto, "debian-6.1") == "qemu"
     assert provider_name(make_provider("local"), "host") == "local"
+    assert provider_name(make_provider("ssh"), "db1") == "ssh"  # a host it was not given
     with pytest.raises(ValueError, match="unknown provider 'nope'"):
         get_provider_class("nope")
 
