@@ -126,3 +126,17 @@ def test_breakages_on_the_host_kernel_meet_their_pinned_outcomes(backing_fs, pro
     assert cells["metacopy-dpkg-link"].evidence["metacopy_xattr"] is True
     assert cells["dpkg-link-metacopy-off"].evidence["metacopy_xattr"] is False
     assert cells["opaque-copied-up"].evidence.get("upper_d_opaque", "None") == "None"
+
+
+def test_a_feature_the_probe_could_not_decide_expects_unsupported_with_its_reason(catalogue):
+    """In a qemu guest the agent runs chrooted and cannot make a user namespace: the feature
+    probe says so (supported None) and the rootless and idmapped cases hit the same wall."""
+    why = "unshare(CLONE_NEWUSER): Operation not permitted"
+    undecided = _facts(overlay_features={name: {"supported": None if name in ("userxattr", "idmapped_lower") else True,
+                                                "reason": why} for name in
+                                         ("metacopy", "redirect_dir", "index", "userxattr", "idmapped_lower",
+                                          "volatile")})
+    for sid in ("rootless-no-userxattr", "rootless-userxattr", "idmapped-lower"):
+        got = catalogue[sid].expect(undecided)
+        assert got.outcome is U and why in got.why, sid
+    assert catalogue["volatile-remount"].expect(undecided).outcome is HOST["volatile-remount"]

@@ -48,6 +48,15 @@ def feature(facts: Facts, name: str) -> Optional[bool]:
     return value if isinstance(value, bool) else None
 
 
+def undecided_reason(facts: Facts, name: str) -> str:
+    """Why the feature probe of ``name`` could not decide (it ran, ``supported`` is None), or ""."""
+    features = facts.get("overlay_features")
+    entry = features.get(name) if isinstance(features, dict) else None
+    if isinstance(entry, dict) and "supported" in entry and entry["supported"] is None:
+        return str(entry.get("reason") or "undecided")
+    return ""
+
+
 def _base(sc, facts: Facts) -> Optional[Expectation]:
     """What every breakage case expects before its own rule: the driver's Init verdict for the
     cases that go through the port (``driver`` tag); FAIL where the kernel refuses this fs as
@@ -76,6 +85,10 @@ def expect_with(features: Sequence[str] = (), xattr: str = "", outcome: Outcome 
             if feature(facts, name) is False:
                 return Expectation(Outcome.UNSUPPORTED, "overlay_features: this kernel refused '%s' on %s"
                                    % (name, facts.fs_name))
+            undecided = undecided_reason(facts, name)
+            if undecided:  # what kept the probe from deciding (no user namespace in a chroot) stops the case too
+                return Expectation(Outcome.UNSUPPORTED, "overlay_features: '%s' could not be probed here: %s"
+                                   % (name, undecided))
         if xattr and facts.get("xattr_" + xattr) is False:
             return Expectation(Outcome.UNSUPPORTED, "%s has no %s.* xattrs" % (facts.fs_name, xattr))
         if unless is not None:
