@@ -80,7 +80,8 @@ def test_every_profile_is_made_mounted_and_torn_down(name, lab_profiles, lab_wor
             assert bfs.device.startswith("/dev/loop") and loop_devices_for(image) == [bfs.device]
             assert [s["argv"][0] for s in bfs.recipe if s["op"] == "run"] == ["losetup", profile.mkfs[0]]
             mkfs = [s for s in bfs.recipe if s.get("step") == "mkfs"][0]
-            assert mkfs["argv"] == list(profile.mkfs) + list(profile.mkfs_options) + [bfs.device]
+            # the profile's own options, then the lab's label (so --allow-mkfs can tell its disks)
+            assert mkfs["argv"] == list(profile.mkfs) + list(profile.mkfs_options) + ["-L", "overlaylab", bfs.device]
         if profile.kind == "overlay":
             assert m.mountpoint != bfs.mountpoint  # a directory inside the merged view
             assert bfs.info["fs_name"] == "overlayfs"
