@@ -16,9 +16,10 @@ prints, the runner stores in ``results.jsonl``, the store reads back and every r
 from __future__ import annotations
 
 import enum
+import fnmatch
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +64,17 @@ PORT_ENGINE = "port"
 def cell_key(rec: Dict[str, Any]) -> Tuple[str, str, str, str]:
     """``(target, profile, scenario, engine)`` of a cell record read from JSON."""
     return (rec.get("target") or "", rec["profile"], rec["scenario"], rec.get("engine") or PORT_ENGINE)
+
+
+def cell_glob_matches(pattern: str, key: Sequence[str]) -> bool:
+    """Whether the glob ``pattern`` (``KERNEL/PROFILE/SCENARIO[/ENGINE]``, matched part by part:
+    a ``*`` never spans a ``/``) names the cell ``key``; three parts, of either, mean the port.
+    The one matching rule of baselines and known issues."""
+    parts, key = pattern.split("/"), list(key)
+    for form in (parts, key):
+        if len(form) == 3:
+            form.append(PORT_ENGINE)
+    return len(parts) == len(key) == 4 and all(fnmatch.fnmatchcase(k, p) for k, p in zip(key, parts))
 
 
 #: appended to a cell's label when the outcome differs from what the facts led us to expect

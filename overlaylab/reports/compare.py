@@ -38,7 +38,6 @@ The exit status of ``compare`` and ``run --baseline`` is 1 when there is a regre
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,8 +45,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..lab.matrix import is_engine_scenario
 from ..lab.results import load_run, resolve_run_dir
-from .model import (BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, PORT_ENGINE, CellKey, CellView, RunReport, cell_id,
-                    parse_cell_id)
+from .model import (BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, PORT_ENGINE, CellKey, CellView, RunReport,
+                    cell_glob_matches, cell_id, parse_cell_id)
 
 try:
     import tomllib  # type: ignore[import-not-found]
@@ -90,12 +89,7 @@ class Entry:
         return not any(ch in self.match for ch in "*?[")
 
     def matches(self, key: Sequence[str]) -> bool:
-        """Part by part (a ``*`` never spans a ``/``); three parts (of a match or a key) mean the port."""
-        parts, key = self.match.split("/"), list(key)
-        for form in (parts, key):
-            if len(form) == 3:
-                form.append(PORT_ENGINE)
-        return len(parts) == len(key) == 4 and all(fnmatch.fnmatchcase(k, p) for k, p in zip(key, parts))
+        return cell_glob_matches(self.match, key)
 
 
 @dataclass

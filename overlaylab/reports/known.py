@@ -36,14 +36,13 @@ kernel, or a later one, still fails.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
-from ..agent.records import OUTCOMES, PORT_ENGINE
+from ..agent.records import OUTCOMES, cell_glob_matches
 from ..paths import PROJECT_ROOT
 
 try:
@@ -106,7 +105,7 @@ class KnownIssue:
 
     def covers_key(self, key: Sequence[str]) -> bool:
         """A glob of ``match`` names the cell ``(kernel, profile, scenario, engine)``."""
-        return any(_glob_matches(pattern, key) for pattern in self.match)
+        return any(cell_glob_matches(pattern, key) for pattern in self.match)
 
     def in_range(self, release: str) -> bool:
         """The kernel release is in ``[since, fix)`` (an unknown release is in every range)."""
@@ -138,15 +137,6 @@ class KnownIssue:
                 "match": list(self.match), "outcomes": list(self.outcomes), "status": self.status,
                 "since": version_text(self.since) or None, "until": version_text(self.until) or None,
                 "note": self.note}
-
-
-def _glob_matches(pattern: str, key: Sequence[str]) -> bool:
-    parts, key = pattern.split("/"), list(key)
-    if len(parts) == 3:
-        parts.append(PORT_ENGINE)
-    if len(key) == 3:
-        key.append(PORT_ENGINE)
-    return len(parts) == len(key) == 4 and all(fnmatch.fnmatchcase(k, p) for k, p in zip(key, parts))
 
 
 @dataclass
