@@ -56,7 +56,7 @@ import os
 import stat
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from .. import mountutil
 from .probes import OVERLAY_PARAMS_DIR, Probe, scratch_dir

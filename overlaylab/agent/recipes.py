@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..mountutil import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .profiles import FsProfile

@@ -32,11 +32,9 @@ import io
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from ..agent.features import word
 from ..agent.records import SHORT
 from ..lab.tables import feature_matrix, feature_states
-from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, SYMBOLS, UNMET_MARK, CellView, RunReport,
+from .model import (ALL_OUTCOMES, FLAKY, MEANING, NOT_RUN, UNMET_MARK, CellView, RunReport,
                     evidence_sections, fs_sections, probe_rows)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ..lab.results import Run
 from .known import KnownIssue, KnownIssues, load_default
 from ..agent.records import (ALL_OUTCOMES, BAD_OUTCOMES, FLAKY, MEANING, NOT_RUN, OUTCOMES,  # noqa: F401
-                             PORT_ENGINE, SHORT, SYMBOLS, UNMET_MARK, cell_glob_matches, cell_key)
+                             PORT_ENGINE, SHORT, SYMBOLS, UNMET_MARK, cell_key)
 
 GROUP_ORDER = ("lifecycle", "diff", "quirks", "failure-class")
 #: the group of the engine-neutral scenarios (run once per engine)

@@ -8,13 +8,13 @@ then carries on with ``fuse-overlayfs`` from PATH (``drivers/overlay/overlay.go`
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
 
 import pytest
 
+from .layers import tar_file
 from overlaylab import mountutil
 from overlaylab.agent.engines import EngineError, EngineRefused, get_engine
 from overlaylab.agent.engines.base import wait_for
@@ -32,20 +32,6 @@ def uses_fuse(engine: str, fs: str) -> bool:
     """Where a container's rootfs is a fuse-overlayfs mount: always for the fuse engine, and
     for the native one where its overlay check failed and Init fell back to fuse-overlayfs."""
     return engine == "fuse-overlayfs" or fs == "ext4-nofiletype"
-
-
-def tar_file(path: str, members) -> str:
-    """An uncompressed layer tar of ``(name, bytes-or-None-for-a-dir)``."""
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.fixture

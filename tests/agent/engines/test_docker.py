@@ -5,7 +5,6 @@ mount, no cgroup and no ``/run`` directory of the session is left (the ``nothing
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import time
 
 import pytest
 
+from .layers import tar_file
 from overlaylab import mountutil
 from overlaylab.agent.engines import EngineRefused, get_engine
 from overlaylab.agent.engines.docker import GLOBAL_DIRS, daemon_pids, is_static_elf
@@ -82,24 +82,10 @@ def nothing_left(monkeypatch):
         assert [d for d in absent if os.path.exists(d)] == []
 
 
-def _tar(path, entries):
-    """A layer tar: (name, bytes) for files, (name, None) for directories."""
-    with tarfile.open(path, "w") as tar:
-        for name, data in entries:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _layers(tmp_path):
-    base = _tar(str(tmp_path / "base.tar"), [
+    base = tar_file(str(tmp_path / "base.tar"), [
         ("a", None), ("a/gone", b"1"), ("a/kept", b"2"), ("o", None), ("o/old", b"3"), ("del.txt", b"4")])
-    top = _tar(str(tmp_path / "top.tar"), [
+    top = tar_file(str(tmp_path / "top.tar"), [
         ("a", None), ("a/.wh.gone", b""), ("o", None), ("o/.wh..wh..opq", b""), ("o/new", b"5"), ("add.txt", b"6")])
     return [base, top]
 
@@ -171,7 +157,7 @@ def test_full_cycle_on_ext4(engine_name, backing_fs, tmp_path, nothing_left):
         assert s.docker("images", "-aq").stdout.strip() == ""
 
 
-def test_export_of_an_unchanged_container_is_an_empty_tar(backing_fs, tmp_path, nothing_left):
+def test_export_of_an_unchanged_container_is_an_emptytar_file(backing_fs, tmp_path, nothing_left):
     bfs = backing_fs("ext4")
     with get_engine("docker-overlay2").open(bfs.mountpoint, str(tmp_path)) as s:
         container = s.create(s.pull(_layers(tmp_path)[:1]))
