@@ -45,8 +45,9 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..lab.matrix import is_engine_scenario
 from ..lab.results import load_run, resolve_run_dir
-from .model import (BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, PORT_ENGINE, CellKey, CellView, RunReport,
-                    cell_glob_matches, cell_id, parse_cell_id)
+from ..agent.records import cell_glob_matches
+from .model import (BAD_OUTCOMES, ALL_OUTCOMES, FLAKY, PORT_ENGINE, CellKey, CellView, RunReport, cell_id,
+                    parse_cell_id)
 
 try:
     import tomllib  # type: ignore[import-not-found]
