@@ -377,7 +377,8 @@ class Runner:
         try:
             res = session.run("true", 20)
         except Exception as err:  # noqa: BLE001 - that is the answer
-            return "the guest does not answer: %s" % err
+            # one line, in brackets: the cell's error reads "<this> during this cell"
+            return "the guest does not answer (%s)" % " ".join(str(err).split())
         return None if res.rc == 0 else "the guest does not answer (exit status %d)" % res.rc
 
     def _after_crash(self, kernel: str, session: Session, unfinished: Sequence[FsProfile], runs: Sequence[Run],

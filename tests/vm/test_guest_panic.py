@@ -63,7 +63,7 @@ def test_a_guest_panic_is_one_error_cell_and_the_rebooted_guest_runs_the_rest(ke
         assert set(boots) == {"boot", "reboot"}, events
         print("boot and reboot seconds:", boots)
     finally:
-        for sid in ("health-kmsg-warning", "health-panic"):
+        for sid in health_scenarios.SCENARIO_IDS:
             REGISTRY.pop(sid, None)
         shutil.rmtree(site_parent, ignore_errors=True)
         shutil.rmtree(vm_tmp, ignore_errors=True)
