@@ -94,19 +94,19 @@ def test_vagrant_box_runs_the_lab_and_leaves_nothing_behind(host_ready, tmp_path
     assert not [c for c in run.cells if c["outcome"] == "ERROR"], [
         (c["profile"], c["scenario"], c.get("error")) for c in run.cells if c["outcome"] == "ERROR"]
     # the driver's Init refuses btrfs, as Docker 1.10.3 does
-    assert cells[(BOX, "btrfs", "driver-init")]["outcome"] == "REFUSED"
+    assert cells[(BOX, "btrfs", "driver-init", "port")]["outcome"] == "REFUSED"
     # ext4 with d_type: the driver works
     for sid in SCENARIOS:
-        assert cells[(BOX, "ext4", sid)]["outcome"] == "PASS", cells[(BOX, "ext4", sid)]
+        assert cells[(BOX, "ext4", sid, "port")]["outcome"] == "PASS", cells[(BOX, "ext4", sid, "port")]
     # ext4 without filetype: the d_type probe says false in the guest; the outcome is the expected one
     nodtype = run.profile_record(BOX, "ext4-nofiletype")
     assert nodtype is not None
     facts = nodtype.get("facts") or {k: v.get("value") for k, v in (nodtype.get("probes") or {}).items()}
     assert facts.get("d_type") is False, nodtype
-    nodtype_cell = cells[(BOX, "ext4-nofiletype", "dtype-whiteouts")]
+    nodtype_cell = cells[(BOX, "ext4-nofiletype", "dtype-whiteouts", "port")]
     assert nodtype_cell["outcome"] == "FAIL" and nodtype_cell["expected"] == "FAIL", nodtype_cell  # moby#22937
-    assert cells[(BOX, "ext4-nofiletype", "driver-init")]["outcome"] == "PASS"  # 1.10.3's Init does not check d_type
-    assert cells[(BOX, "tmpfs", "driver-init")]["outcome"] == "PASS"
+    assert cells[(BOX, "ext4-nofiletype", "driver-init", "port")]["outcome"] == "PASS"  # 1.10.3's Init does not check d_type
+    assert cells[(BOX, "tmpfs", "driver-init", "port")]["outcome"] == "PASS"
     assert not run.unmet(), [(c["profile"], c["scenario"], c["outcome"], c.get("expected")) for c in run.unmet()]
 
     # destroyed: no run domain, volume or forwarded port left
