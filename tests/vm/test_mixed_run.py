@@ -63,7 +63,7 @@ def test_mixed_run_records_the_real_provider_and_a_host_bundle_reproduces(tmp_pa
         run = load_run(str(reports / "runs" / run_id))
         cells = run.cell_map()
         assert len(cells) == 4
-        for (kernel, profile, scenario), cell in cells.items():
+        for (kernel, profile, scenario, _engine), cell in cells.items():
             assert cell["provider"] == ("local" if kernel == "host" else "qemu"), (kernel, profile, cell)
             assert cell["outcome"] == "PASS", cell
         assert run.target_record("host")["provider"] == "local"
