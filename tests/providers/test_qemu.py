@@ -69,3 +69,12 @@ def test_run_with_timeout_stops_a_stuck_command(local_host):
     r = T.run_with_timeout(local_host, "sleep 30", 1)
     assert r.rc in (124, 137)
     assert time.monotonic() - t0 < 10
+
+
+def test_tcg_boot_failures_that_boot_on_the_next_try_are_named_and_others_are_not():
+    from overlaylab.providers.qemu import transient_boot_failure
+    oops = "[    0.922513] Oops: int3: 0000 [#2] SMP NOPTI\n[    0.922740] Kernel panic - not syncing: Fatal exception"
+    assert transient_boot_failure(oops) == "Oops: int3"
+    assert transient_boot_failure("Initramfs unpacking failed: junk in compressed archive") == "Initramfs unpacking failed"
+    # a kernel that really cannot boot is not retried into silence
+    assert transient_boot_failure("Kernel panic - not syncing: VFS: Unable to mount root fs") is None

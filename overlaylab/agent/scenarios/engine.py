@@ -111,7 +111,7 @@ def too_few_inodes(facts: Facts, containers: int) -> Optional[Expectation]:
     if footprint.get("error") and "no space left" in footprint["error"]:
         return Expectation(Outcome.FAIL, "%s cannot fit one container in %s's %s free inodes (probed: %s)"
                            % (engine_of(facts), facts.fs_name, free, footprint["error"][-120:]))
-    if per and free is not None and free // per < containers:
+    if per and per > 0 and free is not None and free // per < containers:
         return Expectation(Outcome.FAIL, "%s's own metadata costs %d inodes per container; the %d it left free on "
                            "%s hold fewer than the %d containers this needs (ENOSPC)"
                            % (engine_of(facts), per, free, facts.fs_name, containers))
