@@ -80,8 +80,11 @@ def test_a_refused_feature_expects_unsupported(catalogue):
 
 
 def test_the_fs_rules_come_before_the_features(catalogue):
-    for sid in BREAKAGES:
-        assert catalogue[sid].expect(_facts(upperdir=False)).outcome is F, sid
+    probing = {"metacopy-dpkg-link", "dpkg-link-metacopy-off", "redirect-dir-native-diff", "redirect-dir-naive-diff",
+               "upperdir-in-use", "upperdir-in-use-index-off", "rootless-no-userxattr", "rootless-userxattr",
+               "idmapped-lower", "volatile-remount", "volatile-remount-cleaned"}
+    for sid in BREAKAGES:  # on overlay-on-overlay a feature probe's mount cannot be made; other mounts fail
+        assert catalogue[sid].expect(_facts(upperdir=False)).outcome is (U if sid in probing else F), sid
     btrfs = _facts(fs_magic={"magic": "0x9123683e", "name": "btrfs"}, driver_init="REFUSED")
     assert {sid: catalogue[sid].expect(btrfs).outcome for sid in BREAKAGES} == PINNED["btrfs"]
     assert catalogue["user-overlay-xattr-in-layer"].expect(_facts(xattr_user=False)).outcome is F

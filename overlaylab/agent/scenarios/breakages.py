@@ -57,16 +57,20 @@ def undecided_reason(facts: Facts, name: str) -> str:
     return ""
 
 
-def _base(sc, facts: Facts) -> Optional[Expectation]:
+def _base(sc, facts: Facts, probes: bool = False) -> Optional[Expectation]:
     """What every breakage case expects before its own rule: the driver's Init verdict for the
-    cases that go through the port (``driver`` tag); FAIL where the kernel refuses this fs as
-    upperdir (every case mounts overlay with an upper here) or, for a case that replaces an
-    image dir, where the fs has no d_type."""
+    cases that go through the port (``driver`` tag); where the kernel refuses this fs as upperdir
+    (overlay on overlay), UNSUPPORTED for a case that first probes its feature with a mount of
+    its own (``probes``: it cannot be set up) and FAIL for the others (their mount fails);
+    FAIL, for a case that replaces an image dir, where the fs has no d_type."""
+    if facts.get("upperdir") is False:
+        if probes:
+            return Expectation(Outcome.UNSUPPORTED, "the kernel refuses %s as overlay upperdir: the feature "
+                                                    "probe's mount cannot be made" % facts.fs_name)
+        return Expectation(Outcome.FAIL, "the kernel refuses %s as overlay upperdir" % facts.fs_name)
     if "driver" in sc.tags:
         base = default_expect(sc, facts)
         return base if base.outcome is not Outcome.PASS else None
-    if facts.get("upperdir") is False:
-        return Expectation(Outcome.FAIL, "the kernel refuses %s as overlay upperdir" % facts.fs_name)
     if sc.needs_dtype and facts.get("d_type") is False:
         return Expectation(Outcome.FAIL, "no d_type: rm -rf of an image dir through the mount sees its whiteouts "
                                          "(ENOTEMPTY)")
@@ -78,7 +82,7 @@ def expect_with(features: Sequence[str] = (), xattr: str = "", outcome: Outcome 
     """An expectation: the base rule, then UNSUPPORTED where a needed feature was probed and
     refused (or the fs has no ``xattr`` namespace), then ``unless``'s word, else ``outcome``."""
     def expect(sc, facts: Facts) -> Expectation:
-        base = _base(sc, facts)
+        base = _base(sc, facts, probes=bool(features))
         if base:
             return base
         for name in features:

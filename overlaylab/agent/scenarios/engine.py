@@ -516,9 +516,18 @@ def _base_layer() -> LayerTar:
     return LayerTar().dir(OWN).file(OWN + "/os-release", b"ID=test\n")
 
 
+def _expect_space(facts: Facts) -> Optional[Expectation]:
+    """btrfs cannot be filled to an exact free space: fallocate runs into its chunk allocation
+    (data and metadata chunks) with space still reported free, so the case cannot be set up."""
+    if facts.fs_name == "btrfs":
+        return Expectation(Outcome.UNSUPPORTED, "btrfs cannot be filled to a set free space with fallocate "
+                                                "(its data/metadata chunk allocation answers ENOSPC first)")
+    return None
+
+
 @scenario("out-of-space", "Pulling an image whose second layer is bigger than the free space fails cleanly ('no space left on device'), gives the space back, and the engine pulls again",
           "moby layer/layer_store.go Register (a failed layer is removed); moby v1.10.3 overlay.go ApplyDiff, tmproot removed on error (docs/reference-behaviour.md#applydiff)",
-          ENGINE_GROUP, expect=expect_engine(), needs_mount=False, timeout=120, tags=("scale",))
+          ENGINE_GROUP, expect=expect_engine(extra=_expect_space), needs_mount=False, timeout=120, tags=("scale",))
 def out_of_space(ctx: ScenarioContext) -> None:
     session = ctx.engine
     fs = ctx.backing_dir
