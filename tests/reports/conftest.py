@@ -77,15 +77,21 @@ def lab():
         repeat_out = cli(base + ["--repeat", "2"], env=env)
         yield Lab(reports, agent_tmp, run_dir_of(plain_out.stdout), plain_out, run_dir_of(repeat_out.stdout), repeat_out)
     finally:
-        from overlaylab.agent.backingfs import unmount_tree
-        from overlaylab.mountutil import mounts_under
-        leaked_mounts = [m.mountpoint for m in mounts_under(agent_tmp)]
-        unmount_tree(agent_tmp)
-        leaked_loops = _loops_under(agent_tmp)
-        for line in leaked_loops:
-            subprocess.run(["losetup", "-d", line.split(":")[0]])
-        shutil.rmtree(top, ignore_errors=True)
-        assert not leaked_mounts and not leaked_loops, (leaked_mounts, leaked_loops)
+        tear_down_run_dirs(top, agent_tmp)
+
+
+def tear_down_run_dirs(top: str, agent_tmp: str) -> None:
+    """After a fixture's real runs: remove ``top``, and fail if the runs left a mount or a loop
+    device under the agents' temp dir (they are removed first, so nothing outlives the test)."""
+    from overlaylab.agent.backingfs import unmount_tree
+    from overlaylab.mountutil import mounts_under
+    leaked_mounts = [m.mountpoint for m in mounts_under(agent_tmp)]
+    unmount_tree(agent_tmp)
+    leaked_loops = _loops_under(agent_tmp)
+    for line in leaked_loops:
+        subprocess.run(["losetup", "-d", line.split(":")[0]])
+    shutil.rmtree(top, ignore_errors=True)
+    assert not leaked_mounts and not leaked_loops, (leaked_mounts, leaked_loops)
 
 
 def copy_run(src: str, reports: str, run_id: str, mutate=None, **meta_update) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
 
@@ -21,7 +19,7 @@ from overlaylab.lab.tables import render_report
 from overlaylab.reports import RunReport, render
 from overlaylab.reports.known import DEFAULT_PATH, KnownIssue, KnownIssues, KnownIssuesError, check, load, parse
 
-from .conftest import _loops_under, cli, run_dir_of
+from .conftest import cli, run_dir_of, tear_down_run_dirs
 
 ENTRY = """
 [[issue]]
@@ -127,15 +125,7 @@ def real():
         assert out.returncode in (0, 1), out.stderr[-3000:]
         yield reports, run_dir_of(out.stdout), out
     finally:
-        from overlaylab.agent.backingfs import unmount_tree
-        from overlaylab.mountutil import mounts_under
-        leaked_mounts = [m.mountpoint for m in mounts_under(agent_tmp)]
-        unmount_tree(agent_tmp)
-        leaked_loops = _loops_under(agent_tmp)
-        for line in leaked_loops:
-            subprocess.run(["losetup", "-d", line.split(":")[0]])
-        shutil.rmtree(top, ignore_errors=True)
-        assert not leaked_mounts and not leaked_loops, (leaked_mounts, leaked_loops)
+        tear_down_run_dirs(top, agent_tmp)
 
 
 def _ids(cells):
