@@ -42,7 +42,9 @@ def catalogue():
 
 
 def _features(**supported) -> dict:
-    return {name: {"supported": value, "evidence": {}} for name, value in supported.items()}
+    """An ``overlay_features`` fact shaped as features.probe_features answers."""
+    return {"features": {name: {"supported": value, "reason": "", "evidence": {}} for name, value in supported.items()},
+            "baseline": {}}
 
 
 # Expectations per facts (pure) --------------------------------------------------------------------
@@ -135,11 +137,21 @@ def test_a_feature_the_probe_could_not_decide_expects_unsupported_with_its_reaso
     """In a qemu guest the agent runs chrooted and cannot make a user namespace: the feature
     probe says so (supported None) and the rootless and idmapped cases hit the same wall."""
     why = "unshare(CLONE_NEWUSER): Operation not permitted"
-    undecided = _facts(overlay_features={name: {"supported": None if name in ("userxattr", "idmapped_lower") else True,
-                                                "reason": why} for name in
-                                         ("metacopy", "redirect_dir", "index", "userxattr", "idmapped_lower",
-                                          "volatile")})
+    undecided = _facts(overlay_features={"features": {
+        name: {"supported": None if name in ("userxattr", "idmapped_lower") else True, "reason": why}
+        for name in ("metacopy", "redirect_dir", "index", "userxattr", "idmapped_lower", "volatile")}})
     for sid in ("rootless-no-userxattr", "rootless-userxattr", "idmapped-lower"):
         got = catalogue[sid].expect(undecided)
         assert got.outcome is U and why in got.why, sid
     assert catalogue["volatile-remount"].expect(undecided).outcome is HOST["volatile-remount"]
+
+
+def test_expectations_read_the_feature_facts_the_agent_really_probes(backing_fs, profiles):
+    """The expectations read ``overlay_features`` in the shape the agent's probe gives it (a
+    shape mismatch once made every feature look unprobed, and guests expected PASS where their
+    own probe could not decide)."""
+    from overlaylab.agent.scenarios.breakages import feature
+    facts = profile_facts(backing_fs("ext4"), profiles["ext4"])
+    probed = facts["overlay_features"]["features"]
+    assert probed and all(feature(facts, name) is probed[name]["supported"] for name in probed)
+    assert any(feature(facts, name) is not None for name in probed)

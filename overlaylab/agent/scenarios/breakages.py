@@ -40,19 +40,25 @@ METACOPY = "trusted.overlay.metacopy"
 # ---------------------------------------------------------------------------------------------
 # Facts and expectations
 
-def feature(facts: Facts, name: str) -> Optional[bool]:
-    """``facts["overlay_features"][name]["supported"]`` (True/False), or None when not probed."""
-    features = facts.get("overlay_features")
+def _feature_entry(facts: Facts, name: str) -> Optional[Dict[str, Any]]:
+    """``name``'s answer in the profile's ``overlay_features`` fact, as
+    :func:`overlaylab.agent.features.probe_features` shapes it (``{"features": {name: {...}}}``)."""
+    probed = facts.get("overlay_features")
+    features = probed.get("features") if isinstance(probed, dict) else None
     entry = features.get(name) if isinstance(features, dict) else None
-    value = entry.get("supported") if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def feature(facts: Facts, name: str) -> Optional[bool]:
+    """Whether the kernel supports feature ``name`` on this fs (True/False), or None when not probed."""
+    value = (_feature_entry(facts, name) or {}).get("supported")
     return value if isinstance(value, bool) else None
 
 
 def undecided_reason(facts: Facts, name: str) -> str:
     """Why the feature probe of ``name`` could not decide (it ran, ``supported`` is None), or ""."""
-    features = facts.get("overlay_features")
-    entry = features.get(name) if isinstance(features, dict) else None
-    if isinstance(entry, dict) and "supported" in entry and entry["supported"] is None:
+    entry = _feature_entry(facts, name)
+    if entry is not None and "supported" in entry and entry["supported"] is None:
         return str(entry.get("reason") or "undecided")
     return ""
 
