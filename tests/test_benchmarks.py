@@ -29,3 +29,27 @@ def test_engine_benchmark_refuses_an_unknown_engine_in_one_line():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_engines.py"), "--engine", "dockr"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "unknown engine dockr" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_matrix_benchmark_times_a_run_by_target_and_phase(tmp_path):
+    out = tmp_path / "matrix.json"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_matrix.py"), "--no-engines",
+                          "--reports-dir", str(tmp_path / "reports"), "--json", str(out),
+                          "--", "--provider", "local", "-p", "=tmpfs", "-k", "lifecycle"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    figures = json.loads(out.read_text())
+    run = figures["without_engines"]
+    assert run["argv"][-4:] == ["-p", "=tmpfs", "-k", "lifecycle"] and "--engine" in run["argv"]
+    (host,) = run["targets"]
+    assert host["target"] == "host" and host["cells"] == run["cells"] > 0 and host["cell_s"] > 0
+    assert host["wall_s"] is not None and host["first_s"] is not None and 0 < host["first_s"] <= host["wall_s"]
+    assert run["unmet"] == 0 and figures["with_engines"] is None
+    assert figures["verdicts"][0].startswith("default run, engines excluded: ")
+    assert "target <= 180 s" in res.stdout and "s/cell" in res.stdout
+
+
+def test_matrix_benchmark_refuses_a_directory_that_is_not_a_run(tmp_path):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_matrix.py"), "--from", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "is not a run directory" in res.stderr and "Traceback" not in res.stderr

@@ -216,6 +216,9 @@ class Runner:
         info = TargetRecord(kernel, self._provider_name(kernel, session), session.kernel_release, extra={
             "accel": session.accel, "boot_seconds": round(session.boot_seconds or 0.0, 3),
             "up_seconds": round(time.monotonic() - started, 3), "disks": dict(session.disks or {}),
+            # when the target started (ms): benchmarks/bench_matrix.py's boot-to-first-result
+            "started": (datetime.datetime.now(datetime.timezone.utc)
+                        - datetime.timedelta(seconds=time.monotonic() - started)).isoformat(timespec="milliseconds"),
             "boot_retries": list(session.boot_retries or [])}).to_json()
         if session.kernel_image is not None:  # a booted image (qemu): its Debian package, version, suite, config
             info["kernel_image"] = session.kernel_image.to_json()
