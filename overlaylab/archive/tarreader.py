@@ -39,10 +39,21 @@ _MAX_META = 16 * 1024 * 1024  # PAX/GNU long-name bodies are held in memory
 _FS_ENC = sys.getfilesystemencoding()
 _FS_ERR = sys.getfilesystemencodeerrors()
 
-# Bodies of at least this much still in the pipe are moved to the file by splice(2), when
-# the stream is an unbuffered pipe (the chrooted helper's stdin) and Python has os.splice.
+# Bodies of at least this much still unread are copied to the file in the kernel, when the
+# stream is unbuffered (the chrooted helper's stdin): by splice(2) from a pipe (if Python has
+# os.splice), by sendfile(2) from a regular file (never copy_file_range(2): a reflink would
+# not allocate the blocks a write does, and out-of-space behaviour must stay the same).
 _SPLICE = getattr(os, "splice", None)
-_SPLICE_MIN = 64 * 1024
+_SENDFILE = getattr(os, "sendfile", None)
+_KERNEL_COPY_MIN = 64 * 1024
+
+
+def _splice(src: int, dst: int, count: int) -> int:
+    return _SPLICE(src, dst, count)  # type: ignore[misc]
+
+
+def _sendfile(src: int, dst: int, count: int) -> int:
+    return _SENDFILE(dst, src, None, count)  # type: ignore[misc]
 
 # One pass over a header block: name, mode+uid+gid, size, mtime, chksum, typeflag (int),
 # linkname, magic+version, uname, gname, devmajor, devminor, prefix (+ star times), tail.
@@ -210,14 +221,18 @@ class TarReader:
         self._remaining = 0  # unread body bytes of the current entry
         self._pad = 0
         self._eof = False
-        self._splice_fd = -1
-        if _SPLICE is not None and type(stream) is io.FileIO:  # nothing buffered behind our back
+        self._kernel_fd = -1  # the stream's descriptor, if bodies can be copied in the kernel
+        self._kernel_copy = _splice
+        if type(stream) is io.FileIO:  # nothing buffered behind our back
             try:
                 fd = stream.fileno()
-                if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    self._splice_fd = fd
+                mode = os.fstat(fd).st_mode
             except (OSError, ValueError):
-                pass
+                mode = 0
+            if _SPLICE is not None and stat.S_ISFIFO(mode):
+                self._kernel_fd = fd
+            elif _SENDFILE is not None and stat.S_ISREG(mode):
+                self._kernel_fd, self._kernel_copy = fd, _sendfile
 
     # -- raw input ---------------------------------------------------------------------
 
@@ -301,7 +316,7 @@ class TarReader:
     def copy_to_fd(self, fd: int) -> None:
         """Write the rest of the current entry's body to ``fd``, as ``read`` + ``os.write``
         would, minus copies: buffered bytes are written from a memoryview, and a large rest
-        is spliced from the pipe when possible. A short stream raises ``unexpected EOF``
+        is spliced from a pipe or sent from a file when possible. A short stream raises ``unexpected EOF``
         after writing what there was; a failed write raises the ``OSError`` of the write."""
         remaining = self._remaining
         if remaining <= 0:
@@ -314,12 +329,12 @@ class TarReader:
             self._remaining = remaining = remaining - k
             _write_all(fd, memoryview(self._buf)[pos:pos + k] if k < len(self._buf) else self._buf)
         while remaining > 0:
-            if self._splice_fd >= 0 and remaining >= _SPLICE_MIN:
+            if self._kernel_fd >= 0 and remaining >= _KERNEL_COPY_MIN:
                 try:
-                    n = _SPLICE(self._splice_fd, fd, min(remaining, 1 << 30))  # type: ignore[misc]
+                    n = self._kernel_copy(self._kernel_fd, fd, min(remaining, 1 << 30))
                 except OSError as err:
-                    if err.errno == errno.EINVAL:  # not for this pair of files: copy instead
-                        self._splice_fd = -1
+                    if err.errno in (errno.EINVAL, errno.ENOSYS):  # not for this pair: copy instead
+                        self._kernel_fd = -1
                         continue
                     raise
                 if n == 0:
