@@ -252,7 +252,7 @@ def test_xattrs_of_later_files_are_copied_once_the_filesystem_has_answered(tmp_p
             f.write(b"x" * i)
     os.setxattr(os.path.join(src, "d", "f2"), "security.capability", cap)
     os.setxattr(os.path.join(src, "d", "f2"), "trusted.overlay.opaque", b"y")
-    os.setxattr(os.path.join(src, "d", "f3"), "user.other", b"z")
+    os.setxattr(os.path.join(src, "d", "f3"), "trusted.other", b"z")
     os.setxattr(os.path.join(src, "d", "e"), "trusted.overlay.opaque", b"y")
     copy_dir(src, dst, 0)
     got = {rel: sorted(os.listxattr(os.path.join(dst, rel))) for rel in ("d/f0", "d/f2", "d/f3", "d/e")}
