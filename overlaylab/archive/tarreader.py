@@ -28,6 +28,11 @@ import struct
 import sys
 from typing import Dict, List, Optional, Tuple
 
+try:
+    from zlib import adler32 as _adler32
+except ImportError:  # pragma: no cover
+    _adler32 = None  # type: ignore[assignment]
+
 from .errors import INVALID_HEADER, UNEXPECTED_EOF, ArchiveError
 from .tarheader import (
     BLOCK, PAX_XATTR, TYPE_BLOCK, TYPE_CHAR, TYPE_GNU_LONGLINK, TYPE_GNU_LONGNAME,
@@ -116,6 +121,17 @@ def _octal_cached(b: bytes) -> int:
         _OCTAL_CACHE.clear()
     _OCTAL_CACHE[b] = value
     return value
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte block's bytes, by ``zlib.adler32``: its low half is 1 + the sum
+    modulo 65521, exact for 256 bytes (at most 65280)."""
+    return (_adler32(block[:256]) & 0xFFFF) + (_adler32(block[256:]) & 0xFFFF) - 2
+
+
+if _adler32 is None:  # pragma: no cover - a Python built without zlib
+    def _byte_sum(block: bytes) -> int:  # noqa: F811
+        return sum(block.translate(None, b"\x00"))  # zero bytes add nothing: drop them in C
 
 
 def _checksums(block: bytes) -> Tuple[int, int]:
@@ -373,10 +389,16 @@ class TarReader:
         return block
 
     def _read_header(self) -> Optional[Header]:
-        block = self._read_block()
-        if block is None:
-            self._eof = True
-            return None
+        pos = self._pos
+        buf = self._buf
+        if len(buf) - pos >= BLOCK and buf[pos]:  # _read_block's common case, inlined: a
+            block = buf[pos:pos + BLOCK]          # buffered block that is no zero block
+            self._pos = pos + BLOCK
+        else:
+            block = self._read_block()
+            if block is None:
+                self._eof = True
+                return None
         (name, ids, size_f, mtime_f, chksum, typeflag, linkname, magic, uname, gname,
          devmajor, devminor, prefix, tail) = _unpack_header(block)
         cache = _OCTAL_CACHE
@@ -384,10 +406,9 @@ class TarReader:
             given = cache.get(chksum)
             if given is None:
                 given = _octal_cached(chksum)
-            # Unsigned sum with the checksum field read as spaces (zero bytes add nothing: drop
-            # them in C first); the signed sum only if that does not match.
-            if (given != sum(block.translate(None, b"\x00")) - sum(chksum) + 8 * 0x20
-                    and given not in _checksums(block)):
+            # Unsigned sum with the checksum field read as spaces; the signed sum only if
+            # that does not match.
+            if given != _byte_sum(block) - sum(chksum) + 8 * 0x20 and given not in _checksums(block):
                 raise ArchiveError(INVALID_HEADER)
             # mode, uid and gid together: one lookup for the usual few combinations
             mode_uid_gid = _IDS_CACHE.get(ids)
@@ -455,7 +476,8 @@ class TarReader:
         """The next entry, ``None`` at the end of the archive."""
         if self._eof:
             return None
-        self._finish_entry()
+        if self._remaining or self._pad:
+            self._finish_entry()
         long_name: Optional[str] = None
         long_link: Optional[str] = None
         while True:
