@@ -43,8 +43,9 @@ def _fatal(err: object, stderr_fd: int = 2) -> NoReturn:
         os._exit(1)
 
 
-def _prewarm() -> None:
-    """Import lazily-loaded codecs now: after chroot no module can be loaded any more."""
+def prewarm() -> None:
+    """Import lazily-loaded codecs now: after chroot no module can be loaded any more. Cheap
+    once done: a forked child inherits what its parent loaded."""
     for name in ("utf-8", "ascii", "latin-1"):
         codecs.lookup(name)
     os.fsencode("x")
@@ -78,7 +79,7 @@ def _interrupted(signum, frame):
 
 
 def _run_child(dest: str, raw: str, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-    _prewarm()
+    prewarm()
     # SIGTERM (the parent stopping us, or its death via PDEATHSIG) and SIGINT unwind through
     # the clean-up below instead of killing the child with its temp dir left in the layer.
     # Held back until the unpack starts, so one arriving earlier unwinds there too.

@@ -9,16 +9,23 @@ error text are the same. ``OVERLAYLAB_APPLY_REEXEC=1`` selects the re-exec inste
 The reference re-execs itself as ``docker-applyLayer``; the re-exec'd child is
 ``python -S -c "...; from overlaylab.archive.applylayer import main; main()" <dest>`` (see
 :mod:`.applylayer`; ``python -m overlaylab.archive.applylayer <dest>`` is the same), with only
-``OPT`` (and ``PYTHONPATH`` so the child finds this package) in its environment. The tar is
-fed to the child's stdin by a thread, since ``stream`` may itself be a pipe filled by a
-thread of this process.
+``OPT`` (and ``PYTHONPATH`` so the child finds this package) in its environment.
+
+The child's stdin is ``stream``'s own descriptor when ``stream`` is an open file with nothing
+buffered in this process (:func:`_direct_fd`), as Go's ``exec.Cmd`` connects an ``*os.File``
+``Stdin`` directly (``os/exec/exec.go``, ``Cmd.stdin``): the child reads the layer itself
+(and copies large members in the kernel, see :mod:`.tarreader`), the file offset is shared
+as in the reference. Any other stream is fed to a pipe by a thread, since ``stream`` may
+itself be a pipe filled by a thread of this process.
 """
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -69,9 +76,13 @@ def _go_json_error(out: bytes) -> Optional[str]:
 class _ForkedChild:
     """A forked, chrooting child with the pipes and ``wait()`` of a ``subprocess.Popen``."""
 
-    def __init__(self, dest: str, raw_options: str):
-        from .applylayer import run_child  # imported before the fork: the child cannot import
-        r_in, w_in = os.pipe()
+    def __init__(self, dest: str, raw_options: str, stdin_fd: Optional[int]):
+        from .applylayer import prewarm, run_child  # imported before the fork: the child cannot import
+        prewarm()  # loaded once here, not again in every child (over 9p in a guest, that is slow)
+        if stdin_fd is None:
+            r_in, w_in = os.pipe()
+        else:
+            r_in, w_in = stdin_fd, -1
         r_out, w_out = os.pipe()
         r_err, w_err = os.pipe()
         self.pid = os.fork()
@@ -82,9 +93,9 @@ class _ForkedChild:
                 _close_other_fds({r_in, w_out, w_err})
             finally:
                 run_child(dest, raw_options, r_in, w_out, w_err)
-        for fd in (r_in, w_out, w_err):
+        for fd in (w_out, w_err) if stdin_fd is not None else (r_in, w_out, w_err):
             os.close(fd)
-        self.stdin = os.fdopen(w_in, "wb", buffering=0)
+        self.stdin = os.fdopen(w_in, "wb", buffering=0) if w_in >= 0 else None
         self.stdout = os.fdopen(r_out, "rb")
         self.stderr = os.fdopen(r_err, "rb")
 
@@ -109,12 +120,30 @@ def _close_other_fds(keep) -> None:
                 pass
 
 
-def _start_child(dest: str, options: TarOptions):
+def _direct_fd(stream) -> Optional[int]:
+    """``stream``'s descriptor if the child can read the layer from it directly: an unbuffered
+    file (``io.FileIO``, any kind, as Go hands any ``*os.File`` over), or a buffered reader of
+    a regular file with no bytes read ahead into its buffer (else those would be lost)."""
+    try:
+        if type(stream) is io.FileIO:
+            return stream.fileno() if stream.readable() else None
+        if type(stream) in (io.BufferedReader, io.BufferedRandom) and type(stream.raw) is io.FileIO:
+            fd = stream.fileno()
+            if (stat.S_ISREG(os.fstat(fd).st_mode)
+                    and stream.tell() == os.lseek(fd, 0, os.SEEK_CUR)):
+                return fd
+    except (OSError, ValueError):  # closed, unseekable, ...: the pipe and thread then
+        pass
+    return None
+
+
+def _start_child(dest: str, options: TarOptions, stdin_fd: Optional[int]):
     if os.environ.get("OVERLAYLAB_APPLY_REEXEC") == "1":
         env = {"OPT": options.to_json(), "PYTHONPATH": _PKG_PARENT}
-        return subprocess.Popen([sys.executable] + _CHILD_ARGS + [dest], stdin=subprocess.PIPE,
+        return subprocess.Popen([sys.executable] + _CHILD_ARGS + [dest],
+                                stdin=subprocess.PIPE if stdin_fd is None else stdin_fd,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    return _ForkedChild(dest, options.to_json())
+    return _ForkedChild(dest, options.to_json(), stdin_fd)
 
 
 def _stop_child(proc) -> None:
@@ -146,11 +175,13 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
     ``unable to decode ApplyLayer JSON response: <err>``."""
     dest = gopath.clean(dest)
     options = options or TarOptions()
-    proc = _start_child(dest, options)
-    try:  # fewer wake-ups of the child while the layer streams in
-        fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)  # type: ignore[union-attr]
-    except OSError:
-        pass
+    stdin_fd = _direct_fd(stream)
+    proc = _start_child(dest, options, stdin_fd)
+    if proc.stdin is not None:
+        try:  # fewer wake-ups of the child while the layer streams in
+            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _CHUNK)
+        except OSError:
+            pass
     copy_error: List[BaseException] = []
     errbuf: List[bytes] = []
 
@@ -174,8 +205,9 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
     def drain_stderr() -> None:
         errbuf.append(proc.stderr.read())  # type: ignore[union-attr]
 
-    threads = [threading.Thread(target=pump, name="applylayer-stdin", daemon=True),
-               threading.Thread(target=drain_stderr, name="applylayer-stderr", daemon=True)]
+    threads = [threading.Thread(target=drain_stderr, name="applylayer-stderr", daemon=True)]
+    if proc.stdin is not None:
+        threads.append(threading.Thread(target=pump, name="applylayer-stdin", daemon=True))
     for t in threads:
         t.start()
     interrupted = False
@@ -195,6 +227,11 @@ def apply_uncompressed_layer(dest: str, stream, options: Optional[TarOptions] = 
             t.join(timeout=2 if interrupted else None)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
+        if stdin_fd is not None and isinstance(stream, io.BufferedIOBase):
+            try:  # the child moved the shared offset: let the reader's cached position follow
+                stream.seek(0, os.SEEK_CUR)
+            except (OSError, ValueError):
+                pass
     err_text = b"".join(errbuf).decode("utf-8", "replace")
     out_text = out.decode("utf-8", "replace")
     if returncode != 0:

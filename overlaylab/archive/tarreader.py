@@ -28,6 +28,11 @@ import struct
 import sys
 from typing import Dict, List, Optional, Tuple
 
+try:
+    from zlib import adler32 as _adler32
+except ImportError:  # pragma: no cover
+    _adler32 = None  # type: ignore[assignment]
+
 from .errors import INVALID_HEADER, UNEXPECTED_EOF, ArchiveError
 from .tarheader import (
     BLOCK, PAX_XATTR, TYPE_BLOCK, TYPE_CHAR, TYPE_GNU_LONGLINK, TYPE_GNU_LONGNAME,
@@ -39,10 +44,21 @@ _MAX_META = 16 * 1024 * 1024  # PAX/GNU long-name bodies are held in memory
 _FS_ENC = sys.getfilesystemencoding()
 _FS_ERR = sys.getfilesystemencodeerrors()
 
-# Bodies of at least this much still in the pipe are moved to the file by splice(2), when
-# the stream is an unbuffered pipe (the chrooted helper's stdin) and Python has os.splice.
+# Bodies of at least this much still unread are copied to the file in the kernel, when the
+# stream is unbuffered (the chrooted helper's stdin): by splice(2) from a pipe (if Python has
+# os.splice), by sendfile(2) from a regular file (never copy_file_range(2): a reflink would
+# not allocate the blocks a write does, and out-of-space behaviour must stay the same).
 _SPLICE = getattr(os, "splice", None)
-_SPLICE_MIN = 64 * 1024
+_SENDFILE = getattr(os, "sendfile", None)
+_KERNEL_COPY_MIN = 64 * 1024
+
+
+def _splice(src: int, dst: int, count: int) -> int:
+    return _SPLICE(src, dst, count)  # type: ignore[misc]
+
+
+def _sendfile(src: int, dst: int, count: int) -> int:
+    return _SENDFILE(dst, src, None, count)  # type: ignore[misc]
 
 # One pass over a header block: name, mode+uid+gid, size, mtime, chksum, typeflag (int),
 # linkname, magic+version, uname, gname, devmajor, devminor, prefix (+ star times), tail.
@@ -105,6 +121,17 @@ def _octal_cached(b: bytes) -> int:
         _OCTAL_CACHE.clear()
     _OCTAL_CACHE[b] = value
     return value
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte block's bytes, by ``zlib.adler32``: its low half is 1 + the sum
+    modulo 65521, exact for 256 bytes (at most 65280)."""
+    return (_adler32(block[:256]) & 0xFFFF) + (_adler32(block[256:]) & 0xFFFF) - 2
+
+
+if _adler32 is None:  # pragma: no cover - a Python built without zlib
+    def _byte_sum(block: bytes) -> int:  # noqa: F811
+        return sum(block.translate(None, b"\x00"))  # zero bytes add nothing: drop them in C
 
 
 def _checksums(block: bytes) -> Tuple[int, int]:
@@ -210,14 +237,18 @@ class TarReader:
         self._remaining = 0  # unread body bytes of the current entry
         self._pad = 0
         self._eof = False
-        self._splice_fd = -1
-        if _SPLICE is not None and type(stream) is io.FileIO:  # nothing buffered behind our back
+        self._kernel_fd = -1  # the stream's descriptor, if bodies can be copied in the kernel
+        self._kernel_copy = _splice
+        if type(stream) is io.FileIO:  # nothing buffered behind our back
             try:
                 fd = stream.fileno()
-                if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    self._splice_fd = fd
+                mode = os.fstat(fd).st_mode
             except (OSError, ValueError):
-                pass
+                mode = 0
+            if _SPLICE is not None and stat.S_ISFIFO(mode):
+                self._kernel_fd = fd
+            elif _SENDFILE is not None and stat.S_ISREG(mode):
+                self._kernel_fd, self._kernel_copy = fd, _sendfile
 
     # -- raw input ---------------------------------------------------------------------
 
@@ -301,7 +332,7 @@ class TarReader:
     def copy_to_fd(self, fd: int) -> None:
         """Write the rest of the current entry's body to ``fd``, as ``read`` + ``os.write``
         would, minus copies: buffered bytes are written from a memoryview, and a large rest
-        is spliced from the pipe when possible. A short stream raises ``unexpected EOF``
+        is spliced from a pipe or sent from a file when possible. A short stream raises ``unexpected EOF``
         after writing what there was; a failed write raises the ``OSError`` of the write."""
         remaining = self._remaining
         if remaining <= 0:
@@ -314,12 +345,12 @@ class TarReader:
             self._remaining = remaining = remaining - k
             _write_all(fd, memoryview(self._buf)[pos:pos + k] if k < len(self._buf) else self._buf)
         while remaining > 0:
-            if self._splice_fd >= 0 and remaining >= _SPLICE_MIN:
+            if self._kernel_fd >= 0 and remaining >= _KERNEL_COPY_MIN:
                 try:
-                    n = _SPLICE(self._splice_fd, fd, min(remaining, 1 << 30))  # type: ignore[misc]
+                    n = self._kernel_copy(self._kernel_fd, fd, min(remaining, 1 << 30))
                 except OSError as err:
-                    if err.errno == errno.EINVAL:  # not for this pair of files: copy instead
-                        self._splice_fd = -1
+                    if err.errno in (errno.EINVAL, errno.ENOSYS):  # not for this pair: copy instead
+                        self._kernel_fd = -1
                         continue
                     raise
                 if n == 0:
@@ -358,10 +389,16 @@ class TarReader:
         return block
 
     def _read_header(self) -> Optional[Header]:
-        block = self._read_block()
-        if block is None:
-            self._eof = True
-            return None
+        pos = self._pos
+        buf = self._buf
+        if len(buf) - pos >= BLOCK and buf[pos]:  # _read_block's common case, inlined: a
+            block = buf[pos:pos + BLOCK]          # buffered block that is no zero block
+            self._pos = pos + BLOCK
+        else:
+            block = self._read_block()
+            if block is None:
+                self._eof = True
+                return None
         (name, ids, size_f, mtime_f, chksum, typeflag, linkname, magic, uname, gname,
          devmajor, devminor, prefix, tail) = _unpack_header(block)
         cache = _OCTAL_CACHE
@@ -369,10 +406,9 @@ class TarReader:
             given = cache.get(chksum)
             if given is None:
                 given = _octal_cached(chksum)
-            # Unsigned sum with the checksum field read as spaces (zero bytes add nothing: drop
-            # them in C first); the signed sum only if that does not match.
-            if (given != sum(block.translate(None, b"\x00")) - sum(chksum) + 8 * 0x20
-                    and given not in _checksums(block)):
+            # Unsigned sum with the checksum field read as spaces; the signed sum only if
+            # that does not match.
+            if given != _byte_sum(block) - sum(chksum) + 8 * 0x20 and given not in _checksums(block):
                 raise ArchiveError(INVALID_HEADER)
             # mode, uid and gid together: one lookup for the usual few combinations
             mode_uid_gid = _IDS_CACHE.get(ids)
@@ -440,7 +476,8 @@ class TarReader:
         """The next entry, ``None`` at the end of the archive."""
         if self._eof:
             return None
-        self._finish_entry()
+        if self._remaining or self._pad:
+            self._finish_entry()
         long_name: Optional[str] = None
         long_link: Optional[str] = None
         while True:

@@ -569,9 +569,10 @@ class _Unpacker:
             except (OSError, ValueError):
                 return False
             hdr.uid, hdr.gid = uid, gid
-            self._own_fd(fd)
             try:
-                self._fast_regular(fd, real, self._display_clean(name), hdr, reader, perm)
+                if self.options.shared_inodes:
+                    self._own_fd(fd)
+                self._fast_regular(fd, real, name, hdr, reader, perm)
             finally:
                 os.close(fd)
             return True
@@ -605,25 +606,27 @@ class _Unpacker:
         self._finish(real, self._display_clean(name), hdr, t, perm)
         return True
 
-    def _fast_regular(self, fd: int, real: str, display: str, hdr: Header, data: TarReader,
+    def _fast_regular(self, fd: int, real: str, name: str, hdr: Header, data: TarReader,
                       perm: int) -> None:
         """Body and metadata of a regular file just created exclusively at ``real``: the
-        same steps as createTarFile, on the open descriptor (the same inode as ``real``)."""
+        same steps as createTarFile, on the open descriptor (the same inode as ``real``).
+        Texts name the entry as ``_display_clean(name)``, made only when needed."""
         try:
             data.copy_to_fd(fd)
         except OSError as err:
-            raise PathError("write", display, err.errno or errno.EIO) from None
+            raise PathError("write", self._display_clean(name), err.errno or errno.EIO) from None
         try:
             os.fchown(fd, hdr.uid, hdr.gid)
         except OSError as err:
-            raise PathError("lchown", display, err.errno or errno.EIO) from None
+            raise PathError("lchown", self._display_clean(name), err.errno or errno.EIO) from None
         except OverflowError:
-            raise PathError("lchown", display, errno.EINVAL) from None
-        _set_xattrs(real, hdr.xattrs, display)
+            raise PathError("lchown", self._display_clean(name), errno.EINVAL) from None
+        if hdr.xattrs:
+            _set_xattrs(real, hdr.xattrs, self._display_clean(name))
         try:
             os.fchmod(fd, perm)
         except OSError as err:
-            raise PathError("chmod", display, err.errno or errno.EIO) from None
+            raise PathError("chmod", self._display_clean(name), err.errno or errno.EIO) from None
         # system.Chtimes: atime raised to mtime, both clamped to [epoch, max] else the epoch
         mtime = hdr.mtime_ns
         atime = hdr.atime_ns if hdr.atime_ns >= mtime else mtime
@@ -634,7 +637,7 @@ class _Unpacker:
         try:
             os.utime(fd, ns=(atime, mtime))
         except OSError as err:
-            raise PathError("chtimes", display, err.errno or errno.EIO) from None
+            raise PathError("chtimes", self._display_clean(name), err.errno or errno.EIO) from None
 
 
 def unpack_layer(dest: str, stream, options: Optional[TarOptions] = None, display_root: str = "") -> int:

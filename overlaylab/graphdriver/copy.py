@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 from ..archive import fdwalk
 from ..archive.fdwalk import DirStack, at_path
@@ -34,10 +34,17 @@ _DIR_FLAGS = fdwalk.DIR_FLAGS
 
 _COPIED_XATTRS = ("security.capability", "trusted.overlay.opaque")
 _COPY_CHUNK = 1 << 20
+_SRC_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DST_EXCL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _copy_bytes(fin: int, fout: int, src: str, dst: str) -> None:
-    copy_range = getattr(os, "copy_file_range", None)
+_COPY_FILE_RANGE = getattr(os, "copy_file_range", None)
+_KERNEL_COPY_FALLBACK = frozenset((errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL))
+
+
+def _copy_bytes(fin: int, fout: int, dst: str) -> None:
+    """Everything from ``fin`` to ``fout``, in the kernel (``copy_file_range``, else ``sendfile``)."""
+    copy_range = _COPY_FILE_RANGE
     while True:
         try:
             if copy_range is not None:
@@ -45,7 +52,7 @@ def _copy_bytes(fin: int, fout: int, src: str, dst: str) -> None:
             else:
                 n = os.sendfile(fout, fin, None, _COPY_CHUNK)
         except OSError as err:
-            if err.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) and copy_range:
+            if copy_range is not None and err.errno in _KERNEL_COPY_FALLBACK:
                 copy_range = None
                 continue
             raise PathError("write", dst, err.errno) from None
@@ -70,8 +77,7 @@ def _open_dst_file(dfd: Optional[int], name: str, dst: str, mode: int) -> int:
     """``open(dst, O_WRONLY|O_CREAT)`` (no O_TRUNC: the re-Create quirk), but never through a
     symlink, fifo or device already at ``dst``."""
     try:
-        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       mode & 0o7777, dir_fd=dfd)
+        return os.open(name, _DST_EXCL_FLAGS, mode & 0o7777, dir_fd=dfd)
     except FileExistsError:
         pass
     except OSError as err:
@@ -87,8 +93,26 @@ def _open_dst_file(dfd: Optional[int], name: str, dst: str, mode: int) -> int:
     return fd
 
 
-def _copy_xattrs_fd(fin: int, fout: int) -> None:
-    for name in _COPIED_XATTRS:
+def _copy_xattrs_fd(fin: int, fout: int, dev: int, listed: Set[int]) -> None:
+    """The reference's ``lgetxattr``/``lsetxattr`` of the two copied names, by descriptor.
+
+    Most files have neither, and each ``getxattr`` that says ENODATA costs a syscall and a
+    Python exception. So once both names have been read that way on a filesystem (``dev`` put
+    in ``listed``, which lives for one walk) and said ENODATA or given a value -- proving that
+    this filesystem answers them and would say ENODATA for a name a file lacks -- one
+    ``flistxattr`` tells which of them a file has, and only those are read. A listing that
+    fails falls back to reading both (whose errors are the reference's)."""
+    names = _COPIED_XATTRS
+    if dev in listed:
+        try:
+            present = os.listxattr(fin)
+        except OSError:
+            pass
+        else:
+            if not present:
+                return
+            names = tuple(name for name in _COPIED_XATTRS if name in present)
+    for name in names:
         try:
             value = os.getxattr(fin, name)
         except OSError as err:
@@ -99,19 +123,16 @@ def _copy_xattrs_fd(fin: int, fout: int) -> None:
             os.setxattr(fout, name, value)
         except OSError as err:
             raise SyscallError(err.errno) from None
+    listed.add(dev)
 
 
-def _meta_fd(fin: Optional[int], fout: int, src: str, dst: str, st: os.stat_result) -> None:
+def _meta_fd(fin: int, fout: int, dst: str, st: os.stat_result, listed: Set[int]) -> None:
     """lchown, the two xattrs, chmod, utimes of the reference, on the open ``dst``."""
     try:
         os.fchown(fout, st.st_uid, st.st_gid)
     except OSError as err:
         raise PathError("lchown", dst, err.errno) from None
-    if fin is not None:
-        _copy_xattrs_fd(fin, fout)
-    else:
-        for name in _COPIED_XATTRS:
-            _copy_xattr(src, "/proc/self/fd/%d" % fout, name, True)
+    _copy_xattrs_fd(fin, fout, st.st_dev, listed)
     try:
         os.fchmod(fout, st.st_mode & 0o7777)
     except OSError as err:
@@ -123,18 +144,21 @@ def _meta_fd(fin: Optional[int], fout: int, src: str, dst: str, st: os.stat_resu
 
 
 def _copy_regular(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
-                  src: str, dst: str, st: os.stat_result) -> None:
+                  src: str, dst: str, st: os.stat_result, listed: Set[int]) -> None:
     """Content copy of a regular file, all on descriptors (the same inodes as the reference's
     path-based steps, so the same results)."""
     try:
-        fin = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
+        fin = os.open(sname, _SRC_FLAGS, dir_fd=sfd)
     except OSError as err:
         raise PathError("open", src, err.errno) from None
     try:
-        fout = _open_dst_file(dfd, dname, dst, st.st_mode)
+        try:  # the common case of _open_dst_file: a new file
+            fout = os.open(dname, _DST_EXCL_FLAGS, st.st_mode & 0o7777, dir_fd=dfd)
+        except OSError:
+            fout = _open_dst_file(dfd, dname, dst, st.st_mode)
         try:
-            _copy_bytes(fin, fout, src, dst)
-            _meta_fd(fin, fout, src, dst, st)
+            _copy_bytes(fin, fout, dst)
+            _meta_fd(fin, fout, dst, st, listed)
         finally:
             os.close(fout)
     finally:
@@ -155,10 +179,12 @@ def _copy_xattr(src: str, dst: str, name: str, follow_dst: bool = False) -> None
 
 
 def _copy_entry(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
-                src: str, dst: str, st: os.stat_result, flags: int) -> Optional[Tuple[int, int]]:
+                src: str, dst: str, st: os.stat_result, flags: int,
+                listed: Set[int]) -> Optional[Tuple[int, int]]:
     """One entry of the walk, every syscall relative to the walked directories (``sfd``,
     ``dfd``; ``None`` with full paths for the top) and none following a symlink. For a
-    directory returns its (source, destination) descriptors, for the walk to descend."""
+    directory returns its (source, destination) descriptors, for the walk to descend.
+    ``listed``: see :func:`_copy_xattrs_fd`."""
     mode = st.st_mode
     fmt = stat.S_IFMT(mode)
     if fmt == stat.S_IFREG:
@@ -168,7 +194,7 @@ def _copy_entry(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
             except OSError as err:
                 raise LinkError("link", src, dst, err.errno) from None
             return None
-        _copy_regular(sfd, sname, dfd, dname, src, dst, st)
+        _copy_regular(sfd, sname, dfd, dname, src, dst, st, listed)
         return None
     if fmt == stat.S_IFDIR:
         try:
@@ -187,7 +213,7 @@ def _copy_entry(sfd: Optional[int], sname: str, dfd: Optional[int], dname: str,
             os.close(fout)
             raise PathError("open", src, err.errno) from None
         try:
-            _meta_fd(fin, fout, src, dst, st)
+            _meta_fd(fin, fout, dst, st, listed)
         except BaseException:
             os.close(fin)
             os.close(fout)
@@ -285,7 +311,8 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
         st = os.lstat(src_dir)
     except OSError as err:
         raise PathError("lstat", src_dir, err.errno) from None
-    fds = _copy_entry(None, src_dir, None, dst_dir, src_dir, dst_dir, st, flags)
+    listed: Set[int] = set()
+    fds = _copy_entry(None, src_dir, None, dst_dir, src_dir, dst_dir, st, flags, listed)
     if fds is None:
         return
     hardlink = bool(flags & COPY_HARDLINK)
@@ -318,7 +345,7 @@ def copy_dir(src_dir: str, dst_dir: str, flags: int = 0) -> None:
                     st = lstat(name, dir_fd=sfd)
                 except OSError as err:
                     raise PathError("lstat", src, err.errno) from None
-                fds = _copy_entry(sfd, name, dfd, name, src, child, st, flags)
+                fds = _copy_entry(sfd, name, dfd, name, src, child, st, flags, listed)
                 if fds is not None:
                     try:
                         listing = _listing(fds[0], src)

@@ -149,3 +149,46 @@ def test_chroot_symlink_above_the_layer_root_is_stored_and_warned(tmp_path):
     assert warnings == ['symlink "%s/a/up" -> "../../../etc/shadow" points above the layer root; stored as '
                         'the reference does (in its chroot the layer is "/", where moby v1.10.3\'s '
                         'createTarFile check cannot fire)' % dest]
+
+
+@pytest.mark.parametrize("buffering", [0, -1])
+def test_chroot_reads_an_open_file_itself_and_leaves_its_offset_at_the_end(tmp_path, buffering):
+    """An open file (unbuffered, or buffered with nothing read ahead) is the child's stdin, as
+    Go's exec hands an *os.File over: the shared offset ends where the child stopped reading
+    (the end: it drains stdin), and members of 64 KiB and more go to their files by sendfile."""
+    big = os.urandom(3 * 65536 + 17)
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(make_tar([reg("small", b"s" * 100), reg("big", big), reg("after", b"a")]) + bytes(4096))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with open(layer, "rb", buffering=buffering) as f:
+        size = apply_uncompressed_layer(str(dest), f)
+        assert f.tell() == layer.stat().st_size and f.read() == b""
+    assert size == 100 + len(big) + 1
+    assert (dest / "big").read_bytes() == big and (dest / "after").read_bytes() == b"a"
+
+
+def test_chroot_feeds_a_buffered_reader_that_read_ahead_through_the_pipe(tmp_path):
+    """Bytes already in the reader's buffer would be lost to a child reading the descriptor:
+    such a stream is fed through the pipe, from where the reader stands."""
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(b"junk!" + make_tar([reg("f", b"content")]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with open(layer, "rb") as f:
+        assert f.read(5) == b"junk!"  # the reader has read (far) ahead of its position
+        assert apply_uncompressed_layer(str(dest), f) == 7
+    assert (dest / "f").read_bytes() == b"content"
+
+
+def test_chroot_truncated_file_inside_a_large_member(tmp_path):
+    """A layer file that ends inside a member sent by sendfile: unexpected EOF, nothing left behind."""
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(make_tar([reg("big", b"b" * (1 << 20))])[:512 + 300000])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with open(layer, "rb", buffering=0) as f:
+        with pytest.raises(ArchiveError) as exc:
+            apply_uncompressed_layer(str(dest), f)
+    assert str(exc.value) == "ApplyLayer exit status 1 stdout:  stderr: unexpected EOF"
+    assert no_temp_dirs(dest) == []

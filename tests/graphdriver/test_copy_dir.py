@@ -238,3 +238,24 @@ def test_errors_name_the_full_paths(tmp_path):
         copy_dir(src, dst, COPY_HARDLINK)
     assert str(exc.value) == "link %s %s: file exists" % (
         os.path.join(src, "a", "f"), os.path.join(dst, "a", "f"))
+
+
+def test_xattrs_of_later_files_are_copied_once_the_filesystem_has_answered(tmp_path):
+    """The first entries read both copied xattrs the reference's way (ENODATA); after that a
+    listing picks which to read: files, directories and fifos further on keep theirs, and
+    other xattrs are still not copied."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    os.makedirs(os.path.join(src, "d", "e"))
+    cap = b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12)
+    for i in range(4):
+        with open(os.path.join(src, "d", "f%d" % i), "wb") as f:
+            f.write(b"x" * i)
+    os.setxattr(os.path.join(src, "d", "f2"), "security.capability", cap)
+    os.setxattr(os.path.join(src, "d", "f2"), "trusted.overlay.opaque", b"y")
+    os.setxattr(os.path.join(src, "d", "f3"), "trusted.other", b"z")
+    os.setxattr(os.path.join(src, "d", "e"), "trusted.overlay.opaque", b"y")
+    copy_dir(src, dst, 0)
+    got = {rel: sorted(os.listxattr(os.path.join(dst, rel))) for rel in ("d/f0", "d/f2", "d/f3", "d/e")}
+    assert got == {"d/f0": [], "d/f2": ["security.capability", "trusted.overlay.opaque"],
+                   "d/f3": [], "d/e": ["trusted.overlay.opaque"]}
+    assert os.getxattr(os.path.join(dst, "d", "f2"), "security.capability") == cap
