@@ -133,7 +133,8 @@ class ContainersStorageSession(EngineSession):
         before its diff is applied and deleted when the diff fails, so a full fs gets its space
         and inodes back. (``create-layer`` + ``applydiff`` leaves the half-applied layer, whose
         ``delete-layer`` must first save ``layers.json`` and fails while no inode is free.)
-        A failed pull also deletes the layers it already made below the one that failed."""
+        A failed pull also deletes the layers it already made below the one that failed (one
+        ``delete-layer`` process for them all, as :meth:`remove` does)."""
         if not layer_tars:
             raise EngineError("an image needs at least one layer")
         layers: List[str] = []
@@ -141,8 +142,8 @@ class ContainersStorageSession(EngineSession):
             for tar in layer_tars:
                 layers.append(self.cs("import-layer", "--file", tar, *layers[-1:], timeout=600.0).stdout.strip())
         except EngineError:
-            for layer in reversed(layers):  # top-down: a layer with children is refused
-                self.run(self.command("delete-layer", layer), check=False)
+            if layers:  # top-down: a layer with children is refused
+                self.run(self.command("delete-layer", *reversed(layers)), check=False)
             raise
         self.images[layers[-1]] = layers
         return layers[-1]
@@ -181,9 +182,10 @@ class ContainersStorageSession(EngineSession):
             self.cs("delete-layer", ref)
             self.containers.remove(ref)
             return
-        layers = self.images.pop(ref, [ref])
-        for layer in reversed(layers):  # top-down: a layer with children is refused
-            self.cs("delete-layer", layer)
+        # One process for the whole image: ``delete-layer`` takes many ids and deletes them in
+        # order, going on past a failure and exiting 1 after it (cmd/containers-storage/delete.go
+        # ``deleteLayer``); top-down, since a layer with children is refused.
+        self.cs("delete-layer", *reversed(self.images.pop(ref, [ref])))
 
 
 class ContainersStorageEngine(Engine):

@@ -30,9 +30,12 @@ without d_type gets ``overlayutils.ErrDTypeNotSupported`` from ``overlay``/``ove
 ``Init``, existing ones only a warning, moby#27443); that line is the refusal. Otherwise
 ``docker info``'s Storage Driver and Driver Status rows are the evidence.
 
-The adapter: :meth:`DockerSession.pull` builds a ``docker save`` archive in the standard library
-(``manifest.json``, an image config whose ``rootfs.diff_ids`` are the layers' sha256, the layer
-tars; moby ``image/tarexport/load.go``) and ``docker load``s it; a top layer holding a static
+The adapter talks to the private daemon's Engine API over its unix socket with ``http.client``
+(the requests the ``docker`` CLI would send, moby ``api/swagger.yaml`` v1.41; each logged as the
+equivalent ``curl --unix-socket`` line), not through the CLI: a Go CLI process per call cost more
+than the call itself. :meth:`DockerSession.pull` builds a ``docker save`` archive in the standard
+library (``manifest.json``, an image config whose ``rootfs.diff_ids`` are the layers' sha256, the
+layer tars; moby ``image/tarexport/load.go``) and posts it to ``/images/load``; a top layer holding a static
 busybox (``/.overlaylab/busybox``) lets a container run, since Docker mounts a container's
 rootfs only while it runs: :meth:`~DockerSession.rootfs` starts it (``busybox sleep``) and yields
 its ``GraphDriver.Data.MergedDir``, Docker's own overlay mount. The view also holds Docker's init
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -55,12 +59,13 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from typing import ClassVar, Dict, Iterator, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 from .. import procutil, shell
 from ..backingfs import unmount_tree
 from ... import mountutil
-from .base import Change, Engine, EngineError, EngineRefused, EngineSession, Verdict, fresh_dir, wait_for, which
+from .base import (Change, Engine, EngineError, EngineRefused, EngineSession, Verdict, first_line, fresh_dir,
+                   wait_for, which)
 
 START_TIMEOUT = 60.0
 STOP_GRACE = 20.0
@@ -71,6 +76,8 @@ BUSYBOX = "/bin/busybox"                   # Debian's busybox-static
 SHIM_SOCKETS = "/run/containerd/s"          # containerd 1.6: defaults.DefaultStateDir + "/s"
 GLOBAL_DIRS = ("/run/docker/plugins", "/run/docker", SHIM_SOCKETS, "/run/containerd")
 GRAPHDRIVER_ERROR = "error initializing graphdriver"
+#: ``GET /containers/{id}/changes`` kinds (moby ``pkg/archive/changes.go`` ``ChangeType``)
+CHANGE_KINDS = {0: "C", 1: "A", 2: "D"}
 #: a run directory longer than this goes to the temp dir (the longest socket adds ~45 bytes)
 MAX_RUN_PARENT = 56
 
@@ -167,10 +174,70 @@ class DockerSession(EngineSession):
     def cgroup_parent(self) -> str:
         return "/overlaylab-" + os.path.basename(self.run_root).replace(".", "-")
 
+    @property
+    def socket_path(self) -> str:
+        return self._path("d.sock")
+
     def docker(self, *args: str, timeout: float = 120.0, check: bool = True):
-        """Run the docker CLI on this session's daemon (and nothing of the user's config)."""
-        argv = [docker_cli(), "--config", self._path("cli"), "-H", "unix://" + self._path("d.sock")]
+        """Run the docker CLI on this session's daemon (and nothing of the user's config): for a
+        person or a test looking on; the adapter itself goes through :meth:`api`."""
+        argv = [docker_cli(), "--config", self._path("cli"), "-H", "unix://" + self.socket_path]
         return self.run(argv + list(args), timeout=timeout, check=check)
+
+    def api(self, method: str, path: str, body: Any = None, upload: str = "", download: str = "",
+            timeout: float = 120.0, check: bool = True) -> Any:
+        """One Engine API request on the private socket: ``body`` is sent as JSON, ``upload`` a
+        file sent as the body, ``download`` a file the response body is written to. Returns the
+        decoded JSON (None for an empty body), a list of them for a JSON stream (``/images/load``
+        answers 200 and reports its error in the stream, as the CLI's ``jsonmessage`` reads it).
+        An error status, a streamed error or a daemon that cannot be reached raises
+        :class:`EngineError` with the daemon's message (with ``check`` false: logged only)."""
+        argv = ["curl", "-sS", "--unix-socket", self.socket_path, "-X", method, "http://docker" + path]
+        headers = {}
+        data: Any = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+            argv += ["-H", "Content-Type: application/json", "-d", data.decode()]
+        start = time.monotonic()
+        entry: Dict[str, Any] = {"argv": argv, "rc": 0, "seconds": 0.0, "stderr": ""}
+        self.commands.append(entry)
+        conn = _UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            if upload:
+                argv += ["-H", "Content-Type: application/x-tar", "--data-binary", "@" + upload]
+                headers.update({"Content-Type": "application/x-tar", "Content-Length": str(os.path.getsize(upload))})
+                with open(upload, "rb") as f:
+                    try:
+                        conn.request(method, path, body=f, headers=headers)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # it answered (an error, ENOSPC) before reading all of it: read the answer
+                    resp = conn.getresponse()
+            else:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+            if download and resp.status < 300:
+                argv += ["-o", download]
+                with open(download, "wb") as out:
+                    shutil.copyfileobj(resp, out, 1 << 20)
+                raw = b""
+            else:
+                raw = resp.read()
+        except (OSError, http.client.HTTPException) as err:
+            entry.update(rc=1, stderr=str(err), seconds=round(time.monotonic() - start, 3))
+            if not check:
+                return None
+            raise EngineError("%s %s: %s" % (method, path, err), {"request": argv}) from err
+        finally:
+            conn.close()
+        entry["seconds"] = round(time.monotonic() - start, 3)
+        result = _decode(raw)
+        error = _api_error(resp.status, result)
+        if error:
+            entry.update(rc=resp.status, stderr=error[-400:])
+            if check:
+                raise EngineError(first_line(error), {"request": argv, "status": resp.status})
+        return result
 
     # start and stop -----------------------------------------------------------------------
     def start(self) -> None:
@@ -192,11 +259,11 @@ class DockerSession(EngineSession):
         self.dockerd = self._spawn("dockerd", [
             "dockerd", "--containerd", self.containerd_sock, "--data-root", self.data_root,
             "--exec-root", self._path("x"), "--pidfile", self._path("dockerd.pid"),
-            "-H", "unix://" + self._path("d.sock"), "--config-file", self._path("daemon.json"),
+            "-H", "unix://" + self.socket_path, "--config-file", self._path("daemon.json"),
             "--storage-driver", self.engine.storage_driver, "--cgroup-parent", self.cgroup_parent,
             "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
             "--ip-forward=false", "--shutdown-timeout", "2"])
-        ready = _wait_ready(self.dockerd, lambda: self.docker("version", check=False, timeout=10).ok)
+        ready = _wait_ready(self.dockerd, lambda: _pings(self.socket_path))
         self.timings["start"] = round(time.monotonic() - t0, 3)
         if ready:
             self.verdict = self._accepted()
@@ -231,7 +298,7 @@ class DockerSession(EngineSession):
         return [_log_message(ln) for ln in text.splitlines()[-lines:]]
 
     def _accepted(self) -> Verdict:
-        info = json.loads(self.docker("info", "--format", "{{json .}}").stdout)
+        info = self.api("GET", "/info")
         status = {k: v for k, v in info.get("DriverStatus") or []}
         message = "Storage Driver: %s (%s)" % (info.get("Driver"), ", ".join("%s: %s" % kv for kv in status.items()))
         driver_lines = [ln for ln in self.log_tail("dockerd", 200)
@@ -243,9 +310,13 @@ class DockerSession(EngineSession):
         """Everything the session started goes, whatever state it is in; what was done is logged."""
         t0 = time.monotonic()
         log = self.teardown
-        if self.dockerd is not None and self.dockerd.poll() is None and self.containers:
-            res = self.docker("rm", "-f", *self.containers, check=False, timeout=60)
-            log.append("docker rm -f: rc %d" % res.returncode)
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            for cid in self.containers:
+                try:
+                    self.api("DELETE", "/containers/%s?force=1" % cid, timeout=60)
+                    log.append("removed container %s" % cid[:12])
+                except EngineError as err:
+                    log.append("remove container %s: %s" % (cid[:12], err))
         for name, proc in (("dockerd", self.dockerd), ("containerd", self.containerd)):
             if proc is not None and proc.poll() is None:
                 clean = procutil.stop_group(proc, ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, None)))
@@ -302,16 +373,17 @@ class DockerSession(EngineSession):
         image_id = hashlib.sha256(config).hexdigest()
         archive = self._path("image.tar")
         with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-            names = []
+            names: List[str] = []
             for path, diff_id in zip(layers, diff_ids):
-                names.append(diff_id[len("sha256:"):] + "/layer.tar")
-                if names[-1] not in tar.getnames():
-                    tar.add(path, arcname=names[-1])
+                name = diff_id[len("sha256:"):] + "/layer.tar"
+                if name not in names:
+                    tar.add(path, arcname=name)
+                names.append(name)
             _add_bytes(tar, image_id + ".json", config)
             _add_bytes(tar, "manifest.json", json.dumps(
                 [{"Config": image_id + ".json", "RepoTags": None, "Layers": names}]).encode())
         try:
-            self.docker("load", "-q", "-i", archive, timeout=300)
+            self.api("POST", "/images/load?quiet=1", upload=archive, timeout=300)
         finally:
             os.remove(archive)
         self._layer_count["sha256:" + image_id] = len(layers)
@@ -333,41 +405,46 @@ class DockerSession(EngineSession):
         return self._helper_tar
 
     def create(self, image: str) -> str:
+        """``docker create --network none --log-driver none IMAGE busybox sleep``."""
         self._check()
-        cid = self.docker("create", "--network", "none", "--log-driver", "none", image, *SLEEP_ARGV).stdout.strip()
+        cid = self.api("POST", "/containers/create", {
+            "Image": image, "Cmd": SLEEP_ARGV,
+            "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "none", "Config": {}}}})["Id"]
         self.containers.append(cid)
         return cid
 
     @contextlib.contextmanager
     def rootfs(self, container: str) -> Iterator[str]:
         self._check()
-        self.docker("start", container)
+        self.api("POST", "/containers/%s/start" % container)
         try:
-            merged = self.docker("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", container).stdout.strip()
+            merged = self.api("GET", "/containers/%s/json" % container)["GraphDriver"]["Data"]["MergedDir"]
             if not mountutil.is_mounted(merged):
                 raise EngineError("docker's MergedDir %s is not mounted in this mount namespace" % merged)
             yield merged
         except BaseException:
-            self.docker("stop", "-t", "0", container, check=False)  # the first error is the one to see
+            self._stop(container, check=False)  # the first error is the one to see
             raise
         if container in self.containers:  # removed inside the block (`rm -f` stopped it): nothing to stop
-            self.docker("stop", "-t", "0", container)
+            self._stop(container)
+
+    def _stop(self, container: str, check: bool = True) -> None:
+        self.api("POST", "/containers/%s/stop?t=0" % container, check=check)
 
     def changes(self, container: str) -> List[Change]:
         self._check()
-        out = self.docker("diff", container).stdout
-        return sorted(((ln[0], ln[2:]) for ln in out.splitlines() if ln.strip()), key=lambda c: c[1])
+        found = self.api("GET", "/containers/%s/changes" % container) or []
+        return sorted(((CHANGE_KINDS[c["Kind"]], c["Path"]) for c in found), key=lambda c: c[1])
 
     def export_diff(self, container: str, dest: str) -> None:
         """``docker commit`` (the driver's own Diff), ``docker save`` it, keep the new top layer."""
         self._check()
-        image = self.docker("inspect", "-f", "{{.Image}}", container).stdout.strip()
-        parent_layers = self._layer_count.get(image) or len(json.loads(
-            self.docker("inspect", "-f", "{{json .RootFS.Layers}}", image).stdout))
-        committed = self.docker("commit", container).stdout.strip()
+        image = self.api("GET", "/containers/%s/json" % container)["Image"]
+        parent_layers = self._layer_count.get(image) or len(self.api("GET", "/images/%s/json" % image)["RootFS"]["Layers"])
+        committed = self.api("POST", "/commit?container=%s" % container)["Id"]
         archive = self._path("commit.tar")
         try:
-            self.docker("save", "-o", archive, committed, timeout=300)
+            self.api("GET", "/images/%s/get" % committed, download=archive, timeout=300)
             with tarfile.open(archive) as tar:
                 layers = json.load(tar.extractfile("manifest.json"))[0]["Layers"]  # type: ignore[arg-type]
                 with open(dest, "wb") as out:
@@ -378,15 +455,15 @@ class DockerSession(EngineSession):
         finally:
             with contextlib.suppress(OSError):
                 os.remove(archive)
-            self.docker("rmi", "-f", committed, check=False)
+            self.api("DELETE", "/images/%s?force=1" % committed, check=False)
 
     def remove(self, ref: str) -> None:
         self._check()
         if ref in self.containers:
-            self.docker("rm", "-f", ref)
+            self.api("DELETE", "/containers/%s?force=1" % ref)
             self.containers.remove(ref)
         else:
-            self.docker("rmi", "-f", ref)
+            self.api("DELETE", "/images/%s?force=1" % ref)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -458,6 +535,65 @@ def _wait_ready(proc: subprocess.Popen, ready, timeout: float = START_TIMEOUT) -
             return True
         time.sleep(0.1)
     return False
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the daemon's unix socket (what the CLI's ``-H unix://`` does)."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("docker", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _pings(path: str) -> bool:
+    """The daemon answers ``GET /_ping`` with OK (its API is up)."""
+    conn = _UnixHTTPConnection(path, 10)
+    try:
+        conn.request("GET", "/_ping")
+        resp = conn.getresponse()
+        return resp.status == 200 and resp.read().strip() == b"OK"
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _decode(raw: bytes) -> Any:
+    """A response body: JSON, a JSON stream (one object per line) as a list, or the text."""
+    text = raw.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError:
+        return text
+
+
+def _api_error(status: int, result: Any) -> str:
+    """The daemon's error message: ``{"message": ...}`` of an error status, or the
+    ``errorDetail``/``error`` of a streamed message (moby ``pkg/jsonmessage``); "" when none."""
+    if status >= 400:
+        if isinstance(result, dict) and result.get("message"):
+            return str(result["message"])
+        return "HTTP %d%s" % (status, ": %s" % result if result else "")
+    for msg in result if isinstance(result, list) else [result]:
+        if isinstance(msg, dict) and (msg.get("errorDetail") or msg.get("error")):
+            return str((msg.get("errorDetail") or {}).get("message") or msg.get("error"))
+    return ""
 
 
 def _connects(path: str) -> bool:
