@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import cleanup as cleanup_mod
 from . import hold as hold_mod
 from . import probes as probe_mod
-from .backingfs import BackingFsUnavailable, make_backing_fs
+from .backingfs import BackingFsUnavailable, make_backing_fs, mounts_below
 from .devices import device_problem
 from .engine_cells import run_engine_cells
 from .engines import DEFAULT_ENGINE, ENGINES
@@ -43,7 +43,6 @@ from .features import features_probe, probe_features
 from .profiles import load_profiles, parse_profiles
 from .scenario import ENGINE_GROUP, Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .shell import KernelLogCursor
-from ..mountutil import mounts_under
 from .records import PORT_ENGINE, CellRecord, ProfileRecord, TargetRecord
 from .timings import Timings, process_age, profiled
 
@@ -229,7 +228,7 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                               [(sc, engine) for engine in engines for sc in neutral], err, klog)
     finally:
         klog.close()
-        if not mounts_under(workdir):
+        if not mounts_below(workdir):
             if own_workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:

@@ -192,6 +192,7 @@ class ScenarioContext(Checks):
     # clean-up -------------------------------------------------------------------------------
     def close(self) -> None:
         from ..mountutil import unmount_all_under
+        from .backingfs import mounts_below
         for driver in self._drivers:
             proto = getattr(driver, "proto", driver)
             try:
@@ -202,7 +203,7 @@ class ScenarioContext(Checks):
                 with contextlib.suppress(Exception):
                     while layer_id in proto.active:
                         proto.put(layer_id)
-            leftover = unmount_all_under(proto.home)
+            leftover = unmount_all_under(proto.home) if mounts_below(proto.home) else []
             if leftover:
                 self.log.append("unmounted what the scenario left mounted: %s" % ", ".join(leftover))
         for root in self._roots:
