@@ -442,7 +442,7 @@ def probe_userxattr(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
     return True, "mounted in a user namespace; opaque dir marked with user.overlay.opaque"
 
 
-def _userns_fd() -> int:
+def idmap_userns_fd() -> int:
     """A user namespace whose ids 0..65535 are ``IDMAP_BASE``.. outside, as an fd: a forked
     child unshares its user namespace, the parent writes its maps and opens its ns file."""
     ready_r, ready_w = os.pipe()
@@ -496,7 +496,7 @@ def probe_idmapped_lower(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
                                ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC))
 
     def userns() -> None:
-        fds["userns"] = _userns_fd()
+        fds["userns"] = idmap_userns_fd()
 
     def setattr_idmap() -> None:
         attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=fds["userns"])
