@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import json
 import os
@@ -59,6 +58,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from .. import mountutil
+from .backingfs import mount_entry
 from .probes import OVERLAY_PARAMS_DIR, Probe, scratch_dir
 from .recipes import overlay_mount_data
 from .shell import KernelLogCursor, run, which
@@ -83,7 +83,9 @@ CLONE_NEWUSER = 0x10000000
 #: the idmap of the idmapped lower: ids 0..65535 inside are 100000.. outside
 IDMAP_BASE = 100000
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# libc as the interpreter already has it loaded (dlopen(NULL)): ctypes.util.find_library would
+# run ldconfig -p, an exec that costs ~0.1 s at every agent start in a TCG guest
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -203,11 +205,11 @@ class FeatureProbe:
 
 def _super_options(mountpoint: str) -> str:
     """The overlay's options as the kernel shows them in mountinfo, without the layer paths."""
-    for m in mountutil.mountinfo():
-        if m.mountpoint == mountpoint:
-            return ",".join(o for o in m.super_options.split(",")
-                            if o.split("=", 1)[0] not in ("lowerdir", "upperdir", "workdir", "datadir"))
-    return ""
+    m = mount_entry(mountpoint)
+    if m is None:
+        return ""
+    return ",".join(o for o in m.super_options.split(",")
+                    if o.split("=", 1)[0] not in ("lowerdir", "upperdir", "workdir", "datadir"))
 
 
 def _result(supported: Optional[bool], reason: str, evidence: Mapping[str, Any]) -> Dict[str, Any]:
@@ -382,8 +384,8 @@ def probe_volatile(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
 #: run by ``unshare --user --map-root-user --mount``: mount with userxattr, make an opaque
 #: directory, report as JSON (the mount dies with the namespace)
 _USERNS_HELPER = r"""
-import ctypes, ctypes.util, json, os, sys
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
 merged, upper, data = sys.argv[1], sys.argv[2], sys.argv[3]
 out = {}
 if libc.mount(b"overlay", merged.encode(), b"overlay", 0, data.encode()) != 0:
@@ -440,7 +442,7 @@ def probe_userxattr(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
     return True, "mounted in a user namespace; opaque dir marked with user.overlay.opaque"
 
 
-def _userns_fd() -> int:
+def idmap_userns_fd() -> int:
     """A user namespace whose ids 0..65535 are ``IDMAP_BASE``.. outside, as an fd: a forked
     child unshares its user namespace, the parent writes its maps and opens its ns file."""
     ready_r, ready_w = os.pipe()
@@ -494,7 +496,7 @@ def probe_idmapped_lower(fp: FeatureProbe) -> Tuple[Optional[bool], str]:
                                ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC))
 
     def userns() -> None:
-        fds["userns"] = _userns_fd()
+        fds["userns"] = idmap_userns_fd()
 
     def setattr_idmap() -> None:
         attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=fds["userns"])

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import cleanup as cleanup_mod
 from . import hold as hold_mod
 from . import probes as probe_mod
-from .backingfs import BackingFsUnavailable, make_backing_fs
+from .backingfs import BackingFsUnavailable, make_backing_fs, mounts_below
 from .devices import device_problem
 from .engine_cells import run_engine_cells
 from .engines import DEFAULT_ENGINE, ENGINES
@@ -43,8 +43,8 @@ from .features import features_probe, probe_features
 from .profiles import load_profiles, parse_profiles
 from .scenario import ENGINE_GROUP, Expectation, Facts, Outcome, all_scenarios, run_scenario
 from .shell import KernelLogCursor
-from ..mountutil import mounts_under
 from .records import PORT_ENGINE, CellRecord, ProfileRecord, TargetRecord
+from .timings import Timings, process_age, profiled
 
 
 def emit(record: Any) -> None:
@@ -62,14 +62,20 @@ def _facts(probes) -> Facts:
     return Facts({p.name: p.value for p in probes})
 
 
-def probe_profile(profile, mountpoint: str, target) -> Tuple[List[Any], Facts]:
+def probe_profile(profile, mountpoint: str, target,
+                  timings: Optional[Timings] = None) -> Tuple[List[Any], Facts]:
     """Probe a mounted backing fs and ask the driver's Init for its verdict: the probes, and
     the facts that scenarios' expectations read. ``target`` is the kernel's facts (the
-    ``facts`` of a ``probe-target`` record) or its probes."""
-    fs_probes = probe_mod.run_backing_probes(mountpoint)
-    features = probe_features(mountpoint)  # one real mount per overlayfs feature
+    ``facts`` of a ``probe-target`` record) or its probes. ``timings`` gets the seconds of
+    ``probes``, ``features`` and ``driver_init``."""
+    timings = Timings() if timings is None else timings
+    with timings.phase("probes"):
+        fs_probes = probe_mod.run_backing_probes(mountpoint)
+    with timings.phase("features"):
+        features = probe_features(mountpoint)  # one real mount per overlayfs feature
     fs_probes.append(features_probe(features))
-    verdict = probe_mod.driver_verdict(mountpoint)
+    with timings.phase("driver_init"):
+        verdict = probe_mod.driver_verdict(mountpoint)
     fs_probes.append(verdict.to_probe())
     target_facts = dict(target) if isinstance(target, Mapping) else dict(_facts(target))
     facts = Facts(dict(target_facts, **_facts(fs_probes)))
@@ -101,9 +107,12 @@ def _overlay_xattr_read(path: str) -> str:
 
 
 def cmd_probe_target(args: argparse.Namespace) -> int:
-    probes = probe_mod.run_target_probes()
+    timings = Timings({"startup": args.startup_seconds} if args.startup_seconds is not None else {})
+    with timings.phase("probes"):
+        probes = probe_mod.run_target_probes()
     emit(TargetRecord(probes=_probe_dicts(probes), facts=dict(_facts(probes)),
-                      extra={"python": sys.version.split()[0], "uname": list(os.uname())}))
+                      extra={"python": sys.version.split()[0], "uname": list(os.uname()),
+                             "timings": dict(timings)}))
     return 0
 
 
@@ -161,15 +170,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The runner has probed this kernel already (probe-target) and hands its facts on;
     # probing again would cost seconds per agent in a TCG guest.
     target = _target_facts(args) or probe_mod.run_target_probes()
-    for name in args.profile:
+    for i, name in enumerate(args.profile):
+        # the first profile's set-up waited for the interpreter and the imports
+        startup = {"startup": args.startup_seconds} if i == 0 and args.startup_seconds is not None else {}
         run_profile(profiles[name], devices.get(name), wanted, catalogue, target, args.workdir,
-                    list(dict.fromkeys(engines)), check_devices=args.check_devices)
+                    list(dict.fromkeys(engines)), check_devices=args.check_devices, timings=Timings(startup))
     return 0
 
 
 def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, target_probes,
                 workdir: Optional[str], engines: Sequence[str] = (DEFAULT_ENGINE,),
-                check_devices: bool = False) -> None:
+                check_devices: bool = False, timings: Optional[Timings] = None) -> None:
     """Make one profile's backing fs, probe it, run the scenarios; records go to stdout.
 
     The port's own scenarios run when the port is among ``engines``; the ``engine`` group runs
@@ -185,6 +196,7 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     # loop devices if this process is killed before its teardown runs.
     lease = cleanup_mod.mark(workdir, "agent-dir", keep_dir=not own_workdir, profile=profile.name)
     started = time.monotonic()
+    timings = Timings() if timings is None else timings
     klog = KernelLogCursor()
     try:
         try:
@@ -192,10 +204,14 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
             if problem:
                 raise BackingFsUnavailable(profile.name, "device", problem)
             with make_backing_fs(profile, workdir, device=device) as bfs:
-                fs_probes, facts = probe_profile(profile, bfs.mountpoint, target_probes)
+                for step, seconds in bfs.timings.items():
+                    timings.add(step, seconds)
+                fs_probes, facts = probe_profile(profile, bfs.mountpoint, target_probes, timings)
+                with timings.phase("kmsg"):
+                    dmesg = klog.read_new()
                 emit(ProfileRecord(profile.name, fs=bfs.to_dict(), probes=_probe_dicts(fs_probes),
                                    facts=dict(facts), setup_seconds=round(time.monotonic() - started, 3),
-                                   dmesg=klog.read_new()))
+                                   timings=dict(timings), dmesg=dmesg))
                 scratch = os.path.join(workdir, "scratch")
                 os.makedirs(scratch, exist_ok=True)
                 for sid in classic:
@@ -212,7 +228,7 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                               [(sc, engine) for engine in engines for sc in neutral], err, klog)
     finally:
         klog.close()
-        if not mounts_under(workdir):
+        if not mounts_below(workdir):
             if own_workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
@@ -248,6 +264,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    startup = process_age()  # the interpreter, site and the imports: before any work
     parser = argparse.ArgumentParser(prog="python -m overlaylab.agent", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe-target", help="facts about this kernel")
@@ -287,8 +304,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # loop device and mount is torn down by its context manager on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    args.startup_seconds = startup
     try:
-        return args.func(args)
+        return profiled(args.command, lambda: args.func(args))
     except KeyboardInterrupt:
         emit({"record": "error", "error": "interrupted"})
         return 130

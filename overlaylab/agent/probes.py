@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno as _errno
+import functools
 import gzip
 import json
 import logging
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .. import mountutil
 from ..goerrors import errno_text
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
-from .backingfs import unmount_tree
+from .backingfs import mounts_below, unmount_tree
 from .logcapture import capture_log
 from .recipes import MountSpec, overlay_mount_spec
 from .shell import KernelLogCursor, run
@@ -94,8 +94,13 @@ def probe_kernel_release() -> Probe:
 
 def read_kernel_config(release: Optional[str] = None) -> Tuple[Optional[str], Optional[str]]:
     """``(text, source)`` of the running kernel's config from /proc/config.gz or
-    /boot/config-<release>; ``(None, reason)`` when neither is readable."""
-    release = release or os.uname().release
+    /boot/config-<release>; ``(None, reason)`` when neither is readable. Read once per process
+    (the running kernel's config does not change under it; the target probes ask twice)."""
+    return _read_kernel_config(release or os.uname().release)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_kernel_config(release: str) -> Tuple[Optional[str], Optional[str]]:
     tried = []
     try:
         with gzip.open("/proc/config.gz", "rt", encoding="utf-8", errors="replace") as f:
@@ -116,6 +121,7 @@ def parse_kernel_config(text: str, prefixes: Sequence[str]) -> Dict[str, str]:
     """``{symbol: "y"|"m"|"n"|value}`` for symbols starting with any of ``prefixes``
     (``# CONFIG_X is not set`` gives ``"n"``)."""
     out: Dict[str, str] = {}
+    wanted = tuple(prefixes)  # str.startswith takes them all at once (a config has ~10,000 lines)
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("# CONFIG_") and line.endswith(" is not set"):
@@ -125,7 +131,7 @@ def parse_kernel_config(text: str, prefixes: Sequence[str]) -> Dict[str, str]:
             val = val.strip('"')
         else:
             continue
-        if any(sym == p or sym.startswith(p) for p in prefixes):
+        if sym.startswith(wanted):
             out[sym] = val
     return out
 
@@ -218,7 +224,7 @@ def scratch_dir(backing_dir: str, prefix: str) -> Iterator[str]:
         yield path
     finally:
         unmount_tree(path)
-        if not mountutil.mounts_under(path):
+        if not mounts_below(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -240,7 +246,9 @@ _SYS_GETDENTS64 = {"x86_64": 217, "amd64": 217, "i386": 220, "i686": 220, "aarch
                    "riscv64": 61, "loongarch64": 61, "armv7l": 217, "armv6l": 217, "ppc64le": 202,
                    "ppc64": 202, "s390x": 220}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# libc as the interpreter already has it loaded (dlopen(NULL)): ctypes.util.find_library would
+# run ldconfig -p, an exec that costs ~0.1 s at every agent start in a TCG guest
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def getdents64(path: str) -> List[Tuple[str, int]]:
@@ -621,7 +629,7 @@ def driver_verdict(home_parent: str, options: Sequence[str] = (), keep_home: boo
             driver.cleanup()
         except Exception:  # noqa: BLE001
             pass
-    if not existed and not keep_home and os.path.isdir(home) and not mountutil.mounts_under(home):
+    if not existed and not keep_home and os.path.isdir(home) and not mounts_below(home):
         shutil.rmtree(home, ignore_errors=True)
     return DriverVerdict(home, verdict, outcome, err_text, err_type, capture.lines, status)
 

@@ -143,6 +143,8 @@ class CellRecord(_Record):
     evidence: Dict[str, Any] = field(default_factory=dict)
     #: the storage engine the cell ran on (None in records of runs before engines: the port)
     engine: Optional[str] = None
+    #: seconds per phase of the cell in the agent (:mod:`overlaylab.agent.timings`; None in older runs)
+    timings: Optional[Dict[str, float]] = None
     # set by the runner (the agent does not know them)
     target: Optional[str] = None
     provider: Optional[str] = None
@@ -176,6 +178,8 @@ class ProfileRecord(_Record):
     facts: Dict[str, Any] = field(default_factory=dict)
     dmesg: List[str] = field(default_factory=list)
     setup_seconds: Optional[float] = None
+    #: seconds per phase of the set-up (:mod:`overlaylab.agent.timings`; None in older runs)
+    timings: Optional[Dict[str, float]] = None
     unavailable: Optional[Dict[str, Any]] = None
     target: Optional[str] = None
     provider: Optional[str] = None

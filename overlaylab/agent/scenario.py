@@ -28,6 +28,7 @@ from .engines.base import EngineError, EngineRefused, EngineSession, EngineUnava
 from .health import cell_health, read_taint
 from .logcapture import capture_log
 from .records import PORT_ENGINE, CellRecord, Outcome
+from .timings import Timings
 
 log = logging.getLogger("overlaylab.agent.scenario")
 
@@ -191,6 +192,7 @@ class ScenarioContext(Checks):
     # clean-up -------------------------------------------------------------------------------
     def close(self) -> None:
         from ..mountutil import unmount_all_under
+        from .backingfs import mounts_below
         for driver in self._drivers:
             proto = getattr(driver, "proto", driver)
             try:
@@ -201,7 +203,7 @@ class ScenarioContext(Checks):
                 with contextlib.suppress(Exception):
                     while layer_id in proto.active:
                         proto.put(layer_id)
-            leftover = unmount_all_under(proto.home)
+            leftover = unmount_all_under(proto.home) if mounts_below(proto.home) else []
             if leftover:
                 self.log.append("unmounted what the scenario left mounted: %s" % ", ".join(leftover))
         for root in self._roots:
@@ -218,6 +220,8 @@ class CellOutcome:
     evidence: Dict[str, Any] = field(default_factory=dict)
     #: the kernel-health mark (:func:`overlaylab.agent.health.cell_health`), None when healthy
     health: Optional[Dict[str, Any]] = None
+    #: seconds per phase (:mod:`overlaylab.agent.timings`)
+    timings: Optional[Dict[str, float]] = None
 
     @property
     def met(self) -> bool:
@@ -227,6 +231,7 @@ class CellOutcome:
         return CellRecord(profile, scenario, self.outcome.value, group=group, expected=self.expected.outcome.value,
                           expected_why=self.expected.why, met=self.met, duration=round(self.duration, 3),
                           error=self.error, log=self.log, evidence=self.evidence,
+                          timings=dict(self.timings) if self.timings else None,
                           extra={"health": self.health} if self.health else {})
 
 
@@ -284,6 +289,8 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         from .engines import get_engine
         with get_engine(PORT_ENGINE).open(backing_dir, scratch_root or tempfile.gettempdir()) as session:
             return run_scenario(sc, backing_dir, engine_facts(facts, session), scratch_root, kernel_log, session)
+    timings = Timings()
+    began = time.monotonic()
     facts = facts if isinstance(facts, Facts) else Facts(facts)
     expected = sc.expect(facts)
     scratch = tempfile.mkdtemp(prefix="scenario-%s." % sc.id, dir=scratch_root)
@@ -295,6 +302,7 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
         with capture_log("overlaylab") as capture:  # until the context is closed
             old_umask = os.umask(0o022)  # the daemon's umask
             start = time.monotonic()
+            timings.add("setup", start - began)
             try:
                 if engine is not None and not engine.verdict.accepted:
                     raise EngineRefused(engine.verdict.message)
@@ -316,25 +324,29 @@ def run_scenario(sc: Scenario, backing_dir: str, facts: Mapping[str, Any],
                     ctx.evidence["errno"] = code
             finally:
                 duration = time.monotonic() - start
+                timings.add("scenario", duration)
                 os.umask(old_umask)
-                ctx.close()
+                with timings.phase("teardown"):
+                    ctx.close()
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with timings.phase("teardown"):
+            shutil.rmtree(scratch, ignore_errors=True)
     if capture.lines:
         ctx.evidence["driver_log"] = capture.lines[-50:]
     if engine is not None:
         ctx.evidence["engine"] = engine_evidence(engine, first_command)
     lines: List[str] = []
-    if kernel_log is not None:
-        try:
-            lines = kernel_log.read_new()
-            if lines:
-                ctx.evidence["dmesg"] = lines[-50:]
-        except Exception:  # pragma: no cover - dmesg is evidence, never a reason to fail
-            pass
-    # Like kirk: a warning or taint change during the cell marks it, whatever its outcome.
-    health = cell_health(lines, taint_before, read_taint())
-    return CellOutcome(outcome, expected, duration, error, ctx.log, ctx.evidence, health)
+    with timings.phase("health"):
+        if kernel_log is not None:
+            try:
+                lines = kernel_log.read_new()
+                if lines:
+                    ctx.evidence["dmesg"] = lines[-50:]
+            except Exception:  # pragma: no cover - dmesg is evidence, never a reason to fail
+                pass
+        # Like kirk: a warning or taint change during the cell marks it, whatever its outcome.
+        health = cell_health(lines, taint_before, read_taint())
+    return CellOutcome(outcome, expected, duration, error, ctx.log, ctx.evidence, health, timings)
 
 
 def engine_evidence(session: EngineSession, first_command: int = 0) -> Dict[str, Any]:

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from overlaylab import mountutil
-from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs
+from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs, mounts_below
+from overlaylab.agent.backingfs import mount_entry
 from overlaylab.agent.probes import read_kernel_config, parse_kernel_config
 from overlaylab.agent.recipes import overlay_mount_spec
 
@@ -304,3 +305,21 @@ def test_run_never_raises():
     assert r.returncode == 124 and "timed out" in r.stderr
     r = run(["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n") and r.command == "sh -c 'echo out; echo err >&2; exit 3'"
+
+
+def test_mounts_below_answers_as_the_full_mount_table_does_for_paths_mountinfo_escapes(tmp_path):
+    base = tmp_path / "a dir\\with\tescapes"
+    inner = base / "in ner"
+    inner.mkdir(parents=True)
+    assert mounts_below(str(base)) == [] == mountutil.mounts_under(str(base))
+    mountutil.mount("tmpfs", str(inner), "tmpfs", 0, "size=1m")
+    try:
+        assert [m.mountpoint for m in mounts_below(str(base))] == [str(inner)]
+        assert mounts_below(str(base)) == mountutil.mounts_under(str(base))
+        assert mounts_below(str(base) + "/") == mountutil.mounts_under(str(base) + "/")
+        assert mounts_below(str(tmp_path / "a dir")) == []  # a prefix of the name is not a parent
+        assert mount_entry(str(inner)).fstype == "tmpfs"
+        assert mount_entry(str(base)) is None
+    finally:
+        mountutil.umount(str(inner))
+    assert mounts_below(str(base)) == []

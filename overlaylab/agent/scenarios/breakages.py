@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ... import mountutil
+from ..features import IDMAP_BASE, idmap_userns_fd
 from ..scenario import Expectation, Facts, Outcome, ScenarioContext, ScenarioFailure, Unsupported, default_expect, scenario
 from ..shell import KernelLogCursor
 from ._layers import LayerTar, change_pairs, image_layer, mounted, new_id, read_dir, read_file, write_file
@@ -543,7 +544,6 @@ SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on 
 OPEN_TREE_CLONE, AT_EMPTY_PATH, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH = 1, 0x1000, 0x8000, 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 AT_FDCWD = -100
-IDMAP_BASE = 100000
 
 
 class _MountAttr(ctypes.Structure):
@@ -557,36 +557,6 @@ def _syscall(number: int, *args: Any) -> int:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return res
-
-
-@contextlib.contextmanager
-def mapped_userns(base: int, count: int = 65536) -> Iterator[int]:
-    """An fd of a user namespace mapping 0..count-1 to base.. (a sleeping child's, killed after)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(wfd)
-            if _libc.unshare(CLONE_NEWUSER) == 0:
-                os.read(rfd, 1)  # until the parent has the fd
-        finally:
-            os._exit(0)
-    os.close(rfd)
-    try:
-        for _ in range(200):  # wait for the unshare
-            if os.readlink("/proc/%d/ns/user" % pid) != os.readlink("/proc/self/ns/user"):
-                break
-            time.sleep(0.005)
-        _write("/proc/%d/uid_map" % pid, "0 %d %d" % (base, count))
-        _write("/proc/%d/gid_map" % pid, "0 %d %d" % (base, count))
-        fd = os.open("/proc/%d/ns/user" % pid, os.O_RDONLY)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-    finally:
-        os.close(wfd)
-        os.waitpid(pid, 0)
 
 
 def idmapped_mount(source: str, target: str, userns_fd: int) -> None:
@@ -610,8 +580,11 @@ def idmapped_lower(ctx: ScenarioContext) -> None:
         os.chown(os.path.join(lower, "f"), 0, 0)
         mapped = ws.dir("mapped")
         try:
-            with mapped_userns(IDMAP_BASE) as userns:
+            userns = idmap_userns_fd()  # ids 0.. inside are IDMAP_BASE.. outside
+            try:
                 idmapped_mount(lower, mapped, userns)
+            finally:
+                os.close(userns)
         except OSError as err:
             raise Unsupported("no idmapped mount of %s here: %s" % (ctx.facts.fs_name, os.strerror(err.errno))) from None
         st = os.stat(os.path.join(mapped, "f"))
