@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boot benchmark: each kernel's boot under qemu, phase by phase, with ``--parallel`` VMs at once.
 
-    .venv/bin/python benchmarks/bench_boot.py [-K debian-5.10 ...] [--parallel 2] [--cpus 2]
+    .venv/bin/python benchmarks/bench_boot.py [-K debian-5.10 ...] [--parallel 2] [--cpus 1]
         [--append-extra 'loglevel=5'] [--repeat 1] [--first-cell] [--json out.json]
 
 Each kernel is booted as ``overlaylab run`` boots it (the default disks, one per profile that
@@ -159,7 +159,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-K", "--kernel", action="append", default=None)
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--cpus", type=int, default=None, help="vCPUs per guest (default: the provider's)")
     ap.add_argument("--append", default=DEFAULT_APPEND, help="the whole kernel command line")
     ap.add_argument("--append-extra", default="", help="added to the kernel command line")
     ap.add_argument("--repeat", type=int, default=1)
@@ -168,7 +168,7 @@ def main() -> int:
     args = ap.parse_args()
     kernels = args.kernel or DEFAULT_KERNELS
     append = (args.append + " " + args.append_extra).strip()
-    provider = QemuProvider(cpus=args.cpus, append=append, accel="tcg")
+    provider = QemuProvider(append=append, accel="tcg", **({"cpus": args.cpus} if args.cpus else {}))
     disks = [(p.name, p.size_mib) for p in load_profiles().values() if p.kind != "tmpfs"]
     import tempfile
     work = tempfile.mkdtemp(prefix="bench-boot-")
@@ -178,7 +178,7 @@ def main() -> int:
         for _ in range(args.repeat):
             rows += list(pool.map(lambda k: boot_once(k, provider, disks, args.first_cell, work), kernels))
     wall = time.monotonic() - started
-    print("cpus=%d parallel=%d append=%r" % (args.cpus, args.parallel, append))
+    print("cpus=%d parallel=%d append=%r" % (provider.cpus, args.parallel, append))
     print("%-12s " % "kernel" + " ".join("%6s" % c for c in COLUMNS))
     for row in rows:
         print("%-12s " % row["kernel"] + " ".join("%6s" % row.get(c, "-") for c in COLUMNS)
@@ -187,7 +187,7 @@ def main() -> int:
     print("wall %.1f s" % wall)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"append": append, "cpus": args.cpus, "parallel": args.parallel, "rows": rows,
+            json.dump({"append": append, "cpus": provider.cpus, "parallel": args.parallel, "rows": rows,
                        "wall": wall}, f, indent=1)
     import shutil
     shutil.rmtree(work, ignore_errors=True)

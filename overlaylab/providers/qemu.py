@@ -280,11 +280,21 @@ class QemuSession(SessionMethods):
 
 
 class QemuProvider:
-    """Boots kernels under qemu; see the module docstring."""
+    """Boots kernels under qemu; see the module docstring.
+
+    One vCPU by default: the lab runs a VM per core (``--jobs auto``), and under TCG a second
+    vCPU per guest costs more than it gives: the secondary CPU's delay-loop calibration and
+    the cross-CPU text patching at boot (the ``Oops: int3`` above), IPIs and TLB shootdowns
+    emulated in software while the cells run. Two guests of 5.10 and 6.1 running the ext4 and
+    xfs profiles side by side on this 2-core machine (``run -K debian-6.1 -K debian-5.10 -p
+    '=ext4 or =xfs' --engine port``, loaded, A/B/B/A) took 87 and 58 s with one vCPU each, 130
+    and 119 s with two, booting in 6-15 s against 12-14 s (benchmarks/bench_boot.py has the boot
+    phases: ``--cpus 1`` vs ``--cpus 2``).
+    """
 
     name = "qemu"
 
-    def __init__(self, cache_dir: Optional[os.PathLike] = None, memory_mb: int = 2048, cpus: int = 2,
+    def __init__(self, cache_dir: Optional[os.PathLike] = None, memory_mb: int = 2048, cpus: int = 1,
                  accel: Optional[str] = None, boot_timeout: float = 180.0, hard_timeout: float = 4 * 3600.0,
                  python: Optional[str] = None, project_root: str = PROJECT_ROOT,
                  workdir_base: Optional[str] = None, qemu: str = qemu_mod.QEMU,
