@@ -30,7 +30,7 @@ class JobsParam(click.ParamType):
             return os.cpu_count() or 1
         if text.isdigit() and int(text) >= 1:
             return int(text)
-        self.fail("%r is not a count of at least 1 or 'auto'" % value, param, ctx)
+        self.fail("%s is not in the range x>=1, nor 'auto'" % value, param, ctx)
 
 
 @click.command("run")

@@ -111,4 +111,4 @@ def test_jobs_auto_is_the_cpu_count_and_a_bad_count_is_one_line():
     assert JobsParam().convert("3", None, None) == 3
     from overlaylab.cli.lab import run_cmd
     res = CliRunner().invoke(run_cmd, ["-j", "0"])
-    assert res.exit_code == 2 and "not a count of at least 1 or 'auto'" in res.output
+    assert res.exit_code == 2 and "0 is not in the range x>=1, nor 'auto'" in res.output
