@@ -17,6 +17,22 @@ from ..lab.tables import render_report
 from .util import HintedChoice, load_run_checked, run_path
 
 
+class JobsParam(click.ParamType):
+    """``--jobs``: a count of at least 1, or ``auto`` (the CPU count)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return os.cpu_count() or 1
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail("%s is not in the range x>=1, nor 'auto'" % value, param, ctx)
+
+
 @click.command("run")
 @click.option("--provider", type=HintedChoice(["auto", "local", "qemu", "vagrant"]), default="auto",
               show_default=True, help="auto: the host kernel locally, other kernels under qemu.")
@@ -45,8 +61,9 @@ from .util import HintedChoice, load_run_checked, run_path
                    "name, 'all', or a -k style expression over names and keywords (e.g. 'docker*', "
                    "'not fuse', daemon). Default: every engine; one not installed on a target gives "
                    "UNSUPPORTED cells there. Other scenarios run on the port alone.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
-              help="Targets run in parallel.")
+@click.option("-j", "--jobs", type=JobsParam(), default="auto", show_default=True,
+              help="Targets booted and run in parallel (auto: one per CPU; a VM under TCG keeps about one "
+                   "busy). The host's own target runs beside them, the longest targets go first.")
 @click.option("--reports-dir", type=click.Path(file_okay=False), default=None,
               help="Where runs/<run-id>/ goes (default ./reports, env OVERLAYLAB_REPORTS).")
 @click.option("--profiles-file", type=click.Path(dir_okay=False, exists=True), default=None,

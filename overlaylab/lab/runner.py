@@ -25,6 +25,7 @@ from ..agent.health import classify_line, kernel_warnings
 from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
 from ..agent.scenario import ENGINE_GROUP
 from . import progress as progress_mod
+from . import shard as shard_mod
 from ..agent.profiles import FsProfile
 from .matrix import Matrix
 from .shard import CellKey
@@ -111,6 +112,28 @@ class Runner:
     def cells_for(self, kernel: str) -> int:
         return sum(len(runs) for a in range(1, self.repeat + 1) for _, runs in self.todo(kernel, a))
 
+    def expected_cost(self, kernel: str) -> int:
+        """Tenths of a second ``kernel``'s cells still to run are expected to take, by the cost
+        model of :mod:`overlaylab.lab.shard`: each cell, each profile's set-up, a VM's boot."""
+        vm = shard_mod.is_vm(kernel)
+        cost = shard_mod.BOOT if vm else 0
+        for attempt in range(1, self.repeat + 1):
+            for _profile, runs in self.todo(kernel, attempt):
+                cost += shard_mod.PROFILE * (shard_mod.VM_SLOWDOWN if vm else 1)
+                cost += sum(shard_mod.cell_cost(kernel, sid, engine) for sid, engine in runs)
+        return cost
+
+    def schedule(self, kernels: Sequence[str]) -> Tuple[List[str], List[str]]:
+        """``(pooled, beside)``: the targets ``jobs`` workers take in turn, longest expected
+        first (the last to start is then a short one, and no worker idles long at the end while
+        another finishes a long target; ties keep the matrix order), and the local ones (the
+        host's: nothing to boot), run beside the workers from the start, so their cells fill
+        the cores while the first VMs boot. Deterministic: the records do not depend on it."""
+        beside = [k for k in kernels if self._provider_name(k) == "local"]
+        pooled = [k for k in kernels if k not in beside]
+        pooled.sort(key=lambda k: -self.expected_cost(k))  # stable: ties in matrix order
+        return pooled, beside
+
     def run(self) -> None:
         kernels = self.kernels()
         if self.jobs == 1 or len(kernels) == 1:
@@ -119,8 +142,17 @@ class Runner:
                     break
                 self.run_target(kernel)
             return
-        pool = ThreadPoolExecutor(max_workers=self.jobs)
-        futures = [pool.submit(self.run_target, k) for k in kernels]
+        pooled, beside = self.schedule(kernels)
+        pool = ThreadPoolExecutor(max_workers=self.jobs + len(beside))
+        futures = [pool.submit(self.run_target, k) for k in beside]
+        # a semaphore keeps the pooled targets to `jobs` at a time while the beside ones run
+        slots = threading.Semaphore(self.jobs)
+
+        def pooled_target(kernel: str) -> None:
+            with slots:
+                self.run_target(kernel)
+
+        futures += [pool.submit(pooled_target, k) for k in pooled]
         try:
             for future in futures:
                 future.result()

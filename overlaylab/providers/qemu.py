@@ -280,15 +280,26 @@ class QemuSession(SessionMethods):
 
 
 class QemuProvider:
-    """Boots kernels under qemu; see the module docstring."""
+    """Boots kernels under qemu; see the module docstring.
+
+    One vCPU by default: the lab runs a VM per core (``--jobs auto``), and under TCG a second
+    vCPU per guest costs more than it gives: the secondary CPU's delay-loop calibration and
+    the cross-CPU text patching at boot (the ``Oops: int3`` above), IPIs and TLB shootdowns
+    emulated in software while the cells run. Two guests of 5.10 and 6.1 running the ext4 and
+    xfs profiles side by side on this 2-core machine (``run -K debian-6.1 -K debian-5.10 -p
+    '=ext4 or =xfs' --engine port``, loaded, A/B/B/A) took 87 and 58 s with one vCPU each, 130
+    and 119 s with two, booting in 6-15 s against 12-14 s (benchmarks/bench_boot.py has the boot
+    phases: ``--cpus 1`` vs ``--cpus 2``).
+    """
 
     name = "qemu"
 
-    def __init__(self, cache_dir: Optional[os.PathLike] = None, memory_mb: int = 2048, cpus: int = 2,
+    def __init__(self, cache_dir: Optional[os.PathLike] = None, memory_mb: int = 2048, cpus: int = 1,
                  accel: Optional[str] = None, boot_timeout: float = 180.0, hard_timeout: float = 4 * 3600.0,
                  python: Optional[str] = None, project_root: str = PROJECT_ROOT,
                  workdir_base: Optional[str] = None, qemu: str = qemu_mod.QEMU,
-                 ninep_cache: str = "loose", fast_boot: bool = True) -> None:
+                 ninep_cache: str = "loose", fast_boot: bool = True,
+                 append: str = qemu_mod.DEFAULT_APPEND) -> None:
         self.cache_dir = cache_dir
         self.memory_mb = memory_mb
         self.cpus = cpus
@@ -301,6 +312,7 @@ class QemuProvider:
         self.qemu = qemu
         self.ninep_cache = ninep_cache
         self.fast_boot = fast_boot
+        self.append = append  # the kernel command line
 
     def resolve_kernel(self, kernel: Union[str, KernelEntry, KernelImage]) -> KernelImage:
         if isinstance(kernel, KernelImage):
@@ -387,7 +399,7 @@ class QemuProvider:
                 images = [(name, os.path.join(workdir, "disks", name + ".img")) for name, _ in disks]
                 argv = qemu_mod.qemu_argv(
                     vmlinuz=boot_image, initrd=initramfs.path, console_log=console_log,
-                    accel=accel, memory_mb=self.memory_mb, cpus=self.cpus,
+                    accel=accel, memory_mb=self.memory_mb, cpus=self.cpus, append=self.append,
                     shares=[("/", "hostroot"), (cfg, "labcfg")], disks=images, ssh_port=port,
                     qemu=self.qemu, extra=["-pidfile", os.path.join(workdir, "qemu.pid")])
                 argv[argv.index("-name") + 1] = cleanup_mod.qemu_name(lease)
@@ -451,13 +463,15 @@ class QemuProvider:
         """profile -> /dev/vdX, from the serials the guest sees."""
         if not names:
             return {}
-        r = run_with_timeout(session.host,
-                             "for d in /sys/block/vd*; do echo \"$(basename $d) $(cat $d/serial)\"; done", 30)
+        # one process (``grep -H``: "/sys/block/vda/serial:ext4"), not two per disk: each
+        # fork costs milliseconds under TCG and this is on the way to the first result
+        r = run_with_timeout(session.host, "grep -H . /sys/block/vd*/serial", 30)
         found = {}
         for line in r.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                found[parts[1]] = "/dev/" + parts[0]
+            path, _, serial = line.partition(":")
+            parts = path.split("/")
+            if serial.strip() and len(parts) == 5:
+                found[serial.strip()] = "/dev/" + parts[3]
         missing = [n for n in names if n not in found]
         if missing:
             raise VMBootError("guest does not see disk(s) %s (saw %s)" % (", ".join(missing), r.stdout.strip()),

@@ -60,9 +60,13 @@ def resources_args(memory_mb: int = 1024, cpus: int = 2) -> List[str]:
 
 
 #: kernel command line: serial console, panic exits (with -no-reboot), trust RDRAND so
-#: getrandom() does not stall sshd on old kernels under TCG
+#: getrandom() does not stall sshd on old kernels under TCG. ``loglevel=6``: the console shows
+#: KERN_NOTICE and more urgent (warnings, errors, what a test writes to /dev/kmsg at <5>; a
+#: panic or Oops raises the level itself: kernel/panic.c ``console_verbose()``), not the ~25 KB
+#: of KERN_INFO boot lines, each byte of which is an emulated UART write under TCG
+#: (benchmarks/bench_boot.py); /dev/kmsg, which the agent reads, keeps every line
 DEFAULT_APPEND = ("console=ttyS0,115200 panic=-1 rdinit=/init random.trust_cpu=on "
-                  "mitigations=off tsc=unstable net.ifnames=0 8250.nr_uarts=1")
+                  "mitigations=off tsc=unstable net.ifnames=0 8250.nr_uarts=1 loglevel=6")
 
 
 def kernel_args(vmlinuz: str, initrd: str, append: str = DEFAULT_APPEND) -> List[str]:
