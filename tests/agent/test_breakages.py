@@ -144,6 +144,11 @@ def test_a_feature_the_probe_could_not_decide_expects_unsupported_with_its_reaso
         got = catalogue[sid].expect(undecided)
         assert got.outcome is U and why in got.why, sid
     assert catalogue["volatile-remount"].expect(undecided).outcome is HOST["volatile-remount"]
+    # before the fs rules: on a fs without d_type the case still cannot be set up
+    no_dtype = Facts(dict(undecided, d_type=False))
+    for sid in ("rootless-no-userxattr", "rootless-userxattr", "idmapped-lower"):
+        got = catalogue[sid].expect(no_dtype)
+        assert got.outcome is U and why in got.why, sid
 
 
 def test_expectations_read_the_feature_facts_the_agent_really_probes(backing_fs, profiles):

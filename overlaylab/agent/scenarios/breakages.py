@@ -86,9 +86,16 @@ def _base(sc, facts: Facts, probes: bool = False) -> Optional[Expectation]:
 
 def expect_with(features: Sequence[str] = (), xattr: str = "", outcome: Outcome = Outcome.PASS, why: str = "",
                 unless: Optional[Callable[[Facts], Optional[Expectation]]] = None):
-    """An expectation: the base rule, then UNSUPPORTED where a needed feature was probed and
+    """An expectation: UNSUPPORTED where a needed feature could not be probed here (its set-up
+    cannot be made), the base rule, then UNSUPPORTED where a needed feature was probed and
     refused (or the fs has no ``xattr`` namespace), then ``unless``'s word, else ``outcome``."""
     def expect(sc, facts: Facts) -> Expectation:
+        for name in features:
+            undecided = undecided_reason(facts, name)
+            if undecided:  # what kept the probe from deciding (no user namespace in a chroot) stops the case
+                # too, before anything it would test: this comes ahead of the fs rules
+                return Expectation(Outcome.UNSUPPORTED, "overlay_features: '%s' could not be probed here: %s"
+                                   % (name, undecided))
         base = _base(sc, facts, probes=bool(features))
         if base:
             return base
@@ -96,10 +103,6 @@ def expect_with(features: Sequence[str] = (), xattr: str = "", outcome: Outcome 
             if feature(facts, name) is False:
                 return Expectation(Outcome.UNSUPPORTED, "overlay_features: this kernel refused '%s' on %s"
                                    % (name, facts.fs_name))
-            undecided = undecided_reason(facts, name)
-            if undecided:  # what kept the probe from deciding (no user namespace in a chroot) stops the case too
-                return Expectation(Outcome.UNSUPPORTED, "overlay_features: '%s' could not be probed here: %s"
-                                   % (name, undecided))
         if xattr and facts.get("xattr_" + xattr) is False:
             return Expectation(Outcome.UNSUPPORTED, "%s has no %s.* xattrs" % (facts.fs_name, xattr))
         if unless is not None:
