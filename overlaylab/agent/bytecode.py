@@ -10,10 +10,15 @@ read; sources are checked against their bytecode as always (mtime and size), so 
 module is compiled again. Nothing changes where the tree is writable, or not a directory (the
 zipapp a remote host runs).
 
+:func:`precompile`, run by the host before a guest starts, writes the tree's own ``__pycache__``
+(``compileall``, as the host's interpreter compiles): a guest then compiles nothing at all, not
+even in its first agent process (its private cache starts empty at every boot).
+
 Standard library only: the agent runs this inside a target.
 """
 from __future__ import annotations
 
+import compileall
 import os
 import stat
 import sys
@@ -82,3 +87,12 @@ def install(package_dir: str = PACKAGE_DIR, base: Optional[str] = None) -> Optio
     # ignored as always
     sys.dont_write_bytecode = False
     return where
+
+
+def precompile(package_dir: str = PACKAGE_DIR) -> bool:
+    """Write the bytecode of every module under ``package_dir`` into its ``__pycache__`` (what
+    is current already is only checked: a stat per module); True when every module compiled.
+    The host calls it before it boots a guest that runs the agent from this tree."""
+    if not os.path.isdir(package_dir) or not os.access(package_dir, os.W_OK):
+        return False
+    return bool(compileall.compile_dir(package_dir, quiet=2))
