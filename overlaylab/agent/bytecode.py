@@ -18,7 +18,6 @@ Standard library only: the agent runs this inside a target.
 """
 from __future__ import annotations
 
-import compileall
 import os
 import stat
 import sys
@@ -95,4 +94,5 @@ def precompile(package_dir: str = PACKAGE_DIR) -> bool:
     The host calls it before it boots a guest that runs the agent from this tree."""
     if not os.path.isdir(package_dir) or not os.access(package_dir, os.W_OK):
         return False
+    import compileall  # the host's: not at the agent's every start
     return bool(compileall.compile_dir(package_dir, quiet=2))
