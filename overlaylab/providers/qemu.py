@@ -222,10 +222,6 @@ class QemuSession(SessionMethods):
     agent_python: str = sys.executable
     # the agent runs with the host's interpreter (shared over 9p) and the project on PYTHONPATH
     agent_env: Dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": PROJECT_ROOT})
-    #: no ``site``: the agent needs the standard library and PYTHONPATH only (the import closure
-    #: test holds it to that), and site's scan of the venv (its .pth files, an editable
-    #: install's finder) costs about 1.8 s of a guest's CPU under TCG at every agent start
-    agent_flags: Tuple[str, ...] = ("-S",)
     provider: str = "qemu"
     boot_timeout: float = 180.0
     #: seconds each :meth:`restart` took to boot the guest again

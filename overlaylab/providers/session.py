@@ -14,13 +14,13 @@ AGENT_MODULE = "overlaylab.agent"
 
 
 def agent_command(args: Sequence[str], python: str = "python3", env: Optional[Mapping[str, str]] = None,
-                  sudo: bool = False, flags: Sequence[str] = ()) -> str:
+                  sudo: bool = False) -> str:
     """The shell command that runs the agent with ``args`` on a target: ``[sudo -n] [env K=V ...]
-    PYTHON [FLAGS] -m overlaylab.agent ARGS``, every word quoted."""
+    PYTHON -m overlaylab.agent ARGS``, every word quoted."""
     words = ["sudo -n"] if sudo else []
     if env:
         words.append("env " + " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in env.items()))
-    words.append(" ".join([shlex.quote(python)] + [shlex.quote(f) for f in flags] + ["-m", AGENT_MODULE]))
+    words.append("%s -m %s" % (shlex.quote(python), AGENT_MODULE))
     return " ".join(words) + " " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -64,15 +64,10 @@ class Session(Protocol):
 
 class SessionMethods:
     """The methods of :class:`Session` most targets share (the dataclass sessions declare the
-    attributes themselves): the agent with ``agent_python``, ``agent_flags`` and ``agent_env``;
-    nothing to close."""
-
-    #: the interpreter's options before ``-m``
-    agent_flags: Sequence[str] = ()
+    attributes themselves): the agent with ``agent_python`` and ``agent_env``; nothing to close."""
 
     def agent_command(self, args: Sequence[str]) -> str:
-        return agent_command(args, getattr(self, "agent_python", "python3"), getattr(self, "agent_env", None),
-                             flags=self.agent_flags)
+        return agent_command(args, getattr(self, "agent_python", "python3"), getattr(self, "agent_env", None))
 
     def close(self) -> None:
         pass

@@ -79,15 +79,3 @@ def test_the_runner_does_not_probe_its_sessions():
               and node.func.id in ("getattr", "hasattr") and node.args
               and isinstance(node.args[0], ast.Name) and node.args[0].id == "session"]
     assert probes == []
-
-
-def test_a_guest_runs_the_agent_without_site():
-    """The qemu guest's agent starts with -S (site's scan of the venv costs under TCG; the agent
-    needs the standard library and PYTHONPATH only); the interpreter's flags come before -m."""
-    from overlaylab.providers.local import LocalSession
-    from overlaylab.providers.qemu import QemuSession
-    from overlaylab.providers.session import AGENT_MODULE
-    assert agent_command(["run"], "/py", {"PYTHONPATH": "/p"}, flags=("-S",)) == \
-        "env PYTHONPATH=/p /py -S -m overlaylab.agent run"
-    assert QemuSession.agent_flags == ("-S",)
-    assert LocalSession(host=None, kernel_release="x").agent_command(["run"]).split()[3:5] == ["-m", AGENT_MODULE]
