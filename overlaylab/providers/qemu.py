@@ -383,7 +383,8 @@ class QemuProvider:
             state["detail"] = "%s, %.1f MB" % ("cached" if initramfs.cached else "built", initramfs.size / 1e6)
         with phase("bytecode", "the agent's, for the guest"):
             # the guest reads the tree read-only: compiled here, it compiles nothing at boot
-            precompile(os.path.join(self.project_root, "overlaylab"))
+            for root in self.project_root.split(os.pathsep):  # PYTHONPATH in the guest
+                precompile(os.path.join(root, "overlaylab"))
         with phase("accel") as state:
             boot_image = fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
                 else kernel.vmlinuz
