@@ -2,7 +2,7 @@
 
 A qemu guest runs the agent from the host's tree over a read-only 9p share: Python cannot write
 ``__pycache__`` there, so every agent process compiled every module it imports again (about 4 s
-per start under TCG; a VM starts the agent at least twice: ``probe-target``, then ``run``).
+per start under TCG; a VM may start the agent more than once: after a crash, a resumed run).
 :func:`install` keeps the project's bytecode in a private directory of the target instead
 (``<tmp>/overlaylab-pycache-<uid>/<source path>c``): the first process compiles and writes it,
 the next ones read it. Bytecode the tree does have (``__pycache__``, written by a host) is still
