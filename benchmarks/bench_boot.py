@@ -18,7 +18,8 @@ hides is ``-``):
 then, from the host side: ``ssh`` (qemu's start to an SSH banner: the provider's boot time),
 ``disks`` (the first ssh command, which maps the disks, done), ``probe`` (the agent's
 ``probe-target`` answered: its first output) and, with ``--first-cell``, ``cell`` (the first
-cell of the default run's first profile, ext4/driver-init, stored). The table gives each
+cell of the default run's first profile, ext4/driver-init, stored; as the runner does it, the
+same agent probes the kernel first: ``run --probe-target``). The table gives each
 kernel's best of ``--repeat`` for the total; the machine is noisy, so compare runs of the same
 session. Under each kernel's row, qemu's CPU seconds (all threads) at the same points: less
 sensitive to what else runs on the machine than the wall time.
@@ -129,23 +130,22 @@ def boot_once(kernel: str, provider: QemuProvider, disks, first_cell: bool, work
                 marks["ssh"] = session.boot_seconds
                 marks["disks"] = time.monotonic() - t0_box["t0"]
                 cpu["disks"] = cpu_seconds(pid) or 0.0
-                res = session.run(session.agent_command(["probe-target"]), 120)
-                marks["probe"] = time.monotonic() - t0_box["t0"]
-                cpu["probe"] = cpu_seconds(pid) or 0.0
-                out["probe_rc"] = res.rc
-                if first_cell:
-                    seen: List[str] = []
-
+                if not first_cell:
+                    res = session.run(session.agent_command(["probe-target"]), 120)
+                    marks["probe"] = time.monotonic() - t0_box["t0"]
+                    cpu["probe"] = cpu_seconds(pid) or 0.0
+                    out["probe_rc"] = res.rc
+                else:  # as the runner does it: the first agent probes the kernel, then the profile
                     def on_line(line: str) -> None:
-                        if '"record": "cell"' in line and "cell" not in marks:
-                            marks["cell"] = time.monotonic() - t0_box["t0"]
-                            cpu["cell"] = cpu_seconds(pid) or 0.0
-                            seen.append(line)
+                        for mark, kind in (("probe", "target"), ("cell", "cell")):
+                            if '"record": "%s"' % kind in line and mark not in marks:
+                                marks[mark] = time.monotonic() - t0_box["t0"]
+                                cpu[mark] = cpu_seconds(pid) or 0.0
 
-                    args = ["run", "--run-id", "bench-boot", "--profile", "ext4", "--device",
+                    args = ["run", "--probe-target", "--run-id", "bench-boot", "--profile", "ext4", "--device",
                             "ext4=%s" % session.disks.get("ext4", "/dev/vda"), "--scenario", "driver-init",
                             "--engine", "port"]
-                    stream_lines(session.host, session.agent_command(args), 300, on_line)
+                    out["probe_rc"] = stream_lines(session.host, session.agent_command(args), 300, on_line).rc
                 out["retries"] = list(session.boot_retries)
     finally:
         stop.set()

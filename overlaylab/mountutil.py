@@ -7,7 +7,6 @@ through one place.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
 from typing import List, Optional
@@ -26,7 +25,9 @@ MS_SHARED = 1 << 20
 MNT_FORCE = 1
 MNT_DETACH = 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# libc as the interpreter already has it loaded (dlopen(NULL)): ctypes.util.find_library would
+# run `ldconfig -p`, an exec at every import (~0.1 s in a TCG guest)
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 

@@ -163,8 +163,10 @@ def inspect_device(fstype: str, device: str) -> Dict[str, Any]:
 
 
 def inspect_mount(path: str) -> Dict[str, Any]:
-    """The live facts of the mount under ``path``: mountinfo line, statfs magic, df numbers."""
+    """The live facts of the mount under ``path``: mountinfo line, statfs magic, df numbers
+    (and ``df -k`` / ``df -k -i`` as GNU df prints them, from the same statvfs: no exec)."""
     out: Dict[str, Any] = {}
+    m = None
     try:
         real = os.path.realpath(path)
         candidates = [m for m in mountutil.mountinfo()
@@ -186,13 +188,48 @@ def inspect_mount(path: str) -> Dict[str, Any]:
         st = os.statvfs(path)
         out["df"] = {"bsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree, "bavail": st.f_bavail,
                      "files": st.f_files, "ffree": st.f_ffree, "size_mib": st.f_blocks * st.f_frsize // (1 << 20)}
+        if m is not None:
+            out["df_i"] = df_text(st, m, inodes=True)
+            out["df_k"] = df_text(st, m, inodes=False)
     except OSError as err:
         out["df_error"] = str(err)
-    res = run(["df", "-k", "-i", path], timeout=30)
-    out["df_i"] = (res.stdout if res.ok else res.stderr).strip()
-    res = run(["df", "-k", path], timeout=30)
-    out["df_k"] = (res.stdout if res.ok else res.stderr).strip()
+    if "df_k" not in out:  # no mount entry or no statvfs: df's own words
+        for key, argv in (("df_i", ["df", "-k", "-i", path]), ("df_k", ["df", "-k", path])):
+            res = run(argv, timeout=30)
+            out[key] = (res.stdout if res.ok else res.stderr).strip()
     return out
+
+
+def _percent(used: int, avail: int) -> str:
+    """df's Use%: used of (used + available), rounded up; ``-`` when both are 0."""
+    total = used + avail
+    return "-" if total == 0 else "%d%%" % (-(-used * 100 // total))
+
+
+def df_text(st: os.statvfs_result, mount: mountutil.MountInfo, inodes: bool) -> str:
+    """What GNU ``df -k [-i] PATH`` prints for the mount ``mount`` with statvfs ``st``: a header
+    and one row, each column as wide as its widest cell (at least its minimum: 14 for the
+    source, 5 for numbers, 4 for percentages), right-aligned but for the source and the mount
+    point, the last column unpadded (coreutils ``src/df.c``: ``field_data``, ``print_table``,
+    ``get_dev``). A fs without inode counts (btrfs: ``f_files`` 0) shows 0s and ``-``."""
+    if inodes:
+        total, free = st.f_files, st.f_ffree
+        used = total - free
+        head = ["Filesystem", "Inodes", "IUsed", "IFree", "IUse%", "Mounted on"]
+        row = [mount.source, str(total), str(used), str(free), _percent(used, free), mount.mountpoint]
+    else:
+        kib = st.f_frsize / 1024.0
+        used_blocks = st.f_blocks - st.f_bfree
+        size, used, avail = (int(-(-n * kib // 1)) for n in (st.f_blocks, used_blocks, st.f_bavail))
+        head = ["Filesystem", "1K-blocks", "Used", "Available", "Use%", "Mounted on"]
+        row = [mount.source, str(size), str(used), str(avail), _percent(used_blocks, st.f_bavail), mount.mountpoint]
+    minimum = [14, 5, 5, 5, 4, 0]
+    widths = [max(w, len(h), len(c)) for w, h, c in zip(minimum, head, row)]
+
+    def line(cells: List[str]) -> str:
+        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:5], widths[1:5])]
+        return " ".join(out + [cells[5]])
+    return line(head) + "\n" + line(row)
 
 
 def _host_fs(path: str) -> Dict[str, Any]:

@@ -2,13 +2,17 @@
 
 A qemu guest runs the agent from the host's tree over a read-only 9p share: Python cannot write
 ``__pycache__`` there, so every agent process compiled every module it imports again (about 4 s
-per start under TCG; a VM starts the agent at least twice: ``probe-target``, then ``run``).
+per start under TCG; a VM may start the agent more than once: after a crash, a resumed run).
 :func:`install` keeps the project's bytecode in a private directory of the target instead
 (``<tmp>/overlaylab-pycache-<uid>/<source path>c``): the first process compiles and writes it,
 the next ones read it. Bytecode the tree does have (``__pycache__``, written by a host) is still
 read; sources are checked against their bytecode as always (mtime and size), so an edited
 module is compiled again. Nothing changes where the tree is writable, or not a directory (the
 zipapp a remote host runs).
+
+:func:`precompile`, run by the host before a guest starts, writes the tree's own ``__pycache__``
+(``compileall``, as the host's interpreter compiles): a guest then compiles nothing at all, not
+even in its first agent process (its private cache starts empty at every boot).
 
 Standard library only: the agent runs this inside a target.
 """
@@ -82,3 +86,13 @@ def install(package_dir: str = PACKAGE_DIR, base: Optional[str] = None) -> Optio
     # ignored as always
     sys.dont_write_bytecode = False
     return where
+
+
+def precompile(package_dir: str = PACKAGE_DIR) -> bool:
+    """Write the bytecode of every module under ``package_dir`` into its ``__pycache__`` (what
+    is current already is only checked: a stat per module); True when every module compiled.
+    The host calls it before it boots a guest that runs the agent from this tree."""
+    if not os.path.isdir(package_dir) or not os.access(package_dir, os.W_OK):
+        return False
+    import compileall  # the host's: not at the agent's every start
+    return bool(compileall.compile_dir(package_dir, quiet=2))

@@ -2,8 +2,9 @@
 
 ``python -m overlaylab.agent probe-target``
     one ``target`` record: kernel release, overlay config, /proc/filesystems, module parameters.
-``python -m overlaylab.agent run --profile NAME [--device DEV [--check-devices]] [--scenario ID ...] [--engine NAME ...]``
-    makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
+``python -m overlaylab.agent run --profile NAME [--device DEV [--check-devices]] [--scenario ID ...] [--engine NAME ...] [--probe-target]``
+    with ``--probe-target``, first the ``target`` record of ``probe-target`` (the runner's first
+    agent on a target: one interpreter start less); then makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
     asks the driver's Init for its verdict, then runs each scenario: a ``start`` record just
     before it (so a runner whose target died knows which cell was in flight), one ``cell``
     record as soon as it finishes; ends with a ``done`` record. The port's own
@@ -107,13 +108,20 @@ def _overlay_xattr_read(path: str) -> str:
 
 
 def cmd_probe_target(args: argparse.Namespace) -> int:
-    timings = Timings({"startup": args.startup_seconds} if args.startup_seconds is not None else {})
+    probe_target(args.startup_seconds)
+    return 0
+
+
+def probe_target(startup: Optional[float]) -> Dict[str, Any]:
+    """Probe the kernel, print its ``target`` record; returns its facts."""
+    timings = Timings({"startup": startup} if startup is not None else {})
     with timings.phase("probes"):
         probes = probe_mod.run_target_probes()
-    emit(TargetRecord(probes=_probe_dicts(probes), facts=dict(_facts(probes)),
+    facts = dict(_facts(probes))
+    emit(TargetRecord(probes=_probe_dicts(probes), facts=facts,
                       extra={"python": sys.version.split()[0], "uname": list(os.uname()),
                              "timings": dict(timings)}))
-    return 0
+    return facts
 
 
 def _load_profiles(args: argparse.Namespace):
@@ -146,6 +154,8 @@ def _devices(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # the kernel's facts whatever becomes of the run, as a probe-target agent of its own gives them
+    probed = probe_target(args.startup_seconds) if args.probe_target else None
     if os.geteuid() != 0:  # say so once, not as a losetup/mount error per profile
         emit({"record": "error", "error": "the lab agent needs root (running as uid %d): it sets up loop "
                                           "devices, runs mkfs and mounts filesystems and overlays" % os.geteuid()})
@@ -169,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = _devices(args)
     # The runner has probed this kernel already (probe-target) and hands its facts on;
     # probing again would cost seconds per agent in a TCG guest.
-    target = _target_facts(args) or probe_mod.run_target_probes()
+    target = probed if probed is not None else (_target_facts(args) or probe_mod.run_target_probes())
     for i, name in enumerate(args.profile):
         # the first profile's set-up waited for the interpreter and the imports
         startup = {"startup": args.startup_seconds} if i == 0 and args.startup_seconds is not None else {}
@@ -286,6 +296,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--profiles-b64", help="filesystems.toml content, base64 (for targets without the repo)")
     r.add_argument("--target-facts-b64", help="the kernel's facts from probe-target, base64 JSON "
                                                "(given by the runner: the kernel is not probed again)")
+    r.add_argument("--probe-target", action="store_true",
+                   help="first probe the kernel and print its target record, as probe-target does")
     r.add_argument("--run-id", help="the lab run this agent works for (recorded on what it makes)")
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("cleanup", help="remove what dead agents left (mounts, loop devices, work dirs)")

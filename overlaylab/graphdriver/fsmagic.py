@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from ..goerrors import SyscallError
@@ -76,7 +75,9 @@ class _Statfs(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# libc as the interpreter already has it loaded (dlopen(NULL)): ctypes.util.find_library would
+# run `ldconfig -p`, an exec at every import (~0.1 s in a TCG guest)
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Statfs)]
 
 

@@ -10,6 +10,7 @@ ERROR with the console tail, the guest is booted again and the run goes on with 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import signal as signal_mod
@@ -89,6 +90,8 @@ class Runner:
         #: profile or agent starts, and work under way is wound down, torn down on the way out
         self.stopping = threading.Event()
         self._target_facts: Dict[str, Dict[str, Any]] = {}  # kernel -> its probe-target facts
+        #: kernel -> its target record, until the first agent's ``--probe-target`` answers
+        self._pending_targets: Dict[str, Dict[str, Any]] = {}
         #: ``(cell key, attempt)`` already in the run (``--resume``): not run again
         self.done: Set[Tuple[CellKey, int]] = set(done)
 
@@ -214,16 +217,19 @@ class Runner:
             with self.provider.up(kernel, disks=self.matrix.disks(needed), keep=self.keep) as session:
                 if self._should_stop():
                     return
-                self._record_target(kernel, session, started)
-                for attempt in range(1, self.repeat + 1):
-                    # one agent per set of profiles that lack the same cells (all of them, unless resumed)
-                    batches: Dict[Tuple[Tuple[str, str], ...], List[FsProfile]] = {}
-                    for profile, runs in self.todo(kernel, attempt):
-                        batches.setdefault(tuple(runs), []).append(profile)
-                    for runs, profiles in batches.items():
-                        if self._should_stop():
-                            break
-                        self._run_profiles(kernel, session, profiles, list(runs), attempt)
+                self._pending_targets[kernel] = self._target_info(kernel, session, started)
+                try:
+                    for attempt in range(1, self.repeat + 1):
+                        # one agent per set of profiles that lack the same cells (all of them, unless resumed)
+                        batches: Dict[Tuple[Tuple[str, str], ...], List[FsProfile]] = {}
+                        for profile, runs in self.todo(kernel, attempt):
+                            batches.setdefault(tuple(runs), []).append(profile)
+                        for runs, profiles in batches.items():
+                            if self._should_stop():
+                                break
+                            self._run_profiles(kernel, session, profiles, list(runs), attempt)
+                finally:  # no agent ran (the run is stopping): the record all the same
+                    self._record_target(kernel, {}, "the run stopped before the kernel was probed")
         except KeyboardInterrupt:
             raise
         except Exception as err:  # the target never came up, or went away: ERROR cells, carry on
@@ -244,7 +250,8 @@ class Runner:
         from ..providers import provider_name
         return provider_name(self.provider, kernel)
 
-    def _record_target(self, kernel: str, session: Session, started: float) -> None:
+    def _target_info(self, kernel: str, session: Session, started: float) -> Dict[str, Any]:
+        """The target record as far as the runner knows it (up, before the kernel's facts)."""
         info = TargetRecord(kernel, self._provider_name(kernel, session), session.kernel_release, extra={
             "accel": session.accel, "boot_seconds": round(session.boot_seconds or 0.0, 3),
             "up_seconds": round(time.monotonic() - started, 3), "disks": dict(session.disks or {}),
@@ -254,19 +261,21 @@ class Runner:
             "boot_retries": list(session.boot_retries or [])}).to_json()
         if session.kernel_image is not None:  # a booted image (qemu): its Debian package, version, suite, config
             info["kernel_image"] = session.kernel_image.to_json()
-        try:
-            with progress_mod.phase("probes", "kernel facts"):
-                res = session.run(session.agent_command(["probe-target"]), 120)
-            records, _ = parse_records(res.stdout)
-            for rec in records:
-                if rec.get("record") == "target":
-                    info.update({k: v for k, v in rec.items() if k != "record"})
-            if res.rc != 0:
-                info["probe_error"] = _tail(res.stderr)
-        except Exception as err:
-            info["probe_error"] = str(err)
-        # The agent runs get these facts instead of probing the kernel again for every run.
-        if isinstance(info.get("facts"), dict) and "probe_error" not in info:
+        return info
+
+    def _record_target(self, kernel: str, probed: Dict[str, Any], problem: Any = None) -> None:
+        """Store ``kernel``'s target record (once): the runner's part with ``probed``, the
+        ``target`` record of the first agent's ``--probe-target`` (one interpreter start and
+        ssh round trip less per target than a ``probe-target`` agent of its own), or the
+        ``problem`` (``probe_error``) when that agent printed none."""
+        info = self._pending_targets.pop(kernel, None)
+        if info is None:
+            return
+        info.update({k: v for k, v in probed.items() if k != "record"})
+        if "facts" not in probed:
+            info["probe_error"] = problem
+        # The later agent runs get these facts instead of probing the kernel again.
+        elif isinstance(info.get("facts"), dict):
             self._target_facts[kernel] = info["facts"]
         self._append(info)
         self.progress("target-up", info)
@@ -275,7 +284,9 @@ class Runner:
                     kernel: str) -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
         facts = self._target_facts.get(kernel)
-        if facts is not None:
+        if kernel in self._pending_targets:
+            args.append("--probe-target")  # the target record first, then the profiles
+        elif facts is not None:
             args += ["--target-facts-b64", base64.b64encode(json.dumps(facts).encode()).decode()]
         disks = session.disks or {}
         for profile in profiles:
@@ -318,12 +329,19 @@ class Runner:
             extra["attempt"] = attempt
 
         finished_profiles: List[str] = []
+        probing = contextlib.ExitStack()  # the kernel facts phase, while the agent probes them
+        if kernel in self._pending_targets:
+            probing.enter_context(progress_mod.phase("probes", "kernel facts"))
 
         def on_line(line: str) -> None:
             records, bad = parse_records(line)
             junk.extend(bad)
             for rec in records:
                 kind = rec.pop("record")
+                if kind == "target":
+                    probing.close()
+                    self._record_target(kernel, rec)
+                    continue
                 rec.update(extra)
                 if kind == "start":  # the cell the agent is about to run
                     state["in_flight"] = (rec.get("profile"), rec.get("scenario"), rec.get("engine") or PORT_ENGINE)
@@ -348,9 +366,14 @@ class Runner:
         stderr = ""
         died = False
         try:
-            res = self._stream(session, session.agent_command(self._agent_args(session, profiles, runs, kernel)),
-                               timeout, on_line)
+            try:
+                res = self._stream(session, session.agent_command(self._agent_args(session, profiles, runs, kernel)),
+                                   timeout, on_line)
+            finally:
+                probing.close()
             stderr = res.stderr
+            # a target record still pending: the agent printed none
+            self._record_target(kernel, {}, _tail(stderr) if res.rc != 0 else "the agent printed no target record")
             elapsed = time.monotonic() - state["started"]
             if res.rc == 124 or (res.rc == 137 and elapsed >= timeout):
                 state["problem"] = "the agent ran past %.0f s and was killed" % timeout
@@ -365,6 +388,7 @@ class Runner:
             return  # stopping: cells that finished are stored, the rest never ran
         except Exception as err:  # transport gone, host-side timeout
             state["problem"] = "%s: %s" % (type(err).__name__, err)
+            self._record_target(kernel, {}, str(err))
         if self._should_stop():
             return
         problem = state["problem"]

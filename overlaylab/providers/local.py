@@ -14,6 +14,7 @@ from typing import Dict, List, Iterator, Optional, Sequence, Tuple
 
 import testinfra
 
+from ..agent.bytecode import precompile
 from ..paths import PROJECT_ROOT as _ROOT
 from .session import SessionMethods
 from .transport import run_with_timeout
@@ -46,6 +47,7 @@ class LocalProvider:
         if kernel not in ("host", "local"):
             raise ValueError("the local provider only runs the host kernel, not %r" % kernel)
         start = time.monotonic()
+        precompile()  # the agent's bytecode: no agent process compiles it again
         session = LocalSession(host=testinfra.get_host("local://"), kernel_release=platform.release())
         session.boot_seconds = time.monotonic() - start
         yield session

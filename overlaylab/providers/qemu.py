@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ..agent.bytecode import precompile
 from ..kernels.cache import KernelImage
 from ..kernels.catalogue import KernelEntry
 from ..kernels.fetch import fetch_kernel
@@ -380,6 +381,10 @@ class QemuProvider:
         with phase("initramfs", kernel.release) as state:
             initramfs = build_initramfs(kernel, cache_dir=self.cache_dir)
             state["detail"] = "%s, %.1f MB" % ("cached" if initramfs.cached else "built", initramfs.size / 1e6)
+        with phase("bytecode", "the agent's, for the guest"):
+            # the guest reads the tree read-only: compiled here, it compiles nothing at boot
+            for root in self.project_root.split(os.pathsep):  # PYTHONPATH in the guest
+                precompile(os.path.join(root, "overlaylab"))
         with phase("accel") as state:
             boot_image = fast_boot_kernel(kernel.vmlinuz, self.cache_dir) if self.fast_boot \
                 else kernel.vmlinuz

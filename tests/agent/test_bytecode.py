@@ -76,3 +76,24 @@ def test_a_cache_directory_others_could_write_is_not_used(tmp_path):
     link_base.mkdir()
     os.symlink(str(tmp_path / "elsewhere"), str(link_base / ("overlaylab-pycache-%d" % os.getuid())))
     assert cache_dir(str(link_base)) is None
+
+
+@requires_root
+def test_a_tree_the_host_precompiled_is_read_as_is_and_not_compiled_again(tmp_path):
+    """precompile() writes the tree's own __pycache__ (the host, before a guest starts): the
+    read-only tree's reader then has its bytecode and writes none to its private cache."""
+    from overlaylab.agent.bytecode import precompile
+    (tmp_path / "tmp").mkdir()
+    src = _tree(tmp_path, "pre")
+    assert precompile(str(src)) is True
+    assert sorted(os.listdir(src / "__pycache__")) == sorted(
+        "%s.%s.pyc" % (m, sys.implementation.cache_tag) for m in ("__init__", "mod"))
+    subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(src)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(src)], check=True)
+    try:
+        assert precompile(str(src)) is False  # read-only: nothing to write
+        where, value = _import(tmp_path, src)
+        assert value == "pre"
+        assert [f for _, _, fs in os.walk(where) for f in fs] == []  # nothing compiled
+    finally:
+        subprocess.run(["umount", str(src)], check=True)

@@ -220,10 +220,9 @@ class _StubProvider:
             disks = {}
 
             def run(self, command, timeout):
-                if "probe-target" in command:
-                    return _Result(0, json.dumps({"record": "target", "facts": {}}))
+                target = json.dumps({"record": "target", "facts": {}}) + "\n" if "--probe-target" in command else ""
                 sid = command.split("--scenario ")[1].split()[0]
-                return _Result(0, json.dumps({"record": "cell", "profile": "tmpfs", "scenario": sid,
+                return _Result(0, target + json.dumps({"record": "cell", "profile": "tmpfs", "scenario": sid,
                                               "group": "lifecycle", "outcome": provider.outcome,
                                               "expected": provider.expected,
                                               "met": provider.outcome == provider.expected,
@@ -268,9 +267,8 @@ def test_auto_provider_names_each_session_and_runner_records_it(tmp_path):
                 def run(self, command, timeout):
                     import time
                     time.sleep(0.3)  # both targets are up at once
-                    if "probe-target" in command:
-                        return _Result(0, json.dumps({"record": "target", "facts": {}}))
-                    return _Result(0, json.dumps({
+                    target = json.dumps({"record": "target", "facts": {}}) + "\n" if "--probe-target" in command else ""
+                    return _Result(0, target + json.dumps({
                         "record": "cell", "profile": "tmpfs", "scenario": "driver-init", "group": "x",
                         "outcome": "PASS", "expected": "PASS", "met": True, "duration": 0.0, "error": "",
                         "log": [], "evidence": {}}))

@@ -407,14 +407,13 @@ def test_an_agent_killed_by_a_signal_is_not_called_a_timeout(tmp_path):
 
         def run(self, command, timeout):
             calls.append(command)
-            if "probe-target" in command:
-                return Res(0, json.dumps({"record": "target", "facts": {}}))
+            target = json.dumps({"record": "target", "facts": {}}) + "\n" if "--probe-target" in command else ""
             if " cleanup " in command:
                 return Res(0, json.dumps({"record": "cleanup", "items": ["mount /x (run r, owner pid 1 gone)"],
                                           "problems": []}))
             if "--profile tmpfs" in command:
-                return Res(137, "", "Killed")  # kill -9 of the agent, one second in
-            return Res(0, json.dumps(dict(_cell("driver-init"), profile="ext4")))
+                return Res(137, target, "Killed")  # kill -9 of the agent, one second in
+            return Res(0, target + json.dumps(dict(_cell("driver-init"), profile="ext4")))
 
     class Provider:
         name = "stub"

@@ -195,9 +195,8 @@ def test_an_agent_that_hangs_keeps_finished_cells_and_errors_the_rest(tmp_path):
                         "log": [], "evidence": {}})
 
     def behaviour(command, timeout):
-        if "probe-target" in command:
-            return _Result(0, json.dumps({"record": "target", "facts": {}}))
-        return _Result(124, first + "\n", "Terminated")  # `timeout` killed it after one cell
+        target = json.dumps({"record": "target", "facts": {}}) + "\n" if "--probe-target" in command else ""
+        return _Result(124, target + first + "\n", "Terminated")  # `timeout` killed it after one cell
 
     store = RunStore(str(tmp_path), run_id="r3")
     store.start()
@@ -226,45 +225,43 @@ def test_vm_kernels_skip_the_scale_tier_by_default():
     assert m.to_dict()["vm_scenarios"] == list(light)
 
 
-def _target_session(stdout: str, rc: int = 0):
-    class Result:
-        pass
-
-    class Session(SessionBase):
-        kernel_release = "6.1.0-test"
-        disks = {}
-        commands: list = []
-
-        def run(self, command, timeout):
-            self.commands.append(command)
-            res = Result()
-            res.stdout, res.stderr, res.rc = stdout, "", rc
-            return res
-    return Session()
-
-
 @pytest.mark.parametrize("probe_ok", [True, False], ids=["probed", "probe-failed"])
-def test_the_agent_gets_the_kernel_facts_instead_of_probing_again(probe_ok):
-    """probe-target runs once per target; each agent run gets its facts (unless it failed)."""
+def test_the_first_agent_probes_the_kernel_and_the_next_get_its_facts(probe_ok):
+    """The first agent of a target probes the kernel (run --probe-target: no agent of its own
+    for that) and its target record is stored before any cell; each later agent run gets its
+    facts (unless the probe failed: then it probes for itself)."""
     import argparse
     import base64
     import types
 
     from overlaylab.agent.main import _target_facts
     facts = {"kernel_release": "6.1.0-test", "overlay_params": {"redirect_dir": "N"}}
-    stdout = json.dumps({"record": "target", "facts": facts}) + "\n"
+    cell = {"record": "cell", "profile": "tmpfs", "scenario": "driver-init", "group": "lifecycle",
+            "outcome": "PASS", "expected": "PASS", "met": True, "duration": 0.1}
+    commands = []
+
+    def behaviour(command, timeout):
+        commands.append(command)
+        if "--probe-target" in command and not probe_ok:
+            return _Result(1, "", "Traceback ...\nOSError: no /proc/filesystems")
+        target = json.dumps({"record": "target", "facts": facts}) + "\n" if "--probe-target" in command else ""
+        return _Result(0, target + json.dumps(cell) + "\n")
+
     kept = []
     store = types.SimpleNamespace(run_id="r-facts", append=kept.append)
-    profiles = {"tmpfs": load_profiles()["tmpfs"]}
-    runner = Runner(SessionBase(), store, Matrix(["k"], profiles, {}), profiles_text="")
-    session = _target_session(stdout, rc=0 if probe_ok else 1)
-    runner._record_target("k", session, time.monotonic())
-    args = runner._agent_args(session, list(profiles.values()), [("driver-init", "port")], "k")
-    assert [c for c in session.commands if "probe-target" in c] and kept[0]["facts"] == facts
+    runner = Runner(_Provider(behaviour), store, _matrix(("driver-init",)), repeat=2)
+    runner.run()
+    agents = [c for c in commands if " run " in c]
+    assert len(agents) == 2 and "--probe-target" in agents[0] and "--probe-target" not in agents[1]
+    assert not [c for c in commands if " probe-target" in c]  # no agent of its own
+    assert kept[0]["record"] == "target" and kept[0]["up_seconds"] >= 0
     if not probe_ok:  # a failed probe is not trusted: the agent probes for itself
-        assert "--target-facts-b64" not in args
+        assert kept[0]["probe_error"] == ["Traceback ...", "OSError: no /proc/filesystems"]
+        assert "facts" not in kept[0] and "--target-facts-b64" not in agents[1]
         return
-    given = args[args.index("--target-facts-b64") + 1]
+    assert kept[0]["facts"] == facts and "probe_error" not in kept[0]
+    assert [r["record"] for r in kept] == ["target", "cell", "cell"]
+    given = agents[1].split("--target-facts-b64 ")[1].split()[0]
     assert json.loads(base64.b64decode(given)) == facts
     assert _target_facts(argparse.Namespace(target_facts_b64=given)) == facts
     assert _target_facts(argparse.Namespace(target_facts_b64="not base64 json")) is None

@@ -38,7 +38,8 @@ class _Session(SessionBase):
     kernel_image = IMAGE
 
     def run(self, command, timeout):
-        return _Result(json.dumps(TARGET if "probe-target" in command else CELL) + "\n")
+        # the first agent of a target prints the kernel's facts first (run --probe-target)
+        return _Result("".join(json.dumps(r) + "\n" for r in ([TARGET] if "--probe-target" in command else []) + [CELL]))
 
 
 class _Provider:
