@@ -23,7 +23,7 @@ from overlaylab.agent.scenario import all_scenarios
 from overlaylab.lab.matrix import Matrix, SelectionError, plan_matrix, select_engines
 from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import AGENT_GRACE, ENGINE_GRACE, TCG_SLOWDOWN, Runner
-from overlaylab.providers.session import SessionBase
+from tests.lab.fakes import AgentResult, FakeSession
 
 from ..throwaway_engine import THROWAWAY, registered, site_dir
 
@@ -88,14 +88,7 @@ def test_a_bad_engine_selection_is_one_line(exprs, words):
 
 # --- the runner -------------------------------------------------------------------------------
 
-class _Result:
-    def __init__(self, rc, stdout="", stderr=""):
-        self.rc, self.stdout, self.stderr = rc, stdout, stderr
-
-
-class _Session(SessionBase):
-    kernel_release = "9.9-test"
-    disks = {}
+class _Session(FakeSession):
 
     def __init__(self, accel=None):
         self.accel = accel
@@ -104,7 +97,7 @@ class _Session(SessionBase):
     def run(self, command, timeout):
         self.calls.append((command, timeout))
         target = json.dumps({"record": "target", "facts": {}}) + "\n" if "--probe-target" in command else ""
-        return _Result(0, target + json.dumps({"record": "cell", "profile": "tmpfs", "scenario": THROWAWAY, "engine": "port",
+        return AgentResult(0, target + json.dumps({"record": "cell", "profile": "tmpfs", "scenario": THROWAWAY, "engine": "port",
                                       "group": "engine", "outcome": "PASS", "expected": "PASS", "met": True}) + "\n")
 
 

@@ -18,7 +18,7 @@ from overlaylab.lab.matrix import Matrix
 from overlaylab.lab.runner import Runner, parse_records
 from overlaylab.agent.scenario import all_scenarios
 from overlaylab.mountutil import mounts_under
-from overlaylab.providers.session import SessionBase
+from tests.lab.fakes import AgentResult, FakeSession
 
 OVERLAYLAB = [sys.executable, "-m", "overlaylab"]
 
@@ -140,14 +140,7 @@ def test_damaged_last_line_is_skipped_not_fatal(tmp_path):
     assert run.cells[0]["schema"] == 1
 
 
-class _Result:
-    def __init__(self, rc, stdout="", stderr=""):
-        self.rc, self.stdout, self.stderr = rc, stdout, stderr
-
-
-class _Session(SessionBase):
-    kernel_release = "9.9-test"
-    disks = {}
+class _Session(FakeSession):
 
     def __init__(self, behaviour):
         self.behaviour = behaviour
@@ -196,7 +189,7 @@ def test_an_agent_that_hangs_keeps_finished_cells_and_errors_the_rest(tmp_path):
 
     def behaviour(command, timeout):
         target = json.dumps({"record": "target", "facts": {}}) + "\n" if "--probe-target" in command else ""
-        return _Result(124, target + first + "\n", "Terminated")  # `timeout` killed it after one cell
+        return AgentResult(124, target + first + "\n", "Terminated")  # `timeout` killed it after one cell
 
     store = RunStore(str(tmp_path), run_id="r3")
     store.start()
@@ -243,9 +236,9 @@ def test_the_first_agent_probes_the_kernel_and_the_next_get_its_facts(probe_ok):
     def behaviour(command, timeout):
         commands.append(command)
         if "--probe-target" in command and not probe_ok:
-            return _Result(1, "", "Traceback ...\nOSError: no /proc/filesystems")
+            return AgentResult(1, "", "Traceback ...\nOSError: no /proc/filesystems")
         target = json.dumps({"record": "target", "facts": facts}) + "\n" if "--probe-target" in command else ""
-        return _Result(0, target + json.dumps(cell) + "\n")
+        return AgentResult(0, target + json.dumps(cell) + "\n")
 
     kept = []
     store = types.SimpleNamespace(run_id="r-facts", append=kept.append)

@@ -14,7 +14,7 @@ from overlaylab.kernels.cache import KernelImage
 from overlaylab.lab.matrix import Matrix
 from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import Runner
-from overlaylab.providers.session import SessionBase
+from tests.lab.fakes import AgentResult, FakeSession
 from overlaylab.reports import RunReport
 from overlaylab.reports.kcidb import build
 
@@ -27,19 +27,13 @@ TARGET = {"record": "target", "facts": {}, "uname": ["Linux", "guest", IMAGE.rel
                                                      "#1 SMP PREEMPT_DYNAMIC Debian 6.1.999-1", "x86_64"]}
 
 
-class _Result:
-    def __init__(self, stdout):
-        self.rc, self.stdout, self.stderr = 0, stdout, ""
-
-
-class _Session(SessionBase):
+class _Session(FakeSession):
     kernel_release = IMAGE.release
-    disks = {}
     kernel_image = IMAGE
 
     def run(self, command, timeout):
         # the first agent of a target prints the kernel's facts first (run --probe-target)
-        return _Result("".join(json.dumps(r) + "\n" for r in ([TARGET] if "--probe-target" in command else []) + [CELL]))
+        return AgentResult(0, "".join(json.dumps(r) + "\n" for r in ([TARGET] if "--probe-target" in command else []) + [CELL]))
 
 
 class _Provider:

@@ -17,17 +17,10 @@ from overlaylab.cli.lab import JobsParam
 from overlaylab.lab.matrix import Matrix
 from overlaylab.lab.results import RunStore, load_run
 from overlaylab.lab.runner import Runner
-from overlaylab.providers.session import SessionBase
+from tests.lab.fakes import AgentResult, FakeSession
 
 
-class _Result:
-    def __init__(self, rc, stdout="", stderr=""):
-        self.rc, self.stdout, self.stderr = rc, stdout, stderr
-
-
-class _Session(SessionBase):
-    kernel_release = "9.9-test"
-    disks = {}
+class _Session(FakeSession):
 
     def __init__(self, provider, kernel):
         self.provider_obj, self.kernel = provider, kernel
@@ -35,7 +28,7 @@ class _Session(SessionBase):
     def run(self, command, timeout):
         time.sleep(0.3)  # the cells: long enough for the targets to overlap
         # the first agent of a target prints the kernel's facts first (run --probe-target)
-        return _Result(0, json.dumps({"record": "target", "facts": {}}) if "--probe-target" in command else "")
+        return AgentResult(0, json.dumps({"record": "target", "facts": {}}) if "--probe-target" in command else "")
 
 
 class _Provider:
