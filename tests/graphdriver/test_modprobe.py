@@ -12,9 +12,14 @@ import pytest
 
 from overlaylab.graphdriver import overlay
 from overlaylab.providers.qemu import guest_environment
+from tests.needs import kernel_cannot, need
 
-pytestmark = pytest.mark.skipif(
-    not any("\toverlay" in line for line in open("/proc/filesystems")), reason="no overlay filesystem")
+
+
+@pytest.fixture(autouse=True)
+def _overlay_filesystem():
+    if not any("\toverlay" in line for line in open("/proc/filesystems")):
+        kernel_cannot("mount overlay (no overlay in /proc/filesystems)")
 
 
 def _fake_modprobe(tmp_path, monkeypatch, body: str) -> str:
@@ -50,8 +55,6 @@ def test_a_hung_modprobe_is_killed_after_the_bound(tmp_path, monkeypatch):
 
 def test_the_modprobe_wait_does_not_sleep_poll(tmp_path, monkeypatch):
     """subprocess's timeout wait sleeps in steps up to 50 ms; the pidfd wait never sleeps."""
-    if not hasattr(os, "pidfd_open"):
-        pytest.skip("no os.pidfd_open")
     _fake_modprobe(tmp_path, monkeypatch, "exit 0")
 
     def no_sleep(seconds):
@@ -67,7 +70,6 @@ def test_the_guest_resolves_modprobe_to_the_hosts_kmod_not_busybox():
     ignores that variable and could load nothing there (see overlaylab/vm/guest_init.sh)."""
     env = guest_environment()
     found = shutil.which("modprobe", path=env["PATH"])
-    if found is None:
-        pytest.skip("no modprobe on this host")
+    need(found is not None, "modprobe is not on the guest's PATH (Debian package kmod)")
     assert os.path.basename(os.path.realpath(found)) != "busybox"
     assert env["MODPROBE_OPTIONS"].startswith("-d ")

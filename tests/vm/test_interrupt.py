@@ -32,20 +32,20 @@ def test_a_stop_signal_to_the_runner_alone_stops_a_qemu_run(kernel_61, tmp_path,
     tmp.mkdir()
     reports = tmp_path / "reports"
     env = dict(os.environ, TMPDIR=str(tmp), OVERLAYLAB_STATE_DIR=str(tmp_path / "state"))
-    # Two workers: the host and the first VM kernel start at once; the second VM kernel waits
-    # for a free worker. It must never boot.
+    # Two workers: the host runs beside them, the first two VM kernels boot at once; the third
+    # waits for a free worker. It must never boot.
     proc = subprocess.Popen([sys.executable, "-m", "overlaylab", "run", "--provider", "auto", "-j", "2",
-                             "-K", "host", "-K", "debian-6.1", "-K", "debian-6.1", "-p", "=tmpfs",
+                             "-K", "host", "-K", "debian-6.1", "-K", "debian-6.1", "-K", "debian-6.1", "-p", "=tmpfs",
                              "-k", "driver-init", "--reports-dir", str(reports)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     seen_after = set()
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not qemu_pids(str(tmp)) and proc.poll() is None:
+        while time.monotonic() < deadline and len(qemu_pids(str(tmp))) < 2 and proc.poll() is None:
             time.sleep(0.05)
         before = qemu_pids(str(tmp))
-        assert len(before) == 1, "expected one VM booting, saw %s" % before
+        assert len(before) == 2, "expected two VMs booting, saw %s" % before
         os.kill(proc.pid, sig)  # the runner alone, as `kill -INT`, `timeout -s INT` or a CI cancel
         signalled = time.monotonic()
         while proc.poll() is None and time.monotonic() < signalled + 180:
