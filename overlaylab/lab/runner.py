@@ -117,13 +117,10 @@ class Runner:
 
     def expected_cost(self, kernel: str) -> int:
         """Tenths of a second ``kernel``'s cells still to run are expected to take, by the cost
-        model of :mod:`overlaylab.lab.shard`: each cell, each profile's set-up, a VM's boot."""
-        vm = shard_mod.is_vm(kernel)
-        cost = shard_mod.BOOT if vm else 0
+        model of :mod:`overlaylab.lab.shard`: each profile's cells and set-up, a VM's boot."""
+        cost = shard_mod.BOOT if shard_mod.is_vm(kernel) else 0
         for attempt in range(1, self.repeat + 1):
-            for _profile, runs in self.todo(kernel, attempt):
-                cost += shard_mod.PROFILE * (shard_mod.VM_SLOWDOWN if vm else 1)
-                cost += sum(shard_mod.cell_cost(kernel, sid, engine) for sid, engine in runs)
+            cost += sum(shard_mod.unit_cost(kernel, runs) for _profile, runs in self.todo(kernel, attempt))
         return cost
 
     def schedule(self, kernels: Sequence[str]) -> Tuple[List[str], List[str]]:

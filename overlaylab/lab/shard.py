@@ -100,10 +100,16 @@ def units(matrix_dict: Dict) -> List[Unit]:
             cells = tuple((kernel, profile, sid, engine) for sid, engine in runs)
             if not cells:
                 continue
-            daemons = {e for _, e in runs if e != PORT_ENGINE and _daemon(e)}
-            setup = (PROFILE + DAEMON_START * len(daemons)) * (VM_SLOWDOWN if is_vm(kernel) else 1)
-            out.append(Unit(kernel, profile, cells, setup + sum(cell_cost(kernel, sid, engine) for sid, engine in runs)))
+            out.append(Unit(kernel, profile, cells, unit_cost(kernel, runs)))
     return out
+
+
+def unit_cost(kernel: str, runs: Sequence[Tuple[str, str]]) -> int:
+    """The expected cost of ``runs`` (``(scenario, engine)``) on one profile of ``kernel``: the
+    profile's set-up, a start per daemon engine, and each cell."""
+    daemons = {e for _, e in runs if e != PORT_ENGINE and _daemon(e)}
+    setup = (PROFILE + DAEMON_START * len(daemons)) * (VM_SLOWDOWN if is_vm(kernel) else 1)
+    return setup + sum(cell_cost(kernel, sid, engine) for sid, engine in runs)
 
 
 def runs_for(matrix_dict: Dict, kernel: str) -> List[Tuple[str, str]]:
