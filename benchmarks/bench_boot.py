@@ -27,6 +27,7 @@ sensitive to what else runs on the machine than the wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -120,6 +121,8 @@ def boot_once(kernel: str, provider: QemuProvider, disks, first_cell: bool, work
     run_dir = os.path.join(workdir, kernel)
     os.makedirs(run_dir, exist_ok=True)
     path_box["path"] = os.path.join(run_dir, "console-%s.log" % kernel)
+    with contextlib.suppress(FileNotFoundError):  # a repeat must not stamp the last boot's marks
+        os.remove(path_box["path"])
     watcher = threading.Thread(target=watch_console, args=(path_box, t0_box, marks, stop, cpu), daemon=True)
     watcher.start()
     out: Dict[str, object] = {"kernel": kernel}

@@ -1,7 +1,9 @@
 #!/bin/busybox sh
 # overlaylab guest init: PID 1 of the lab initramfs (see overlaylab/vm/initramfs.py).
 #
-# 1. proc/sys/devtmpfs; insmod /modules/*.ko in the order of /modules/order
+# 1. proc/sys/devtmpfs; insmod /modules/*.ko: order.boot now, order.lab in the background;
+#    order.ondemand (xfs, btrfs) is left to the kernel's own request at their first mount
+#    (see ON_DEMAND_MODULES in initramfs.py), or loaded too where that request has no modprobe
 # 2. the run's config share (9p tag "labcfg", read-only) on /cfg: lab.env (sourced here),
 #    sshd_config, the per-run host key and authorized key
 # 3. the host root read-only over 9p (tag "hostroot") on /newroot; tmpfs on its /run, /tmp,
@@ -200,6 +202,12 @@ if [ -d "$R/run/overlaylab/modroot/lib/modules/$LAB_RELEASE/kernel" ]; then
         fi
     done
 fi
+if [ "$(cat /proc/sys/kernel/modprobe)" = /sbin/overlaylab-modprobe ]; then
+    say "on demand (first mount): $(tr '\n' ' ' < /modules/order.ondemand)"
+else
+    load_modules /modules/order.ondemand &
+    ondemand_modules=$!
+fi
 
 cp /cfg/* $R/run/overlaylab/ || fail "cannot copy the run config"
 chmod 0600 $R/run/overlaylab/ssh_host_ed25519_key
@@ -216,7 +224,7 @@ chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     || fail "sshd did not start: $(cat $R/run/overlaylab/sshd.log 2>/dev/null | tail -n 3)"
 
 say "sshd started"
-wait $lab_modules
+wait $lab_modules $ondemand_modules
 echo "${LAB_READY_MARKER:-OVERLAYLAB-READY} $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 while [ ! -e $R/run/overlaylab/poweroff ]; do

@@ -58,6 +58,12 @@ def test_boot_kernel_with_disks_and_reach_it_with_testinfra(name, capsys):
         for dev in vm.disks.values():
             assert host.run("test -b %s" % dev).rc == 0
         assert host.run("blockdev --getsize64 %s" % vm.disks["xfs"]).stdout.strip() == str(512 << 20)
+        # xfs is not loaded at boot (initramfs.ON_DEMAND_MODULES): the kernel asks for it at the
+        # first xfs mount, through the host's kmod over the guest kernel's modules dir
+        assert host.run("grep -q '^xfs ' /proc/modules").rc != 0
+        r = run_with_timeout(host, "mkfs.xfs -q -f {0} && mkdir -p /mnt/lab/x && mount -t xfs {0} /mnt/lab/x "
+                                   "&& grep '^xfs ' /proc/modules; umount /mnt/lab/x".format(vm.disks["xfs"]), 120)
+        assert r.stdout.startswith("xfs "), (r.stdout, r.stderr)
         r = run_with_timeout(host, "python3 -c 'import sys, overlaylab; print(sys.version.split()[0], overlaylab.__file__)'", 120)
         assert r.rc == 0, r.stderr
         version, path = r.stdout.split()
