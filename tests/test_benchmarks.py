@@ -47,6 +47,23 @@ def test_matrix_benchmark_times_a_run_by_target_and_phase(tmp_path):
     assert run["unmet"] == 0 and figures["with_engines"] is None
     assert figures["verdicts"][0].startswith("default run, engines excluded: ")
     assert "target <= 180 s" in res.stdout and "s/cell" in res.stdout
+    assert run["cpu_s"] > 0  # the run's and its children's user + sys
+
+
+def test_matrix_benchmark_gives_the_cpu_ratio_that_bounds_the_engine_wall_ratio(tmp_path):
+    out = tmp_path / "matrix.json"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_matrix.py"),
+                          "--reports-dir", str(tmp_path / "reports"), "--json", str(out),
+                          "--", "--provider", "local", "-p", "=tmpfs", "-k", "engine-verdict"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    figures = json.loads(out.read_text())
+    plain, engines = figures["without_engines"], figures["with_engines"]
+    assert engines["cells"] > plain["cells"] > 0
+    # the engines' daemons and helpers are counted: CPU is the agent's and every process it reaped
+    assert engines["cpu_s"] > plain["cpu_s"] > 0
+    (line,) = [v for v in figures["verdicts"] if v.strip().startswith("CPU (user + sys)")]
+    assert "%.2fx" % (engines["cpu_s"] / plain["cpu_s"]) in line
 
 
 def test_matrix_benchmark_refuses_a_directory_that_is_not_a_run(tmp_path):
