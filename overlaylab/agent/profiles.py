@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 try:  # Python >= 3.11
     import tomllib
 except ImportError:  # pragma: no cover - 3.9/3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from ..paths import PACKAGE_DIR
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KINDS = ("block", "tmpfs", "overlay")
 
 ENV_PROFILES = "OVERLAYLAB_FILESYSTEMS"
-
-_PKG_DIR = PACKAGE_DIR  # .../overlaylab
 
 
 def default_profiles_path() -> Path:
@@ -32,13 +30,18 @@ def default_profiles_path() -> Path:
     (``overlaylab/lab/data/filesystems.toml``, for wheel installs that package it); and
     ``./vms/filesystems.toml``. The first that exists wins.
     """
+    # imported here: agents get the profiles' text (--profiles-b64), and guests pay ~40 ms per
+    # import under TCG (pathlib brings urllib.parse and ipaddress)
+    from pathlib import Path
+
+    from ..paths import PACKAGE_DIR
     candidates = []
     env = os.environ.get(ENV_PROFILES)
     if env:
         candidates.append(Path(env))
     candidates += [
-        _PKG_DIR.parent / "vms" / "filesystems.toml",
-        _PKG_DIR / "lab" / "data" / "filesystems.toml",
+        PACKAGE_DIR.parent / "vms" / "filesystems.toml",
+        PACKAGE_DIR / "lab" / "data" / "filesystems.toml",
         Path.cwd() / "vms" / "filesystems.toml",
     ]
     for c in candidates:
@@ -154,5 +157,5 @@ def parse_profiles(text: str) -> Dict[str, FsProfile]:
 
 def load_profiles(path: Optional[Union[str, "os.PathLike[str]"]] = None) -> Dict[str, FsProfile]:
     """Read ``filesystems.toml`` (default: :func:`default_profiles_path`) into ``{name: FsProfile}``."""
-    p = Path(path) if path is not None else default_profiles_path()
-    return parse_profiles(p.read_text(encoding="utf-8"))
+    with open(path if path is not None else default_profiles_path(), encoding="utf-8") as f:
+        return parse_profiles(f.read())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 
 from ...graphdriver.errors import ErrApplyDiffFallback
 from ..logcapture import capture_log
@@ -67,6 +66,7 @@ def socket_copy_quirk(ctx: ScenarioContext) -> None:
     init = ctr + "-init"
     d.create(init, base, "")
     with mounted(d, init) as view:
+        import socket  # imported here: only this cell needs it, and guests pay ~25 ms per import under TCG
         fd = os.open(os.path.join(view, "run"), os.O_RDONLY | os.O_DIRECTORY)
         s = socket.socket(socket.AF_UNIX)
         try:
