@@ -13,8 +13,8 @@ accelerator (a real KVM probe boot, else TCG), and boots with:
 * one raw sparse image per disk profile (``-drive if=virtio,serial=<profile>``);
 * user-mode networking with ``restrict=on`` and one forward ``127.0.0.1:<port> -> guest:22``.
 
-It yields a :class:`QemuSession`: ``.host`` (testinfra), ``.disks`` (profile -> /dev/vdX, read
-from ``/sys/block/vd*/serial`` in the guest), ``.kernel_release``, ``.accel``,
+It yields a :class:`QemuSession`: ``.host`` (testinfra), ``.disks`` (profile -> /dev/vdX, from
+``/sys/block/vd*/serial`` in the guest, as guest init prints it), ``.kernel_release``, ``.accel``,
 ``.console_log``, ``.boot_seconds``, and ``restart()`` (boot the same guest again after it
 panicked or hung). On exit the qemu process group is killed and the run directory (images,
 keys, console log) removed, unless ``keep=True``.
@@ -67,6 +67,14 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # --- per-run files (pure text builders) --------------------------------------------------------
+
+_CONSOLE_DISK = re.compile(r"^OVERLAYLAB-DISK (\S+) (vd[a-z]+)\r?$", re.M)
+
+
+def console_disks(console: str) -> Dict[str, str]:
+    """serial -> /dev/vdX from guest init's ``OVERLAYLAB-DISK`` console lines (the last boot's)."""
+    return {serial: "/dev/" + dev for serial, dev in _CONSOLE_DISK.findall(console)}
+
 
 def guest_environment(python: Optional[str] = None, project_root: str = PROJECT_ROOT) -> Dict[str, str]:
     """The environment ssh sessions in the guest get: the host's Python first on PATH."""
@@ -465,9 +473,14 @@ class QemuProvider:
             cleanup_mod.release(lease)
 
     def _map_disks(self, session: QemuSession, names: List[str]) -> Dict[str, str]:
-        """profile -> /dev/vdX, from the serials the guest sees."""
+        """profile -> /dev/vdX, from the serials the guest sees: the ``OVERLAYLAB-DISK <serial>
+        <vdX>`` lines guest init printed on the console before its ready marker, or (a line the
+        kernel's own output broke) from the guest's /sys over ssh."""
         if not names:
             return {}
+        found = console_disks(session.vm.console() if session.vm else "")
+        if all(n in found for n in names):
+            return {n: found[n] for n in names}
         # one process (``grep -H``: "/sys/block/vda/serial:ext4"), not two per disk: each
         # fork costs milliseconds under TCG and this is on the way to the first result
         r = run_with_timeout(session.host, "grep -H . /sys/block/vd*/serial", 30)

@@ -176,6 +176,7 @@ for b in /sys/block/vd*; do
     s=$(cat "$b/serial")
     [ -n "$s" ] || continue
     ln -sfn "../../${b##*/}" "$R/dev/disk/by-profile/$s"
+    echo "OVERLAYLAB-DISK $s ${b##*/}"  # the host maps its disks from these lines, no ssh round trip
     printf 'E:ID_SERIAL=%s\nE:ID_SERIAL_SHORT=%s\nS:disk/by-profile/%s\n' "$s" "$s" "$s" \
         > "$R/run/udev/data/b$(cat "$b/dev")"
 done
@@ -219,8 +220,13 @@ ip link set eth0 up || fail "no eth0 (virtio_net missing?)"
 ip addr add "${LAB_IP:-10.0.2.15/24}" dev eth0
 ip route add default via "${LAB_GW:-10.0.2.2}"
 
-chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    "$LAB_SSHD" -f /run/overlaylab/sshd_config -E /run/overlaylab/sshd.log \
+# -r: no re-exec of sshd for each connection (~0.25 s of the guest's CPU under TCG, on the way to
+# the first result); an sshd without the option (OpenSSH 9.8 split off sshd-session) starts as is
+start_sshd() {
+    chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        "$LAB_SSHD" "$@" -f /run/overlaylab/sshd_config -E /run/overlaylab/sshd.log
+}
+start_sshd -r 2>/dev/null || start_sshd \
     || fail "sshd did not start: $(cat $R/run/overlaylab/sshd.log 2>/dev/null | tail -n 3)"
 
 say "sshd started"

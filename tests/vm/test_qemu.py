@@ -184,3 +184,14 @@ def test_control_path_fits_a_unix_socket_even_under_a_long_tmpdir():
     # pytest's tmp_path under a long TMPDIR: ssh would fail "ControlPath too long"
     long_dir = "/tmp/pytest-of-root/pytest-12/test_a_rather_long_test_name_here0/" + "x" * 40
     assert control_path_for(long_dir) == "none"
+
+
+def test_disks_are_mapped_from_guest_inits_console_lines():
+    from overlaylab.providers.qemu import console_disks
+
+    console = ("[    2.1] virtio_blk virtio2: [vda] 131072 512-byte logical blocks\n"
+               "OVERLAYLAB-DISK ext4 vda\r\n"
+               "OVERLAYLAB-DISK xfs-v4-noftype vdb\n"
+               "[    2.2] a kernel line, then OVERLAYLAB-DISK btrfs vdc\n"  # broken by printk: not a line of init's
+               "OVERLAYLAB-READY 6.1.0-50-amd64 uptime=3.7\n")
+    assert console_disks(console) == {"ext4": "/dev/vda", "xfs-v4-noftype": "/dev/vdb"}
