@@ -174,7 +174,8 @@ def verdicts(plain: Dict[str, Any], engines: Optional[Dict[str, Any]]) -> List[s
                  % (wall, TARGET_RUN_S, mark(wall <= TARGET_RUN_S)))
     for t in plain["targets"]:
         if t.get("provider") not in (None, "local") and t["first_s"] is not None:
-            lines.append("first result on %s: %.1f s after its start (target <= %.0f s): %s"
+            lines.append("first result on %s: %.1f s after its start, the host's target sharing the cores too "
+                         "(target <= %.0f s with two VMs sharing them: bench_boot.py --first-cell): %s"
                          % (t["target"], t["first_s"], TARGET_FIRST_S, mark(t["first_s"] <= TARGET_FIRST_S)))
     if engines is not None and wall:
         ratio = (engines["wall_s"] or 0.0) / wall
