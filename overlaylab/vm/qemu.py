@@ -65,8 +65,9 @@ def resources_args(memory_mb: int = 1024, cpus: int = 2) -> List[str]:
 #: panic or Oops raises the level itself: kernel/panic.c ``console_verbose()``), not the ~25 KB
 #: of KERN_INFO boot lines, each byte of which is an emulated UART write under TCG
 #: (benchmarks/bench_boot.py); /dev/kmsg, which the agent reads, keeps every line. The TSC is
-#: the clocksource (no ``tsc=unstable``): TCG's TSC follows the host's clock and a guest has one
-#: vCPU, so there is nothing to keep in sync, and clock reads stay in the vDSO instead of an
+#: the clocksource (no ``tsc=unstable``): TCG derives every vCPU's TSC from the host's clock and a
+#: guest has one vCPU by default, so there is nothing to keep in sync (a kernel that finds a warp
+#: between vCPUs falls back to the HPET itself), and clock reads stay in the vDSO instead of an
 #: emulated HPET read each (first result on 5.10 and 6.1 ~0.9 s sooner, bench_boot --first-cell)
 DEFAULT_APPEND = ("console=ttyS0,115200 panic=-1 rdinit=/init random.trust_cpu=on "
                   "mitigations=off net.ifnames=0 8250.nr_uarts=1 loglevel=6")
