@@ -243,41 +243,6 @@ def _host_fs(path: str) -> Dict[str, Any]:
 
 # --- teardown ---------------------------------------------------------------------------
 
-def _mountinfo_text() -> str:
-    with open("/proc/self/mountinfo", "r", encoding="utf-8", errors="surrogateescape") as f:
-        return f.read()
-
-
-def _escaped(path: str) -> str:
-    # how mountinfo writes a path: space, tab, newline and backslash as octal escapes
-    # (fs/proc_namespace.c, seq_escape(m, path, " \t\n\\"))
-    for ch in "\\ \t\n":
-        path = path.replace(ch, "\\%03o" % ord(ch))
-    return path
-
-
-def mounts_below(path: str) -> List[mountutil.MountInfo]:
-    """``mountutil.mounts_under(path)``, without parsing the mount table when ``path`` does not
-    occur in its text at all (the common answer: nothing is mounted there). A parse of a qemu
-    guest's table costs ~20 ms under TCG, and the lab asks this after every cell."""
-    text = _mountinfo_text()
-    if _escaped(path.rstrip("/")) not in text:
-        return []
-    prefix = path.rstrip("/") + "/"
-    return [m for m in mountutil.parse_mountinfo(text)
-            if m.mountpoint == path.rstrip("/") or m.mountpoint.startswith(prefix)]
-
-
-def mount_entry(mountpoint: str) -> Optional[mountutil.MountInfo]:
-    """The mount table's first entry for ``mountpoint``, or None; only the line that names it
-    is parsed."""
-    field = _escaped(mountpoint)
-    for line in _mountinfo_text().splitlines():
-        if line.split(" ", 5)[4:5] == [field]:
-            return mountutil.parse_mountinfo(line)[0]
-    return None
-
-
 def unmount_tree(root: str, attempts: int = 5) -> List[str]:
     """Unmount everything at or below ``root``, deepest first, lazily (``MNT_DETACH``) if busy,
     repeated until nothing is left. Returns what it did.
@@ -289,7 +254,7 @@ def unmount_tree(root: str, attempts: int = 5) -> List[str]:
     done: List[str] = []
     root = os.path.realpath(root)
     for _ in range(attempts):
-        mounts = mounts_below(root)
+        mounts = mountutil.mounts_under(root)
         if not mounts:
             break
         for m in reversed(mounts):
@@ -370,7 +335,7 @@ def make_backing_fs(profile: FsProfile, workdir: str, device: Optional[str] = No
         bfs.teardown_log.extend(unmount_tree(root))
 
     def _remove_root() -> None:
-        if mounts_below(root):
+        if mountutil.mounts_under(root):
             # Never rmtree across a mount that would not go away: it would delete its contents.
             bfs.teardown_log.append("left %s in place: still mounted" % root)
             log.error("backing fs %s: mounts under %s remain after teardown", profile.name, root)

@@ -58,7 +58,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from .. import mountutil
-from .backingfs import mount_entry
+from ..mountutil import mount_entry
 from .probes import OVERLAY_PARAMS_DIR, Probe, scratch_dir
 from .recipes import overlay_mount_data
 from .shell import KernelLogCursor, run, which

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import cleanup as cleanup_mod
 from . import hold as hold_mod
 from . import probes as probe_mod
-from .backingfs import BackingFsUnavailable, make_backing_fs, mounts_below
+from .backingfs import BackingFsUnavailable, make_backing_fs
 from .devices import device_problem
 from .engine_cells import run_engine_cells
 from .engines import DEFAULT_ENGINE, ENGINES
@@ -46,6 +46,7 @@ from .scenario import ENGINE_GROUP, Expectation, Facts, Outcome, all_scenarios, 
 from .shell import KernelLogCursor
 from .records import PORT_ENGINE, CellRecord, ProfileRecord, TargetRecord
 from .timings import Timings, process_age, profiled
+from .. import mountutil
 
 
 def emit(record: Any) -> None:
@@ -238,7 +239,7 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                               [(sc, engine) for engine in engines for sc in neutral], err, klog)
     finally:
         klog.close()
-        if not mounts_below(workdir):
+        if not mountutil.mounts_under(workdir):
             if own_workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:

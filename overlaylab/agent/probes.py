@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .. import mountutil
 from ..goerrors import errno_text
 from ..graphdriver.fsmagic import LAB_FS_NAMES, statfs_magic
-from .backingfs import mounts_below, unmount_tree
+from .backingfs import unmount_tree
 from .logcapture import capture_log
 from .recipes import MountSpec, overlay_mount_spec
 from .shell import KernelLogCursor, run
@@ -227,7 +227,7 @@ def scratch_dir(backing_dir: str, prefix: str) -> Iterator[str]:
         yield path
     finally:
         unmount_tree(path)
-        if not mounts_below(path):
+        if not mountutil.mounts_under(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -632,7 +632,7 @@ def driver_verdict(home_parent: str, options: Sequence[str] = (), keep_home: boo
             driver.cleanup()
         except Exception:  # noqa: BLE001
             pass
-    if not existed and not keep_home and os.path.isdir(home) and not mounts_below(home):
+    if not existed and not keep_home and os.path.isdir(home) and not mountutil.mounts_under(home):
         shutil.rmtree(home, ignore_errors=True)
     return DriverVerdict(home, verdict, outcome, err_text, err_type, capture.lines, status)
 

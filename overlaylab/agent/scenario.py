@@ -192,7 +192,6 @@ class ScenarioContext(Checks):
     # clean-up -------------------------------------------------------------------------------
     def close(self) -> None:
         from ..mountutil import unmount_all_under
-        from .backingfs import mounts_below
         for driver in self._drivers:
             proto = getattr(driver, "proto", driver)
             try:
@@ -203,7 +202,7 @@ class ScenarioContext(Checks):
                 with contextlib.suppress(Exception):
                     while layer_id in proto.active:
                         proto.put(layer_id)
-            leftover = unmount_all_under(proto.home) if mounts_below(proto.home) else []
+            leftover = unmount_all_under(proto.home)
             if leftover:
                 self.log.append("unmounted what the scenario left mounted: %s" % ", ".join(leftover))
         for root in self._roots:

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from overlaylab import mountutil
-from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs, mounts_below
-from overlaylab.agent.backingfs import mount_entry
+from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs
 from overlaylab.agent.probes import read_kernel_config, parse_kernel_config
 from overlaylab.agent.recipes import overlay_mount_spec
 
@@ -307,22 +306,27 @@ def test_run_never_raises():
     assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n") and r.command == "sh -c 'echo out; echo err >&2; exit 3'"
 
 
-def test_mounts_below_answers_as_the_full_mount_table_does_for_paths_mountinfo_escapes(tmp_path):
+def test_mounts_under_answers_as_the_full_mount_table_does_for_paths_mountinfo_escapes(tmp_path):
+    """mounts_under parses the table only when the path occurs in its (escaped) text."""
+    def parsed_whole(path):  # the answer from every entry of the table, parsed
+        p = path.rstrip("/")
+        return [m for m in mountutil.mountinfo() if m.mountpoint == p or m.mountpoint.startswith(p + "/")]
+
     base = tmp_path / "a dir\\with\tescapes"
     inner = base / "in ner"
     inner.mkdir(parents=True)
-    assert mounts_below(str(base)) == [] == mountutil.mounts_under(str(base))
+    assert mountutil.mounts_under(str(base)) == [] == parsed_whole(str(base))
     mountutil.mount("tmpfs", str(inner), "tmpfs", 0, "size=1m")
     try:
-        assert [m.mountpoint for m in mounts_below(str(base))] == [str(inner)]
-        assert mounts_below(str(base)) == mountutil.mounts_under(str(base))
-        assert mounts_below(str(base) + "/") == mountutil.mounts_under(str(base) + "/")
-        assert mounts_below(str(tmp_path / "a dir")) == []  # a prefix of the name is not a parent
-        assert mount_entry(str(inner)).fstype == "tmpfs"
-        assert mount_entry(str(base)) is None
+        assert [m.mountpoint for m in mountutil.mounts_under(str(base))] == [str(inner)]
+        assert mountutil.mounts_under(str(base)) == parsed_whole(str(base))
+        assert mountutil.mounts_under(str(base) + "/") == parsed_whole(str(base) + "/")
+        assert mountutil.mounts_under(str(tmp_path / "a dir")) == []  # a prefix of the name is not a parent
+        assert mountutil.mount_entry(str(inner)).fstype == "tmpfs"
+        assert mountutil.mount_entry(str(base)) is None
     finally:
         mountutil.umount(str(inner))
-    assert mounts_below(str(base)) == []
+    assert mountutil.mounts_under(str(base)) == []
 
 
 @pytest.mark.parametrize("name", ["ext4", "xfs", "btrfs", "tmpfs", "overlay"])

@@ -34,7 +34,7 @@ from ...graphdriver.graphtest import (  # noqa: F401  (the scenarios' helpers ar
     write_file,
 )
 from ...graphdriver.graphtest import random_id as new_id
-from ..backingfs import mounts_below
+from ... import mountutil
 
 #: A fixed, whole-second mtime for tar entries (what a pulled layer carries).
 TAR_MTIME = 1500000000
@@ -221,7 +221,7 @@ def member_map(members: Iterable[tarfile.TarInfo]) -> Dict[str, tarfile.TarInfo]
 
 def mounts(driver) -> List[Any]:
     """The mounts at or below the driver home (the table parsed only when it names the home)."""
-    return mounts_below(driver.home)
+    return mountutil.mounts_under(driver.home)
 
 
 def tmproots(driver, layer_id: str) -> List[str]:

@@ -26,7 +26,6 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ... import mountutil
-from ..backingfs import mounts_below
 from ..features import IDMAP_BASE, idmap_userns_fd
 from ..scenario import Expectation, Facts, Outcome, ScenarioContext, ScenarioFailure, Unsupported, default_expect, scenario
 from ..shell import KernelLogCursor
@@ -191,8 +190,7 @@ def workspace(ctx: ScenarioContext) -> Iterator[Workspace]:
     try:
         yield Workspace(ctx, root)
     finally:
-        if mounts_below(root):  # the mount table is parsed only when it names the workspace
-            mountutil.unmount_all_under(root)
+        mountutil.unmount_all_under(root)  # the mount table is parsed only when it names the workspace
         shutil.rmtree(root, ignore_errors=True)
 
 
