@@ -16,11 +16,13 @@ hides is ``-``):
 - ``sshd``    the init's "sshd started", ``ready`` its ready marker,
 
 then, from the host side: ``ssh`` (qemu's start to an SSH banner: the provider's boot time),
-``disks`` (the first ssh command, which maps the disks, done), ``probe`` (the agent's
-``probe-target`` answered: its first output) and, with ``--first-cell``, ``cell`` (the first
-cell of the default run's first profile, ext4/driver-init, stored; as the runner does it, the
-same agent probes the kernel first: ``run --probe-target``). The table gives each
-kernel's best of ``--repeat`` for the total; the machine is noisy, so compare runs of the same
+``disks`` (the provider's ``up()`` done: the disks mapped from guest init's console lines, or
+by an ssh query where a line came out broken), ``probe`` (the agent's ``probe-target``
+answered: its first output) and, with ``--first-cell``, ``cell`` (the first cell of the
+default run's first profile, ext4/driver-init, stored; as the runner does it, the same agent
+probes the kernel first: ``run --probe-target``). The table has a row per boot; with
+``--first-cell`` a line per kernel gives its first results (best, worst, median over
+``--repeat``) against issue 15's target. The machine is noisy, so compare runs of the same
 session. Under each kernel's row, qemu's CPU seconds (all threads) at the same points: less
 sensitive to what else runs on the machine than the wall time.
 """
