@@ -165,9 +165,11 @@ _EXPORT_WITH_FEW_FDS = r"""
 import os, resource, sys
 from overlaylab.archive import ArchiveError, tar_tree
 root = sys.argv[1]
-stream = tar_tree(root)  # the pipe and the thread first, then almost no descriptors left
-low = len(os.listdir("/proc/self/fd")) + 6
+# Almost no descriptors left before the walk starts: room for the stream's pipe (2) and 6
+# more. (Lowered after tar_tree returned, the thread could have walked the whole tree first.)
+low = len(os.listdir("/proc/self/fd")) + 2 + 6
 resource.setrlimit(resource.RLIMIT_NOFILE, (low, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+stream = tar_tree(root)
 try:
     while stream.read(1 << 16):
         pass
