@@ -6,8 +6,9 @@
     with ``--probe-target``, first the ``target`` record of ``probe-target`` (the runner's first
     agent on a target: one interpreter start less); then makes the profile's backing filesystem (on a loop device, or on DEV inside a VM), probes it,
     asks the driver's Init for its verdict, then runs each scenario: a ``start`` record just
-    before it (so a runner whose target died knows which cell was in flight), one ``cell``
-    record as soon as it finishes; ends with a ``done`` record. The port's own
+    before it (so a runner whose target died knows which cell was in flight; with
+    ``--console-marks`` also a line on the kernel's console, :mod:`overlaylab.agent.cellmark`),
+    one ``cell`` record as soon as it finishes; ends with a ``done`` record. The port's own
     scenarios run on the port; the ``engine`` group runs once per engine (default: the port).
 
 ``python -m overlaylab.agent hold DIR --run RUN``
@@ -33,6 +34,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from . import cellmark
 from . import cleanup as cleanup_mod
 from . import hold as hold_mod
 from . import probes as probe_mod
@@ -185,13 +187,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         # the first profile's set-up waited for the interpreter and the imports
         startup = {"startup": args.startup_seconds} if i == 0 and args.startup_seconds is not None else {}
         run_profile(profiles[name], devices.get(name), wanted, catalogue, target, args.workdir,
-                    list(dict.fromkeys(engines)), check_devices=args.check_devices, timings=Timings(startup))
+                    list(dict.fromkeys(engines)), check_devices=args.check_devices, timings=Timings(startup),
+                    console_marks=args.console_marks)
     return 0
 
 
 def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, target_probes,
                 workdir: Optional[str], engines: Sequence[str] = (DEFAULT_ENGINE,),
-                check_devices: bool = False, timings: Optional[Timings] = None) -> None:
+                check_devices: bool = False, timings: Optional[Timings] = None,
+                console_marks: bool = False) -> None:
     """Make one profile's backing fs, probe it, run the scenarios; records go to stdout.
 
     The port's own scenarios run when the port is among ``engines``; the ``engine`` group runs
@@ -227,12 +231,12 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
                 os.makedirs(scratch, exist_ok=True)
                 for sid in classic:
                     sc = catalogue[sid]
-                    _emit_start(profile.name, sid, PORT_ENGINE)
+                    _emit_start(profile.name, sid, PORT_ENGINE, console_marks)
                     cell = run_scenario(sc, bfs.mountpoint, facts, scratch, kernel_log=klog)
                     emit(cell.to_record(profile.name, sid, sc.group))
                 for engine in engines if neutral else ():
                     for record in run_engine_cells(engine, neutral, bfs.mountpoint, facts, scratch, klog,
-                                                   lambda sc, e=engine: _emit_start(profile.name, sc.id, e)):
+                                                   lambda sc, e=engine: _emit_start(profile.name, sc.id, e, console_marks)):
                         emit(record)
         except BackingFsUnavailable as err:
             _emit_unavailable(profile.name, [(catalogue[s], None) for s in classic] +
@@ -249,7 +253,9 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
 
 
-def _emit_start(profile: str, scenario: str, engine: str) -> None:
+def _emit_start(profile: str, scenario: str, engine: str, console_mark: bool = False) -> None:
+    if console_mark:  # first: the console outlives a panic, the ssh stream may not
+        cellmark.write(profile, scenario, engine)
     emit({"record": "start", "profile": profile, "scenario": scenario, "engine": engine})
 
 
@@ -288,6 +294,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--check-devices", action="store_true",
                    help="the --device disks are the host's own: refuse one that is in use or holds a "
                         "filesystem the lab did not make (that profile's cells are ERROR)")
+    r.add_argument("--console-marks", action="store_true",
+                   help="also log each cell's start to /dev/kmsg for the console (a guest whose console "
+                        "the runner reads: it names the cell a panic cut short)")
     r.add_argument("--scenario", action="append", default=[], help="scenario id (repeatable; default all)")
     r.add_argument("--engine", action="append", default=[],
                    help="storage engine for the engine scenarios (repeatable; default %s; one of %s)"

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
+from . import cellmark
+
 DEFAULT_TIMEOUT = 120.0
 
 # Commands live in sbin on Debian; a non-login root shell (or a VM's chroot) may lack it in PATH.
@@ -149,7 +151,7 @@ class KernelLogCursor:
                 if not record:
                     break
                 line = _format_kmsg_record(record)
-                if line is not None:
+                if line is not None and not cellmark.is_mark(line):  # the agent's own, not the kernel's
                     lines.append(line)
             return lines
         if self._baseline is not None:
@@ -161,11 +163,13 @@ class KernelLogCursor:
             self._baseline = now
             # The ring buffer may have wrapped: find where the old tail ends in the new text.
             if base and len(now) >= len(base) and now[:len(base)] == base:
-                return now[len(base):]
-            if base and base[-1] in now:
+                new = now[len(base):]
+            elif base and base[-1] in now:
                 idx = len(now) - 1 - now[::-1].index(base[-1])
-                return now[idx + 1:]
-            return now[-20:]
+                new = now[idx + 1:]
+            else:
+                new = now[-20:]
+            return [line for line in new if not cellmark.is_mark(line)]
         return []
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Se
 
 from ..providers.session import Session
 from ..providers.transport import stream_lines
+from ..agent import cellmark
 from ..agent.health import classify_line, kernel_warnings
 from ..agent.records import PORT_ENGINE, CellRecord, TargetRecord, parse_records
 from ..agent.scenario import ENGINE_GROUP
@@ -280,6 +281,8 @@ class Runner:
     def _agent_args(self, session: Session, profiles: Sequence[FsProfile], runs: Sequence[Tuple[str, str]],
                     kernel: str) -> List[str]:
         args = ["run", "--run-id", self.store.run_id]
+        if session.console_log:  # read after a crash: the marks name the cell a panic cut short
+            args.append("--console-marks")
         facts = self._target_facts.get(kernel)
         if kernel in self._pending_targets:
             args.append("--probe-target")  # the target record first, then the profiles
@@ -446,13 +449,18 @@ class Runner:
         profiles. A guest that does not come back makes the rest ERROR."""
         current, rest = unfinished[0], list(unfinished[1:])
         todo = [(sid, e) for sid, e in runs if (current.name, sid, e) not in done]
-        # A cell the agent started and did not finish; else it died setting the profile up or
-        # between cells (an engine starting): the rest of the profile, so that a rerun progresses.
-        in_cell = bool(in_flight and in_flight[0] == current.name and in_flight[1:] in todo)
-        crashed = [in_flight[1:]] if in_cell else todo  # type: ignore[index]
+        whole_console = self._console_lines(session)
+        # A cell the agent started and did not finish: the console's last mark (it outlives a
+        # panic) or the stream's last start record (a target whose console does not show the
+        # marks). Else it died setting the profile up or between cells (an engine starting):
+        # the rest of the profile, so that a rerun progresses.
+        started = [c for c in (cellmark.last_mark(whole_console), in_flight)
+                   if c and c[0] == current.name and c[1:] in todo]
+        in_cell = bool(started)
+        crashed = [started[0][1:]] if in_cell else todo
         extra = {k: info[k] for k in ("target", "kernel_release", "provider", "attempt") if k in info}
         # from just before the first panic/Oops/BUG headline (its trace is long), else the tail
-        console = self._console_tail(session, 200)
+        console = whole_console[-200:]
         heads = [i for i, line in enumerate(console) if classify_line(line)]
         console = console[max(0, heads[0] - 5):] if heads else console[-60:]
         evidence = {"agent_problem": info.get("agent_problem") or down, "console_tail": console,
@@ -507,12 +515,15 @@ class Runner:
         return res
 
     def _console_tail(self, session: Session, lines: int = 40) -> List[str]:
+        return self._console_lines(session)[-lines:]
+
+    def _console_lines(self, session: Session) -> List[str]:
         path = session.console_log
         if not path:
             return []
         try:
             with open(path, "r", errors="replace") as f:
-                return f.read().splitlines()[-lines:]
+                return f.read().splitlines()
         except OSError:
             return []
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from overlaylab import mountutil
+from overlaylab.agent import cellmark
 from overlaylab.agent.backingfs import BackingFsUnavailable, loop_devices_for, make_backing_fs
 from overlaylab.agent.probes import read_kernel_config, parse_kernel_config
 from overlaylab.agent.recipes import overlay_mount_spec
@@ -290,9 +291,35 @@ def test_kernel_log_cursor_sees_only_new_lines(source, monkeypatch):
         assert cursor.source == source
         with open("/dev/kmsg", "w") as k:
             k.write(marker + "\n")
+        cellmark.write("tmpfs", marker, "port")  # the agent's own line: not the kernel's
         lines = cursor.read_new()
         assert any(marker in l for l in lines), lines
+        assert not any(cellmark.PREFIX in l for l in lines), lines
         assert not any(marker in l for l in cursor.read_new())
+
+
+def test_cell_marks_reach_the_kernel_log_past_the_rate_limit_of_one_open():
+    """25 marks at once: /dev/kmsg allows 10 lines per 5 s per open (printk.devkmsg=ratelimit,
+    this host's default), and each mark is an open of its own, so none is dropped."""
+    from overlaylab.agent import shell
+
+    tag = "rl%d" % os.getpid()
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        for i in range(25):
+            cellmark.write("tmpfs", "%s-%d" % (tag, i), "port")
+        seen = []
+        while True:
+            try:
+                line = shell._format_kmsg_record(os.read(fd, 8192))
+            except BlockingIOError:
+                break
+            if line and cellmark.is_mark(line) and tag in line:
+                seen.append(cellmark.last_mark([line]))
+    finally:
+        os.close(fd)
+    assert seen == [("tmpfs", "%s-%d" % (tag, i), "port") for i in range(25)]
 
 
 def test_run_never_raises():

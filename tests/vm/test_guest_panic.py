@@ -2,7 +2,8 @@
 under qemu, a test-only scenario that crashes the guest (sysrq ``c``, tests/health_scenarios.py)
 on the tmpfs profile. That cell is ERROR with "Kernel panic" in its console tail, the VM is
 booted again, and the next cell of the same profile and the cells of the next profile PASS;
-no qemu is left running."""
+no qemu is left running. The cell is named from its mark on the console, which outlives the
+panic, even when the agent's start record went down with the guest (CI saw that once)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import tempfile
 
 import pytest
 
+from overlaylab.agent import cellmark
 from overlaylab.agent.profiles import load_profiles
 from overlaylab.agent.scenario import REGISTRY, all_scenarios
 from overlaylab.lab.matrix import Matrix
@@ -52,6 +54,11 @@ def test_a_guest_panic_is_one_error_cell_and_the_rebooted_guest_runs_the_rest(ke
         assert crashed["error"] == "the guest kernel panicked during this cell", \
             "\n".join(crashed["evidence"]["console_tail"] + crashed["evidence"]["stderr_tail"])
         assert any("Kernel panic - not syncing" in line for line in crashed["evidence"]["console_tail"])
+        # the cell's mark is on the console before the panic, whatever the ssh stream delivered
+        tail = crashed["evidence"]["console_tail"]
+        assert cellmark.last_mark(tail) == ("tmpfs", "health-panic", "port"), "\n".join(tail)
+        assert [i for i, l in enumerate(tail) if cellmark.is_mark(l)][-1] < \
+            [i for i, l in enumerate(tail) if "Kernel panic - not syncing" in l][0]
         assert "panic" in [w["kind"] for w in crashed["health"]["kernel_warnings"]]
         for key in (("tmpfs", "driver-init"), ("ext4", "health-panic"), ("ext4", "driver-init")):
             assert cells[key]["outcome"] == "PASS" and cells[key]["met"], (key, cells[key].get("error"))
