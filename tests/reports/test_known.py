@@ -259,3 +259,29 @@ def test_known_check_of_the_shipped_file_on_the_real_run_needs_no_attention(real
     assert "mtime-diff-bug" in result["not_run"]
     missing = cli(["known", "check", "no-such-run", "--reports-dir", real[0]])
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_the_breakage_scenarios_expected_failures_are_known_not_new(tmp_path):
+    """The breakage cases that fail as expected on this kernel each have their upstream entry,
+    so a default run's "New failures" lists only what is really new (it listed 147 cells of
+    these before they had entries). A real host run of the failing cases on ext4 and on ext4
+    without d_type, where the d_type entry takes the opaque case."""
+    agent_tmp = str(tmp_path / "agent-tmp")
+    os.makedirs(agent_tmp)
+    reports = str(tmp_path / "reports")
+    try:
+        out = cli(["run", "--provider", "local", "--reports-dir", reports, "-p", "=ext4 or =ext4-nofiletype",
+                   "-k", "=upperdir-in-use or =volatile-remount or =redirect-dir-native-diff or "
+                         "=rootless-no-userxattr or =opaque-copied-up", "--engine", "port", "-j", "1"],
+                  env={"TMPDIR": agent_tmp}, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        rep = RunReport.from_run(load_run(run_dir_of(out.stdout)))
+    finally:
+        tear_down_run_dirs(str(tmp_path), agent_tmp)
+    assert rep.new_failures() == []
+    known = {issue.id: _ids(cells) for issue, cells in rep.known_groups()}
+    for sid in ("upperdir-in-use", "volatile-remount", "redirect-dir-native-diff", "rootless-no-userxattr"):
+        assert known[sid] == {"host/ext4/" + sid, "host/ext4-nofiletype/" + sid}, known
+    assert "host/ext4-nofiletype/opaque-copied-up" in known["no-dtype-whiteouts"]
+    assert rep.cells[("host", "ext4", "opaque-copied-up", "port")].outcome == "PASS"
+    assert "New failures (0)" in out.stdout
