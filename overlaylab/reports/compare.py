@@ -353,7 +353,7 @@ def baseline_entries(rep: RunReport) -> List[Tuple[str, Tuple[str, ...], bool, s
         suffix = "" if e == PORT_ENGINE else "/" + e
         mixed: Dict[str, List[CellView]] = {}
         for p in rep.profiles():
-            cells = [c for c in rep.cells.values() if c.target == t and c.profile == p and c.engine == e]
+            cells = [c for c in rep.cells_of(t, p) if c.engine == e]
             if not cells:
                 continue
             special = [c for c in cells if c.flaky or not c.met]

@@ -536,7 +536,7 @@ def render(rep: RunReport) -> str:
             label += '<br><b class="kernel-warnings">%d cells with kernel warnings</b>' % len(warned)
         parts.append("<tr><td>%s</td>" % label)
         for p in rep.profiles():
-            cells = [c for c in rep.cells.values() if c.target == t and c.profile == p]
+            cells = rep.cells_of(t, p)
             if not cells:
                 parts.append('<td class="none">%s</td>' % NOT_RUN)
                 continue

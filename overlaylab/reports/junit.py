@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from typing import Dict, List
 
@@ -40,9 +41,13 @@ def _text(cv: CellView, rec=None) -> str:
     return "\n".join(lines)
 
 
+#: what XML 1.0 cannot hold: control characters but tab, newline and carriage return; U+FFFE, U+FFFF
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _xml_safe(text: str) -> str:
     """Drop characters XML 1.0 cannot hold (mkfs progress bars carry backspaces)."""
-    return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20 and ch not in "\ufffe\uffff")
+    return _NOT_XML.sub("", text)
 
 
 def _known_text(cv: CellView, prefix: str = "") -> str:

@@ -78,7 +78,7 @@ def targets_table(rep: RunReport) -> str:
     rows = []
     for t in rep.targets():
         rec = rep.target_record(t)
-        cells = [c for c in rep.cells.values() if c.target == t]
+        cells = rep.cells_of(t)
         counts = rep.counts(cells)
         row = [t, rec.get("kernel_release", "") or rep.kernel_release(t), rec.get("provider", ""),
                len(cells)]
@@ -103,7 +103,7 @@ def overview_table(rep: RunReport) -> str:
     for t in rep.targets():
         row = [_target_label(rep, t)]
         for p in rep.profiles():
-            cells = [c for c in rep.cells.values() if c.target == t and c.profile == p]
+            cells = rep.cells_of(t, p)
             if not cells:
                 row.append(NOT_RUN)
                 continue

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..lab.results import Run
 from .known import KnownIssue, KnownIssues, load_default
@@ -219,6 +219,18 @@ class RunReport:
     run: Run
     cells: Dict[CellKey, CellView] = field(default_factory=dict)
     known_issues: KnownIssues = field(default_factory=lambda: KnownIssues(""))
+    #: the axes and the engine section's cells, computed once per set of cells: the renderers ask
+    #: for them per row, and scanning every cell each time made a 13,000-cell report take minutes
+    _memo: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def _once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, kept while the report holds the same cells (shared: do not modify it)."""
+        if self._memo.get("cells") is not self.cells or self._memo.get("size") != len(self.cells):
+            self._memo.clear()
+            self._memo.update(cells=self.cells, size=len(self.cells))
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @classmethod
     def from_run(cls, run: Run, known: Optional[KnownIssues] = None) -> "RunReport":
@@ -242,19 +254,23 @@ class RunReport:
         return self.run.run_id
 
     def targets(self) -> List[str]:
-        return _ordered([k[0] for k in self.cells] + [t.get("target") for t in self.run.targets if t.get("target")])
+        return self._once("targets", lambda: _ordered(
+            [k[0] for k in self.cells] + [t.get("target") for t in self.run.targets if t.get("target")]))
 
     def profiles(self) -> List[str]:
         listed = list((self.run.meta.get("matrix") or {}).get("profiles") or [])
-        return _ordered(listed + [k[1] for k in self.cells])
+        return self._once("profiles", lambda: _ordered(listed + [k[1] for k in self.cells]))
 
     def scenarios(self) -> List[str]:
         listed = list((self.run.meta.get("matrix") or {}).get("scenarios") or [])
-        return _ordered(listed + [k[2] for k in self.cells])
+        return self._once("scenarios", lambda: _ordered(listed + [k[2] for k in self.cells]))
 
     def groups(self) -> List[Tuple[str, List[str]]]:
         """The classic matrix's scenario groups in the catalogue's order, each with its
         scenarios (the engine group has its own section: :meth:`engine_rows`)."""
+        return self._once("groups", self._groups)
+
+    def _groups(self) -> List[Tuple[str, List[str]]]:
         by_group: Dict[str, List[str]] = {}
         group_of = {}
         for cv in self.cells.values():
@@ -268,28 +284,45 @@ class RunReport:
 
     def engines(self) -> List[str]:
         listed = list((self.run.meta.get("matrix") or {}).get("engines") or [])
-        return _ordered(listed + [k[3] for k in self.cells])
+        return self._once("engines", lambda: _ordered(listed + [k[3] for k in self.cells]))
 
     def get(self, target: str, profile: str, scenario: str, engine: str = PORT_ENGINE) -> Optional[CellView]:
         return self.cells.get((target, profile, scenario, engine))
+
+    def cells_of(self, target: str, profile: Optional[str] = None) -> List[CellView]:
+        """The cells of a kernel (on one ``profile``), every engine's, in the run's order."""
+        def index() -> Dict[Tuple[str, Optional[str]], List[CellView]]:
+            by: Dict[Tuple[str, Optional[str]], List[CellView]] = {}
+            for c in self.cells.values():
+                by.setdefault((c.target, None), []).append(c)
+                by.setdefault((c.target, c.profile), []).append(c)
+            return by
+        return self._once("cells_of", index).get((target, profile), [])
 
     # the engine section --------------------------------------------------------------------
     def classic_cells(self) -> List[CellView]:
         return [c for c in self.cells.values() if not c.in_engine_section]
 
     def engine_cells(self, target: Optional[str] = None) -> List[CellView]:
-        return [c for c in self.cells.values() if c.in_engine_section and target in (None, c.target)]
+        every = self._once("engine_cells", lambda: [c for c in self.cells.values() if c.in_engine_section])
+        if target is None:
+            return every
+        return self._once(("engine_cells", target), lambda: [c for c in every if c.target == target])
 
     def engine_columns(self) -> List[str]:
         """The engines of the engine section: the port first, then :meth:`engines` order."""
-        present = {c.engine for c in self.engine_cells()}
-        return _ordered(e for e in [PORT_ENGINE] + self.engines() if e in present)
+        def compute() -> List[str]:
+            present = {c.engine for c in self.engine_cells()}
+            return _ordered(e for e in [PORT_ENGINE] + self.engines() if e in present)
+        return self._once("engine_columns", compute)
 
     def engine_rows(self, target: Optional[str] = None) -> List[Tuple[str, str]]:
         """(profile, scenario) rows of a kernel's engine section (of every kernel's without
         ``target``), grouped by profile."""
-        present = {(c.profile, c.scenario) for c in self.engine_cells(target)}
-        return [(p, s) for p in self.profiles() for s in self.scenarios() if (p, s) in present]
+        def compute() -> List[Tuple[str, str]]:
+            present = {(c.profile, c.scenario) for c in self.engine_cells(target)}
+            return [(p, s) for p in self.profiles() for s in self.scenarios() if (p, s) in present]
+        return self._once(("engine_rows", target), compute)
 
     def disagreements(self) -> List[Tuple[str, str, str]]:
         """(kernel, profile, scenario) engine rows where the port's outcome differs from at

@@ -57,7 +57,7 @@ def summary(rep: RunReport) -> Dict[str, Any]:
     targets: List[Dict[str, Any]] = []
     for t in rep.targets():
         rec = rep.target_record(t)
-        cells = [c for c in rep.cells.values() if c.target == t]
+        cells = rep.cells_of(t)
         facts = rec.get("facts") or {}
         targets.append({"kernel": t, "kernel_release": rep.kernel_release(t), "provider": rec.get("provider"),
                         "accel": rec.get("accel"), "boot_seconds": rec.get("boot_seconds"),
