@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -209,16 +210,27 @@ def test_a_mounted_disk_and_a_foreign_filesystem_are_refused_and_left_alone(vms,
 
 
 def _start_run(vm, tmp_path):
+    """A run on the host, returned the moment its runner says the agent made the ext4 profile
+    (mounted, its cells about to run). Its own progress line, not a poll of the host's mount
+    table over ssh: the run's two cells take about a second, and a poll every half second
+    through ssh could miss the whole run."""
     p = subprocess.Popen(OVERLAYLAB + ["run", "--hosts", vm["spec"], "-p", "=ext4", "-k", "=create-empty or =changes",
                                        "--reports-dir", str(tmp_path)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and p.poll() is None:
-        if "/var/tmp/overlaylab-" in _remote(vm, "cat /proc/mounts"):
-            return p
-        time.sleep(0.5)
-    os.killpg(p.pid, signal.SIGKILL)
-    pytest.fail("the run never mounted a backing fs on the host")
+    said = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([p.stderr], [], [], 1.0)
+        if ready:
+            chunk = os.read(p.stderr.fileno(), 65536)
+            if not chunk:
+                break  # the run ended first
+            said += chunk
+            if b"ext4: filesystem made and probed" in said:
+                return p
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+    pytest.fail("the run never made its backing fs on the host: %s" % said.decode(errors="replace")[-2000:])
 
 
 def test_ctrl_c_removes_the_per_run_directory_from_the_host(vms, tmp_path):
