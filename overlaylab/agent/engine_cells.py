@@ -67,6 +67,56 @@ def probe_footprint(session: EngineSession, backing_dir: str, scratch: str) -> D
     return out
 
 
+class Room:
+    """What a backing filesystem has free, to tell whether an engine kept some of it after a
+    cell removed everything it made. Docker keeps inodes after operations that failed with
+    ENOSPC (partial layer dirs, layerdb temp files) that removing the image and container does
+    not give back: on ext4-fewinodes, 78 free inodes became 28 over the engine group. The next
+    cell would then run out where it would not on its own, and a cell's outcome would depend on
+    the cells before it; so the next cell gets a fresh engine, and the record says what was kept."""
+
+    #: free space lost below this is noise (the engine's own logs and databases growing)
+    SPACE_SLACK = 1024 * 1024
+    #: filesystems (by ``fs_magic`` name) whose inodes are a table made by mkfs or mount: their
+    #: free count is exact. xfs allocates inodes in chunks as it goes and btrfs has no count.
+    FIXED_INODES = ("extfs", "tmpfs")
+
+    def __init__(self, files: int, free_inodes: int, free_bytes: int):
+        self.files, self.free_inodes, self.free_bytes = files, free_inodes, free_bytes
+
+    @classmethod
+    def of(cls, path: str) -> "Room":
+        st = os.statvfs(path)
+        return cls(st.f_files, st.f_ffree, st.f_bavail * st.f_frsize)
+
+    def kept(self, path: str, fixed_inodes: bool) -> Dict[str, int]:
+        """``{"inodes": N, "bytes": B}`` the filesystem lost since this measure, each only where
+        it counts: inodes on a fixed inode table (``fixed_inodes``: :data:`FIXED_INODES`), space
+        beyond :data:`SPACE_SLACK` once written back (xfs and btrfs free it in the background)."""
+        now = Room.of(path)
+        out: Dict[str, int] = {}
+        if fixed_inodes and now.files == self.files and now.free_inodes < self.free_inodes:
+            out["inodes"] = self.free_inodes - now.free_inodes
+        if self.free_bytes - now.free_bytes > self.SPACE_SLACK:
+            os.sync()
+            deadline = time.monotonic() + 2.0
+            while self.free_bytes - Room.of(path).free_bytes > self.SPACE_SLACK and time.monotonic() < deadline:
+                time.sleep(0.05)
+            lost = self.free_bytes - Room.of(path).free_bytes
+            if lost > self.SPACE_SLACK:
+                out["bytes"] = lost
+        return out
+
+    @staticmethod
+    def describe(kept: Dict[str, int]) -> str:
+        parts = []
+        if "inodes" in kept:
+            parts.append("%d inodes" % kept["inodes"])
+        if "bytes" in kept:
+            parts.append("%d KiB" % (kept["bytes"] // 1024))
+        return " and ".join(parts)
+
+
 class CellSession:
     """The session as one cell sees it: what the cell pulled or created and did not remove is
     removed when the cell ends (also when it failed half-way), so a failed cell leaves the next
@@ -129,29 +179,48 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
             yield unsupported(sc, why)
         return
     done = set()
-    workdir = tempfile.mkdtemp(prefix="engine-%s." % engine_name, dir=scratch_root)
-    started = time.monotonic()
+    remaining = list(scenarios)
+    fixed_inodes = Facts(facts).fs_name in Room.FIXED_INODES
     try:
-        with engine.open(backing_dir, workdir) as session:
-            opened = round(time.monotonic() - started, 3)
-            if session.verdict.accepted:
-                session.verdict.evidence["footprint"] = probe_footprint(session, backing_dir, workdir)
-            efacts = engine_facts(facts, session)
-            for sc in scenarios:  # where the engine refused the fs, each cell is its verdict
-                if on_start is not None:
-                    on_start(sc)
-                cell_session = CellSession(session)
-                try:
-                    rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
-                                       engine=cell_session).to_record(profile, sc.id, sc.group)
-                finally:
-                    left = cell_session.close() if session.verdict.accepted else []
-                if left:
-                    rec.log.append("removed what the scenario left: %s" % ", ".join(r[:12] for r in left))
-                rec.engine = engine_name
-                rec.evidence["engine"]["open_seconds"] = opened
-                done.add(sc.id)
-                yield rec
+        while remaining:  # one engine, or a fresh one after a cell that left it holding room
+            workdir = tempfile.mkdtemp(prefix="engine-%s." % engine_name, dir=scratch_root)
+            started = time.monotonic()
+            try:
+                with engine.open(backing_dir, workdir) as session:
+                    opened = round(time.monotonic() - started, 3)
+                    accepted = session.verdict.accepted
+                    if accepted:
+                        session.verdict.evidence["footprint"] = probe_footprint(session, backing_dir, workdir)
+                    efacts = engine_facts(facts, session)
+                    for i, sc in enumerate(remaining):  # where the engine refused the fs, each cell is its verdict
+                        if on_start is not None:
+                            on_start(sc)
+                        before = Room.of(backing_dir) if accepted else None
+                        cell_session = CellSession(session)
+                        try:
+                            rec = run_scenario(sc, backing_dir, efacts, scratch_root, kernel_log,
+                                               engine=cell_session).to_record(profile, sc.id, sc.group)
+                        finally:
+                            left = cell_session.close() if accepted else []
+                        if left:
+                            rec.log.append("removed what the scenario left: %s" % ", ".join(r[:12] for r in left))
+                        kept = before.kept(backing_dir, fixed_inodes) if before is not None else {}
+                        fresh = bool(kept) and i + 1 < len(remaining)
+                        if kept:
+                            rec.log.append("the engine still held %s after the cell's images and containers were "
+                                           "removed%s" % (Room.describe(kept), ": the next cell gets a fresh engine"
+                                                          if fresh else ""))
+                        rec.engine = engine_name
+                        rec.evidence["engine"]["open_seconds"] = opened
+                        if kept:
+                            rec.evidence["engine"]["kept"] = kept
+                        done.add(sc.id)
+                        yield rec
+                        if fresh:
+                            break
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            remaining = [sc for sc in scenarios if sc.id not in done]
     except Exception as err:
         left = [sc for sc in scenarios if sc.id not in done]
         if not left:  # the engine failed to stop: not hidden behind cells that are all out
@@ -167,5 +236,3 @@ def run_engine_cells(engine_name: str, scenarios: Sequence[Scenario], backing_di
             else:  # the lab's own failure
                 yield cell(sc, Outcome.ERROR, sc.expect(unstarted), "%s: %s" % (type(err).__name__, err),
                            {"engine": {"engine": engine_name}, "traceback": trace})
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)

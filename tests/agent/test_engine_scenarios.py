@@ -24,6 +24,7 @@ from overlaylab.agent import probes as probe_mod
 from overlaylab.agent.engine_cells import CellSession, engine_facts, probe_footprint, run_engine_cells
 from overlaylab.agent.engines import ENGINES, engine_names, get_engine
 from overlaylab.agent.engines.base import Engine, EngineError, EngineRefused, EngineSession, EngineUnavailable, Verdict
+from overlaylab.agent.engines.port import PortEngine
 from overlaylab.agent.main import probe_profile
 from overlaylab.agent.scenario import ENGINE_GROUP, Facts, Outcome, all_scenarios, classify, run_scenario
 from tests.needs import need, need_tool
@@ -331,3 +332,79 @@ def test_a_footprint_that_could_not_be_measured_expects_nothing():
     for footprint in ({"free_inodes": 153579}, {"free_inodes": 153579, "per_container": -3}):
         facts = _facts(engine="port", engine_verdict={"accepted": True, "message": "", "footprint": footprint})
         assert all_scenarios()["image-whiteouts"].expect(facts).outcome == Outcome.PASS, footprint
+
+
+# An engine that keeps room after a cell: the next cell gets a fresh one ---------------------------
+
+class LeakyPortEngine(PortEngine):
+    """The port, but each pull also leaves a file on the backing fs that removing the image does
+    not take back: what Docker does with the partial state of an operation that hit ENOSPC."""
+    name = "leaky-port"
+    opened = 0
+
+    @contextlib.contextmanager
+    def open(self, backing_dir, workdir):
+        LeakyPortEngine.opened += 1
+        with super().open(backing_dir, workdir) as session:
+            real_pull = session.pull
+
+            def pull(layer_tars):
+                ref = real_pull(layer_tars)
+                with open(tempfile.mkstemp(prefix="stray-", dir=backing_dir)[0], "w"):
+                    pass
+                return ref
+            session.pull = pull
+            yield session
+
+
+def test_a_cell_that_leaves_the_engine_holding_inodes_is_followed_by_a_fresh_engine(register_engine, fs_factory,
+                                                                                      lab_profiles, short_dir):
+    """Each cell starts on the room the first had; the record says what was kept."""
+    name = register_engine(LeakyPortEngine)
+    LeakyPortEngine.opened = 0
+    bfs = fs_factory("ext4-small")
+    facts = probe_profile(lab_profiles["ext4-small"], bfs.mountpoint, probe_mod.run_target_probes())[1]
+    scenarios = [all_scenarios()[s] for s in ("engine-verdict", "image-whiteouts", "hardlinks-pulled")]
+    free_at_start = []
+    cells = list(run_engine_cells(name, scenarios, bfs.mountpoint, facts, short_dir,
+                                  on_start=lambda sc: free_at_start.append(os.statvfs(bfs.mountpoint).f_ffree)))
+    assert [c.outcome for c in cells] == ["PASS"] * 3, unmet(cells)
+    assert LeakyPortEngine.opened == 3
+    # the stray files stay (the engine's, not the lab's), but each engine's own root went with it
+    strays = len([n for n in os.listdir(bfs.mountpoint) if n.startswith("stray-")])
+    assert strays == 3 + 3  # each engine's footprint probe pulled once, and so did each of the three cells
+    for cell in cells[:2]:
+        assert cell.evidence["engine"]["kept"]["inodes"] >= 1
+        assert "the next cell gets a fresh engine" in cell.log[-1]
+    assert "fresh engine" not in " ".join(cells[2].log)
+    assert len(set(free_at_start)) == 3  # each start is one probe's stray and one cell's lower than the last
+
+
+def test_an_engine_that_keeps_nothing_runs_every_cell_in_one_session(register_engine, fs_factory, lab_profiles,
+                                                                     short_dir):
+    LeakyPortEngine.opened = 0
+    bfs = fs_factory("ext4-small")
+    facts = probe_profile(lab_profiles["ext4-small"], bfs.mountpoint, probe_mod.run_target_probes())[1]
+    scenarios = [all_scenarios()[s] for s in ("engine-verdict", "image-whiteouts", "hardlinks-pulled")]
+    cells = list(run_engine_cells("port", scenarios, bfs.mountpoint, facts, short_dir))
+    assert all(c.met for c in cells) and not any("kept" in c.evidence["engine"] for c in cells), unmet(cells)
+    assert len({c.evidence["engine"]["open_seconds"] for c in cells}) == 1  # one session
+
+
+def test_on_an_inode_starved_fs_every_docker_cell_starts_from_the_same_room(fs_factory, lab_profiles, short_dir):
+    """Docker keeps inodes after the operations that hit ENOSPC on ext4-fewinodes (78 free became
+    28 over the group, and out-of-space, out-of-inodes and remove-mounted-container failed in a
+    whole run yet passed on their own). Now each cell starts on the same free inodes and meets
+    the expectation of its own: the pull-only cases PASS, those that need two containers FAIL."""
+    need_tool("dockerd", "docker.io")
+    bfs = fs_factory("ext4-fewinodes")
+    facts = probe_profile(lab_profiles["ext4-fewinodes"], bfs.mountpoint, probe_mod.run_target_probes())[1]
+    free_at_start = []
+    cells = {c.scenario: c for c in run_engine_cells(
+        "docker-overlay2", engine_scenarios(), bfs.mountpoint, facts, short_dir,
+        on_start=lambda sc: free_at_start.append(os.statvfs(bfs.mountpoint).f_ffree))}
+    assert all(c.met for c in cells.values()), unmet(cells.values())
+    assert len(set(free_at_start)) == 1, free_at_start
+    assert {s for s, c in cells.items() if c.outcome == "PASS"} == \
+        {"engine-verdict", "out-of-space", "out-of-inodes", "remove-mounted-container"}
+    assert any("kept" in c.evidence["engine"] for c in cells.values())
