@@ -2,7 +2,9 @@
 
 The engine is opened once for the profile (a private daemon where it has one), its verdict on
 the backing filesystem and its version join the profile's probed facts (``engine``,
-``engine_version``, ``engine_verdict``), and each scenario runs through the session. The
+``engine_version``, ``engine_verdict``), and each scenario runs through the session. What a
+cell made is removed when it ends; an engine that still holds room after that is replaced by a
+fresh one for the next cell (:class:`Room`), so no cell's outcome depends on the cells before. The
 outcomes follow from the engine, never from the lab: an engine this target does not have is
 UNSUPPORTED with the reason (expected so), one whose driver refused the filesystem is REFUSED
 with its own verdict line, one that failed to start is FAIL with its message.
