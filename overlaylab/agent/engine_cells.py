@@ -100,11 +100,8 @@ class Room:
         if fixed_inodes and now.files == self.files and now.free_inodes < self.free_inodes:
             out["inodes"] = self.free_inodes - now.free_inodes
         if self.free_bytes - now.free_bytes > self.SPACE_SLACK:
-            os.sync()
-            deadline = time.monotonic() + 2.0
-            while self.free_bytes - Room.of(path).free_bytes > self.SPACE_SLACK and time.monotonic() < deadline:
-                time.sleep(0.05)
-            lost = self.free_bytes - Room.of(path).free_bytes
+            from .scenarios.engine import settle  # here: the scenario catalogue is not a start-up import
+            lost = self.free_bytes - settle(lambda: Room.of(path).free_bytes, self.free_bytes - self.SPACE_SLACK, 2.0)
             if lost > self.SPACE_SLACK:
                 out["bytes"] = lost
         return out

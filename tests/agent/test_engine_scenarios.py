@@ -408,3 +408,19 @@ def test_on_an_inode_starved_fs_every_docker_cell_starts_from_the_same_room(fs_f
     assert {s for s, c in cells.items() if c.outcome == "PASS"} == \
         {"engine-verdict", "out-of-space", "out-of-inodes", "remove-mounted-container"}
     assert any("kept" in c.evidence["engine"] for c in cells.values())
+
+
+def test_room_counts_inodes_only_on_a_fixed_table_and_space_beyond_the_slack(fs_factory):
+    from overlaylab.agent.engine_cells import Room
+    root = fs_factory("tmpfs").mountpoint
+    before = Room.of(root)
+    for i in range(3):
+        open(os.path.join(root, "f%d" % i), "w").close()
+    assert before.kept(root, fixed_inodes=True) == {"inodes": 3}
+    assert before.kept(root, fixed_inodes=False) == {}  # xfs, btrfs: their counts say nothing here
+    with open(os.path.join(root, "small"), "wb") as f:
+        f.write(b"x" * (Room.SPACE_SLACK // 2))
+    assert "bytes" not in before.kept(root, fixed_inodes=False)
+    with open(os.path.join(root, "big"), "wb") as f:
+        f.write(b"x" * (2 * Room.SPACE_SLACK))
+    assert before.kept(root, fixed_inodes=False)["bytes"] >= 2 * Room.SPACE_SLACK
