@@ -404,7 +404,9 @@ def test_on_an_inode_starved_fs_every_docker_cell_starts_from_the_same_room(fs_f
         "docker-overlay2", engine_scenarios(), bfs.mountpoint, facts, short_dir,
         on_start=lambda sc: free_at_start.append(os.statvfs(bfs.mountpoint).f_ffree))}
     assert all(c.met for c in cells.values()), unmet(cells.values())
-    assert len(set(free_at_start)) == 1, free_at_start
+    # the same room at every start (a daemon's own files may move it by an inode or two; the
+    # kept inodes of one engine for the whole group took it from 78 down to 28)
+    assert max(free_at_start) - min(free_at_start) <= 2, free_at_start
     assert {s for s, c in cells.items() if c.outcome == "PASS"} == \
         {"engine-verdict", "out-of-space", "out-of-inodes", "remove-mounted-container"}
     assert any("kept" in c.evidence["engine"] for c in cells.values())
