@@ -83,13 +83,13 @@ class Room:
     #: free count is exact. xfs allocates inodes in chunks as it goes and btrfs has no count.
     FIXED_INODES = ("extfs", "tmpfs")
 
-    def __init__(self, files: int, free_inodes: int, free_bytes: int):
-        self.files, self.free_inodes, self.free_bytes = files, free_inodes, free_bytes
+    def __init__(self, free_inodes: int, free_bytes: int):
+        self.free_inodes, self.free_bytes = free_inodes, free_bytes
 
     @classmethod
     def of(cls, path: str) -> "Room":
         st = os.statvfs(path)
-        return cls(st.f_files, st.f_ffree, st.f_bavail * st.f_frsize)
+        return cls(st.f_ffree, st.f_bavail * st.f_frsize)
 
     def kept(self, path: str, fixed_inodes: bool) -> Dict[str, int]:
         """``{"inodes": N, "bytes": B}`` the filesystem lost since this measure, each only where
@@ -97,7 +97,7 @@ class Room:
         beyond :data:`SPACE_SLACK` once written back (xfs and btrfs free it in the background)."""
         now = Room.of(path)
         out: Dict[str, int] = {}
-        if fixed_inodes and now.files == self.files and now.free_inodes < self.free_inodes:
+        if fixed_inodes and now.free_inodes < self.free_inodes:
             out["inodes"] = self.free_inodes - now.free_inodes
         if self.free_bytes - now.free_bytes > self.SPACE_SLACK:
             from .scenarios.engine import settle  # here: the scenario catalogue is not a start-up import

@@ -253,8 +253,8 @@ def run_profile(profile, device: Optional[str], wanted: List[str], catalogue, ta
     emit({"record": "done", "profile": profile.name, "seconds": round(time.monotonic() - started, 3)})
 
 
-def _emit_start(profile: str, scenario: str, engine: str, console_mark: bool = False) -> None:
-    if console_mark:  # first: the console outlives a panic, the ssh stream may not
+def _emit_start(profile: str, scenario: str, engine: str, console_marks: bool = False) -> None:
+    if console_marks:  # first: the console outlives a panic, the ssh stream may not
         cellmark.write(profile, scenario, engine)
     emit({"record": "start", "profile": profile, "scenario": scenario, "engine": engine})
 
